@@ -1,0 +1,499 @@
+"""The ``miner`` command line: parses options, calls the library, formats results.
+
+Exit codes: 0 success; 1 a job failed or another runtime error; 2 bad options or arguments
+(unknown option, k < 1, missing job, ...); 3 bad input file (missing, empty, unreadable, not
+text); 4 a model that cannot be resolved or loaded; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from miner import defaults
+from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, mask_url
+from miner.errors import InputFileError, JobFailed, MinerError, UsageError
+
+FINISHED = ("done", "failed", "cancelled")
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class MinerGroup(click.Group):
+    """Turns library errors into one ``Error: ...`` line and the error's exit code, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except MinerError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        except SQLAlchemyError as exc:
+            cfg = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
+            where = f" at {mask_url(cfg.db_url)}" if cfg else ""
+            detail = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
+            raise click.ClickException(f"database error{where}: {detail}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _config(ctx: click.Context) -> Config:
+    return ctx.ensure_object(dict).setdefault("config", Config.from_env())
+
+
+def _db(ctx: click.Context) -> Config:
+    """The configuration, with the database schema brought up to date (first use creates it)."""
+    from miner.migrate import ensure_schema
+
+    cfg = _config(ctx)
+    cfg.ensure_dirs()
+    if not ctx.obj.get("migrated"):
+        ensure_schema(cfg.db_url)
+        ctx.obj["migrated"] = True
+    return cfg
+
+
+@click.group(cls=MinerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bitext-miner")
+def main() -> None:
+    """Mine translated sentence pairs (bitext) from two monolingual corpora.
+
+    Configuration comes from MINER_HOME, MINER_DB_URL, MINER_BROKER_URL, MINER_RESULT_BACKEND and
+    MINER_ARTIFACTS; with none set, everything lives under one folder and no server is needed.
+    """
+
+
+# --------------------------------------------------------------------------- job options
+
+
+def job_options(fn):
+    """The options shared by ``mine`` and ``submit``."""
+    decorators = [
+        click.argument("src", type=click.Path(path_type=Path)),
+        click.argument("tgt", type=click.Path(path_type=Path)),
+        click.option("--src-lang", required=True, help="Language code of SRC (ISO 639-1 or 639-3; a label)."),
+        click.option("--tgt-lang", required=True, help="Language code of TGT."),
+        click.option("--model", default=defaults.MODEL, show_default=True,
+                     help="muse, minilm, a local sentence-transformers directory or a Hugging Face id."),
+        click.option("--k", "k", type=click.IntRange(min=1), default=defaults.K, show_default=True,
+                     help="Neighbours per sentence for the margin."),
+        click.option("--margin", type=click.Choice(["ratio", "distance", "absolute"]), default=defaults.MARGIN,
+                     show_default=True, help="Margin function (Artetxe & Schwenk 2019)."),
+        click.option("--retrieval", type=click.Choice(["max", "intersect", "fwd", "bwd"]), default=defaults.RETRIEVAL,
+                     show_default=True, help="Which candidates to keep."),
+        click.option("--threshold", type=float, default=None,
+                     help="Keep pairs scoring at least this (default: tuned per model and margin, muse/ratio 1.06)."),
+        click.option("--shard-size", type=click.IntRange(min=1), default=defaults.SHARD_SIZE, show_default=True,
+                     help="Sentences per shard (unit of parallel work)."),
+        click.option("--max-line-length", type=click.IntRange(min=1), default=defaults.MAX_LINE_LENGTH,
+                     show_default=True, help="Longer lines (characters) are skipped and counted."),
+        click.option("--on-decode-error", type=click.Choice(["skip", "replace", "fail"]), default="skip",
+                     show_default=True, help="Lines that are not valid UTF-8: skip (counted), replace bytes, or fail."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> int:
+    """Check inputs and options, then create the job row. Returns the job id."""
+    from miner.encoders import resolve_model
+    from miner.jobs import JobOptions, create_job
+    from miner.languages import language_warnings, normalise_code
+    from miner.reader import check_input_file
+
+    for path in (src, tgt):
+        check_input_file(path)
+    if src.resolve() == tgt.resolve():
+        warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
+    spec = resolve_model(opts["model"])
+    for side in ("src_lang", "tgt_lang"):
+        for message in language_warnings(opts[side], spec.languages, opts["model"]):
+            warn(message)
+    threshold = opts["threshold"]
+    if threshold is None:
+        threshold = defaults.default_threshold(spec.name if spec.kind == "alias" else "", opts["margin"])
+    options = JobOptions(
+        src_lang=normalise_code(opts["src_lang"]),
+        tgt_lang=normalise_code(opts["tgt_lang"]),
+        model=opts["model"],
+        model_key=spec.key,
+        k=opts["k"],
+        margin=opts["margin"],
+        retrieval=opts["retrieval"],
+        threshold=threshold,
+        shard_size=opts["shard_size"],
+        max_line_length=opts["max_line_length"],
+        on_decode_error=opts["on_decode_error"],
+    )
+    cfg = _db(ctx)
+    return create_job(cfg, src, tgt, options)
+
+
+def _send(job_id: int) -> None:
+    from workers.workflows import submit
+
+    submit(job_id)
+
+
+@main.command()
+@job_options
+@click.option("-o", "--output", "output", required=True, help="Where to write the TSV (.gz compresses, - for stdout).")
+@click.option("--min-score", type=float, default=None, help="Export pairs scoring at least this (default: --threshold).")
+@click.option("--header", is_flag=True, help="Write a header line.")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes to start when no worker is running.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Tasks in parallel per local worker (default: the number of cores).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt, **opts):
+    """Mine SRC against TGT and write the pairs to a TSV (blocking).
+
+    Starts local worker processes when none is running, shows progress per stage, exports when
+    done. Output lines: score<TAB>source<TAB>target, best first.
+    """
+    from miner.export import export_tsv
+
+    job_id = _prepare_job(ctx, src, tgt, **opts)
+    cfg = _db(ctx)
+    click.echo(f"job {job_id}", err=True)
+    started = []
+    try:
+        if not _workers_alive():
+            started = _start_workers(cfg, n_workers, concurrency)
+        _send(job_id)
+        status = _watch(cfg, job_id, quiet=quiet, workers=started)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: job {job_id} is left as it is; `miner cancel {job_id}` or `miner retry {job_id}`",
+                   err=True)
+        sys.exit(130)
+    finally:
+        _stop_workers(started)
+    _raise_if_failed(status)
+    n = export_tsv(cfg, job_id, output, min_score=min_score, header=header)
+    _print_skips(status)
+    click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
+    if output != "-":
+        click.echo(job_id)
+
+
+@main.command()
+@job_options
+@click.pass_context
+def submit(ctx, src, tgt, **opts):
+    """Queue a mining job and print its id (last line of stdout); returns at once."""
+    job_id = _prepare_job(ctx, src, tgt, **opts)
+    _send(job_id)
+    if not _workers_alive():
+        warn("no worker answered; the job waits in the queue until you start one with `miner worker`")
+    click.echo(job_id)
+
+
+def _raise_if_failed(status: dict) -> None:
+    if status["state"] == "done":
+        return
+    error = JobFailed(f"job {status['id']} {status['state']}: {status.get('error') or 'no reason recorded'}")
+    if status["state"] == "failed" and status.get("exit_code"):
+        error.exit_code = status["exit_code"]
+    raise error
+
+
+def _print_skips(status: dict) -> None:
+    for side, info in (status.get("corpora") or {}).items():
+        if not info:
+            continue
+        skipped = {k: v for k, v in info["skipped"].items() if v}
+        if skipped:
+            parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
+            click.echo(f"{side}: {info['sentences']} sentences kept; skipped {parts}", err=True)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _workers_alive(timeout: float = 1.0) -> list:
+    """Names of the workers that answer a ping (empty when none, or the transport cannot broadcast)."""
+    try:
+        from workers.app import app
+
+        replies = app.control.ping(timeout=timeout) or []
+        return [name for reply in replies for name in reply]
+    except Exception:
+        return []
+
+
+def _start_workers(cfg: Config, n: int, concurrency: int | None) -> list[subprocess.Popen]:
+    procs = []
+    cfg.log_folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        log = open(cfg.log_folder / f"worker-{os.getpid()}-{i}.log", "ab")
+        cmd = [sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING"]
+        if concurrency:
+            cmd += ["--concurrency", str(concurrency)]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+              help="Tasks in parallel (processes); default: the number of cores.")
+@click.option("--queues", "-Q", default=f"{DEFAULT_QUEUE},{EMBED_QUEUE}", show_default=True,
+              help=f"Queues to consume: '{EMBED_QUEUE}' for embedding (GPU workers), '{DEFAULT_QUEUE}' for the rest.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS/torch/FAISS threads per process (default: cores / concurrency).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--name", "-n", default=None, help="Worker name (default: miner-<pid>@<host>).")
+@click.pass_context
+def worker(ctx, concurrency, queues, threads, loglevel, name):
+    """Run a worker process (Ctrl-C stops it after the running tasks)."""
+    cfg = _db(ctx)
+    cores = os.cpu_count() or 1
+    concurrency = concurrency or cores
+    os.environ["MINER_THREADS"] = str(threads or max(1, cores // concurrency))
+    from workers.app import app, limit_threads
+
+    limit_threads(int(os.environ["MINER_THREADS"]))
+    argv = ["worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
+            "--hostname", name or f"miner-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    click.echo(f"worker: broker {mask_url(cfg.broker_url)}, database {mask_url(cfg.db_url)}, "
+               f"{concurrency} processes x {os.environ['MINER_THREADS']} threads, queues {queues}", err=True)
+    app.worker_main(argv)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _resolve_job_id(cfg: Config, job: int | None) -> int:
+    from miner.jobs import latest_job_id
+
+    return job if job is not None else latest_job_id(cfg)
+
+
+def _status_dict(cfg: Config, job_id: int) -> dict:
+    from miner.jobs import job_status
+
+    status = job_status(cfg, job_id)
+    from miner.db import Job, session_scope
+
+    with session_scope(cfg.db_url) as s:
+        status["exit_code"] = s.get(Job, job_id).exit_code
+    return status
+
+
+def _format_eta(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"ETA {seconds}s"
+
+
+def _print_status(status: dict) -> None:
+    click.echo(f"job {status['id']}  {status['state']}  {status['src_lang']}-{status['tgt_lang']}  "
+               f"model {status['model']}  elapsed {status['elapsed_s']:.1f}s")
+    click.echo(f"  src {status['src']}")
+    click.echo(f"  tgt {status['tgt']}")
+    for stage in status["stages"]:
+        total = stage["total"] if stage["total"] is not None else "?"
+        items = f"{stage['items_done']:,}" + (f"/{stage['items_total']:,}" if stage["items_total"] else "")
+        reused = f"  ({stage['reused']} reused)" if stage["reused"] else ""
+        click.echo(f"  {stage['stage']:<7} {stage['done']:>5}/{total:<5} {items:>22}  {_format_eta(stage['eta_s'])}{reused}")
+    if status["pairs"] is not None:
+        click.echo(f"  pairs: {status['pairs']:,} at threshold {status['threshold']}"
+                   f" ({status['candidates_stored']:,} candidates stored)")
+    if status.get("error"):
+        click.echo(f"  error: {status['error']}")
+
+
+def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | None = None, interval: float = 0.5) -> dict:
+    """Show one progress bar per stage until the job finishes; returns the final status."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    try:
+        while True:
+            status = _status_dict(cfg, job_id)
+            if not quiet:
+                for i, stage in enumerate(status["stages"]):
+                    if stage["total"] is None:
+                        continue
+                    bar = bars.get(stage["stage"])
+                    if bar is None:
+                        bar = bars[stage["stage"]] = tqdm(total=stage["total"], desc=f"{stage['stage']:<7}",
+                                                          unit="shard", position=i, leave=True, file=sys.stderr,
+                                                          dynamic_ncols=True, mininterval=0.5)
+                    bar.total = stage["total"]
+                    bar.n = stage["done"]
+                    bar.set_postfix_str(f"{stage['items_done']:,} sentences", refresh=False)
+                    bar.refresh()
+            if status["state"] in FINISHED:
+                return status
+            if workers and all(p.poll() is not None for p in workers):
+                raise MinerError(
+                    f"the local worker processes exited while job {job_id} was {status['state']}; "
+                    f"see the logs in {cfg.log_folder}, then `miner retry {job_id}`"
+                )
+            time.sleep(interval)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@main.command()
+@click.argument("job", type=int, required=False)
+@click.option("--watch", "-w", is_flag=True, help="Follow progress until the job finishes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with --watch: one per update).")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between updates with --watch.")
+@click.pass_context
+def status(ctx, job, watch, as_json, interval):
+    """Progress of JOB (default: the latest job): state, stages, sentences, pairs, ETA."""
+    cfg = _db(ctx)
+    job_id = _resolve_job_id(cfg, job)
+    if watch and not as_json:
+        _watch(cfg, job_id, interval=interval)
+    while True:
+        data = _status_dict(cfg, job_id)
+        if as_json:
+            click.echo(json.dumps(data, sort_keys=False))
+        elif not watch:
+            _print_status(data)
+        if not watch or data["state"] in FINISHED:
+            if watch and not as_json:
+                _print_status(data)
+            return
+        time.sleep(interval)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.pass_context
+def jobs(ctx, as_json, limit):
+    """List jobs, newest first."""
+    from miner.jobs import list_jobs
+
+    rows = list_jobs(_db(ctx), limit)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no jobs yet; start one with `miner mine` or `miner submit`")
+        return
+    click.echo(f"{'id':>5}  {'state':<9}  {'langs':<7}  {'model':<10}  {'pairs':>8}  created")
+    for r in rows:
+        pairs = "" if r["pairs"] is None else f"{r['pairs']:,}"
+        click.echo(f"{r['id']:>5}  {r['state']:<9}  {r['langs']:<7}  {r['model'][:10]:<10}  {pairs:>8}  {r['created_at'][:19]}")
+
+
+@main.command()
+@click.argument("job", type=int)
+@click.option("-o", "--output", "output", required=True, help="TSV path (.gz compresses, - for stdout).")
+@click.option("--min-score", type=float, default=None, help="Keep pairs scoring at least this (default: the job's threshold).")
+@click.option("--header", is_flag=True, help="Write a header line (score, source, target).")
+@click.pass_context
+def export(ctx, job, output, min_score, header):
+    """Write JOB's pairs as score<TAB>source<TAB>target, best first."""
+    from miner.export import export_tsv
+
+    n = export_tsv(_db(ctx), job, output, min_score=min_score, header=header)
+    click.echo(f"job {job}: {n} pairs written to {output}", err=True)
+
+
+@main.command()
+@click.argument("job", type=int)
+@click.pass_context
+def cancel(ctx, job):
+    """Cancel JOB: its queued and running tasks stop at their next step."""
+    from miner.jobs import cancel_job
+
+    old = cancel_job(_db(ctx), job)
+    if old in ("done", "cancelled"):
+        click.echo(f"job {job} is already {old}")
+    else:
+        click.echo(f"job {job} cancelled (was {old})")
+
+
+@main.command()
+@click.argument("job", type=int)
+@click.option("--wait", is_flag=True, help="Block until the job finishes (needs a running worker).")
+@click.pass_context
+def retry(ctx, job, wait):
+    """Run JOB again: finished shards are kept and skipped, failed or missing ones run."""
+    from miner.jobs import get_job, reset_for_retry
+
+    cfg = _db(ctx)
+    state = get_job(cfg, job).state
+    if state == "done":
+        click.echo(f"job {job} is done; nothing to retry")
+        return
+    reset_for_retry(cfg, job)
+    _send(job)
+    click.echo(f"job {job} queued again (was {state})")
+    if wait:
+        _raise_if_failed(_watch(cfg, job))
+
+
+@main.group()
+def db():
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx, revision):
+    """Apply migrations up to REVISION."""
+    from miner.migrate import current_revision, upgrade
+
+    cfg = _config(ctx)
+    cfg.ensure_dirs()
+    upgrade(cfg.db_url, revision)
+    click.echo(f"database {mask_url(cfg.db_url)} at revision {current_revision(cfg.db_url)}")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx):
+    """Print the schema revision of the database."""
+    from miner.migrate import current_revision, head_revision
+
+    cfg = _config(ctx)
+    click.echo(f"{current_revision(cfg.db_url) or 'empty'} (head {head_revision()})")
+
+
+@main.command()
+@click.pass_context
+def config(ctx):
+    """Print the configuration in effect (passwords masked)."""
+    for key, value in _config(ctx).masked().items():
+        click.echo(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""One frozen configuration object, built once from env vars (and CLI options).
+
+Every piece lives under ``MINER_HOME`` by default, so a laptop needs no servers:
+
+* database: SQLite at ``$MINER_HOME/miner.db``            (``MINER_DB_URL``)
+* broker: kombu's ``filesystem://`` transport in ``$MINER_HOME/broker``  (``MINER_BROKER_URL``)
+* result backend: SQLite at ``$MINER_HOME/results.db``      (``MINER_RESULT_BACKEND``)
+* artifacts (embeddings, indexes, kNN results): ``$MINER_HOME/artifacts``  (``MINER_ARTIFACTS``)
+
+``MINER_HOME`` defaults to ``./.miner`` when that folder exists, else to the user's data dir
+(``$XDG_DATA_HOME/bitext-miner`` or ``~/.local/share/bitext-miner``).
+
+Fields that do not change results (threads, queue names, URLs) never enter cache keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from miner.errors import UsageError
+
+EMBED_QUEUE = "embed"
+DEFAULT_QUEUE = "miner"
+
+
+def default_home() -> Path:
+    """The folder used when ``MINER_HOME`` is not set."""
+    local = Path.cwd() / ".miner"
+    if local.is_dir():
+        return local
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "bitext-miner"
+
+
+def _int_env(env: dict, name: str, default: int | None) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not an integer") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Where things live and how workers run. Build it with :meth:`from_env`."""
+
+    home: Path
+    db_url: str
+    broker_url: str
+    result_backend: str
+    artifacts: Path
+    threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = cores / concurrency
+    embed_batch_size: int = 256
+    device: str | None = None  # torch device for sentence-transformers models (None = auto)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "Config":
+        """Read ``MINER_*`` variables; keyword overrides (from CLI options) win when not None."""
+        env = dict(os.environ if env is None else env)
+        home = Path(overrides.pop("home", None) or env.get("MINER_HOME") or default_home()).expanduser()
+        home = home.absolute()
+        values = dict(
+            home=home,
+            db_url=env.get("MINER_DB_URL") or f"sqlite:///{home / 'miner.db'}",
+            broker_url=env.get("MINER_BROKER_URL") or "filesystem://",
+            result_backend=env.get("MINER_RESULT_BACKEND") or f"db+sqlite:///{home / 'results.db'}",
+            artifacts=Path(env.get("MINER_ARTIFACTS") or home / "artifacts").expanduser().absolute(),
+            threads=_int_env(env, "MINER_THREADS", None),
+            embed_batch_size=_int_env(env, "MINER_EMBED_BATCH_SIZE", 256),
+            device=env.get("MINER_DEVICE") or None,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        if values["threads"] is not None and values["threads"] < 1:
+            raise UsageError("MINER_THREADS must be at least 1")
+        return cls(**values)
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the filesystem transport (used only when the broker is ``filesystem://``)."""
+        return self.home / "broker"
+
+    @property
+    def log_folder(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the broker needs no server (filesystem or SQLAlchemy transport)."""
+        return self.broker_url.startswith(("filesystem://", "sqla+", "sqlalchemy+"))
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders this configuration points at."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.log_folder.mkdir(parents=True, exist_ok=True)
+        if self.broker_url.startswith("filesystem://"):
+            for sub in ("queue", "processed", "control"):
+                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+        for url in (self.db_url, self.result_backend):
+            path = sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+
+    def masked(self) -> dict:
+        """The configuration as a dict with passwords in URLs replaced by ``***``."""
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = mask_url(str(value)) if isinstance(value, (str, Path)) else value
+        return out
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-z0-9+.\-]+://)(?P<user>[^:/@]*):(?P<password>[^@/]*)@", re.I)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL: ``redis://:secret@host`` -> ``redis://:***@host``."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` (or ``db+sqlite:///``) URL, else None."""
+    for prefix in ("sqlite:///", "db+sqlite:///", "sqla+sqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            if rest in ("", ":memory:"):
+                return None
+            return Path(rest)
+    return None

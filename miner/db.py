@@ -1,0 +1,190 @@
+"""Database models (SQLAlchemy 2) and the engine/session helpers.
+
+Tables:
+
+* ``corpora``    -- one row per distinct input (content hash + ingest settings), shared by jobs;
+* ``sentences``  -- the kept sentences of a corpus: dense ``idx`` 0..n-1, original ``line_no``, text;
+* ``jobs``       -- one mining run over a corpus pair with its options and state;
+* ``job_stages`` -- the planned size of each stage of a job (units = shards, items = sentences);
+* ``job_steps``  -- one row per finished unit of work, unique per (job, stage, unit), so progress
+                    counts never exceed totals and re-runs never double count;
+* ``candidates`` -- mined pairs, primary key (job, src idx, tgt idx), so a re-run cannot duplicate.
+
+The schema is created and changed only by Alembic migrations (``miner db upgrade``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class CorpusState(str, enum.Enum):
+    INGESTING = "ingesting"
+    READY = "ready"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Corpus(Base):
+    __tablename__ = "corpora"
+    __table_args__ = (UniqueConstraint("key", name="uq_corpora_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64))  # sha256 of content + ingest settings
+    sha256: Mapped[str] = mapped_column(String(64))  # of the raw file bytes
+    path: Mapped[str] = mapped_column(Text)  # where it was first read from (informative)
+    state: Mapped[str] = mapped_column(String(16), default=CorpusState.INGESTING.value)
+    n_sentences: Mapped[int] = mapped_column(Integer, default=0)
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Sentence(Base):
+    __tablename__ = "sentences"
+
+    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_no: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    src_path: Mapped[str] = mapped_column(Text)
+    tgt_path: Mapped[str] = mapped_column(Text)
+    src_lang: Mapped[str] = mapped_column(String(16))
+    tgt_lang: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # k, margin, retrieval, threshold, ...
+    src_corpus_id: Mapped[int | None] = mapped_column(ForeignKey("corpora.id"), nullable=True)
+    tgt_corpus_id: Mapped[int | None] = mapped_column(ForeignKey("corpora.id"), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)  # of the error, for the CLI
+    n_candidates: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class JobStage(Base):
+    __tablename__ = "job_stages"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    units: Mapped[int] = mapped_column(Integer, default=0)
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobStep(Base):
+    __tablename__ = "job_steps"
+    __table_args__ = (UniqueConstraint("job_id", "stage", "unit", name="uq_job_steps"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(16))
+    unit: Mapped[str] = mapped_column(String(64))
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+    reused: Mapped[bool] = mapped_column(Integer, default=0)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Candidate(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (Index("ix_candidates_job_score", "job_id", "score"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    src_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tgt_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    direction: Mapped[str] = mapped_column(String(8))  # fwd, bwd or both
+
+
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def get_engine(url: str) -> Engine:
+    """One engine per URL and process (SQLite gets WAL mode and a long busy timeout)."""
+    engine = _engines.get(url)
+    if engine is None:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close pooled connections (call after fork, e.g. in Celery's worker_process_init)."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

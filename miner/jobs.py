@@ -1,0 +1,217 @@
+"""Job bookkeeping for the CLI: create, look up, cancel, report progress. Reads the database only."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from miner.config import Config
+from miner.db import Candidate, Corpus, Job, JobStage, JobState, JobStep, session_scope, utcnow
+from miner.errors import JobNotFound, UsageError
+from miner.mining import Margin, Retrieval
+
+STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """The options of one job. ``model_key`` and the reader settings enter artifact keys."""
+
+    src_lang: str
+    tgt_lang: str
+    model: str
+    model_key: str
+    k: int = 4
+    margin: str = Margin.RATIO.value
+    retrieval: str = Retrieval.MAX.value
+    threshold: float | None = None
+    shard_size: int = 10000
+    max_line_length: int = 2000
+    on_decode_error: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise UsageError(f"k must be at least 1, got {self.k}")
+        if self.shard_size < 1:
+            raise UsageError(f"shard size must be at least 1, got {self.shard_size}")
+        if self.max_line_length < 1:
+            raise UsageError(f"max line length must be at least 1, got {self.max_line_length}")
+        Margin(self.margin)
+        Retrieval(self.retrieval)
+
+    def stored(self) -> dict:
+        data = dataclasses.asdict(self)
+        for key in ("src_lang", "tgt_lang", "model"):
+            data.pop(key)
+        return data
+
+
+def create_job(cfg: Config, src: Path, tgt: Path, options: JobOptions) -> int:
+    with session_scope(cfg.db_url) as s:
+        job = Job(
+            src_path=str(Path(src).absolute()),
+            tgt_path=str(Path(tgt).absolute()),
+            src_lang=options.src_lang,
+            tgt_lang=options.tgt_lang,
+            model=options.model,
+            options=options.stored(),
+            state=JobState.QUEUED.value,
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def get_job(cfg: Config, job_id: int) -> Job:
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
+        return job
+
+
+def latest_job_id(cfg: Config) -> int:
+    with session_scope(cfg.db_url) as s:
+        job_id = s.scalar(select(func.max(Job.id)))
+    if job_id is None:
+        raise JobNotFound("no jobs yet; start one with `miner mine` or `miner submit`")
+    return int(job_id)
+
+
+def cancel_job(cfg: Config, job_id: int) -> str:
+    """Mark a job cancelled; its queued and running tasks stop at their next step. Returns the old state."""
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
+        old = job.state
+        if JobState(old).finished and old != JobState.FAILED.value:
+            return old
+        job.state = JobState.CANCELLED.value
+        job.finished_at = utcnow()
+        return old
+
+
+def reset_for_retry(cfg: Config, job_id: int) -> None:
+    """Put a failed or cancelled job back in the queue (finished steps stay and are skipped)."""
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
+        if job.state == JobState.RUNNING.value:
+            raise UsageError(f"job {job_id} is running; cancel it first (`miner cancel {job_id}`)")
+        job.state = JobState.QUEUED.value
+        job.error = None
+        job.finished_at = None
+        job.attempt += 1
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.replace(tzinfo=dt.timezone.utc).isoformat() if value else None
+
+
+def job_status(cfg: Config, job_id: int) -> dict:
+    """Everything ``miner status`` shows, as a JSON-ready dict."""
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
+        planned = {row.stage: row for row in s.scalars(select(JobStage).where(JobStage.job_id == job_id))}
+        done = {
+            stage: (int(units), int(items or 0), int(reused or 0), first, last)
+            for stage, units, items, reused, first, last in s.execute(
+                select(
+                    JobStep.stage,
+                    func.count(JobStep.id),
+                    func.sum(JobStep.items),
+                    func.sum(JobStep.reused),
+                    func.min(JobStep.finished_at),
+                    func.max(JobStep.finished_at),
+                )
+                .where(JobStep.job_id == job_id)
+                .group_by(JobStep.stage)
+            )
+        }
+        corpora = {}
+        for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id)):
+            corpus = s.get(Corpus, cid) if cid else None
+            corpora[side] = (
+                {"corpus_id": corpus.id, "sentences": corpus.n_sentences, "skipped": _skipped(corpus.stats or {}),
+                 "stats": corpus.stats or {}}
+                if corpus
+                else None
+            )
+        stored = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
+    now = utcnow()
+    end = job.finished_at or now
+    elapsed = (end - (job.started_at or job.created_at)).total_seconds() if job.started_at else 0.0
+    stages = []
+    for stage in STAGES:
+        plan = planned.get(stage)
+        units_done, items_done, reused, first, last = done.get(stage, (0, 0, 0, None, None))
+        total_units = plan.units if plan else (2 if stage == "ingest" else None)
+        total_items = plan.items if plan else None
+        eta = None
+        if total_units and first and units_done < total_units and units_done > 0 and job.state == "running":
+            started = job.started_at or first
+            rate = units_done / max((last - started).total_seconds(), 1e-3)
+            eta = round((total_units - units_done) / rate, 1) if rate > 0 else None
+        stages.append(
+            {
+                "stage": stage,
+                "done": units_done,
+                "total": total_units,
+                "items_done": items_done,
+                "items_total": total_items,
+                "reused": reused,
+                "eta_s": eta,
+            }
+        )
+    threshold = job.options.get("threshold")
+    return {
+        "id": job.id,
+        "state": job.state,
+        "error": job.error,
+        "src": job.src_path,
+        "tgt": job.tgt_path,
+        "src_lang": job.src_lang,
+        "tgt_lang": job.tgt_lang,
+        "model": job.model,
+        "options": {k: v for k, v in job.options.items() if k != "model_key"},
+        "threshold": threshold,
+        "corpora": corpora,
+        "stages": stages,
+        "pairs": job.n_candidates,
+        "candidates_stored": int(stored or 0),
+        "attempt": job.attempt,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "elapsed_s": round(elapsed, 1),
+    }
+
+
+def _skipped(stats: dict) -> dict:
+    return {key: stats.get(key, 0) for key in ("blank", "duplicates", "too_long", "decode_errors")}
+
+
+def list_jobs(cfg: Config, limit: int = 50) -> list[dict]:
+    with session_scope(cfg.db_url) as s:
+        jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+        return [
+            {
+                "id": j.id,
+                "state": j.state,
+                "src": j.src_path,
+                "tgt": j.tgt_path,
+                "langs": f"{j.src_lang}-{j.tgt_lang}",
+                "model": j.model,
+                "pairs": j.n_candidates,
+                "created_at": _iso(j.created_at),
+                "error": j.error,
+            }
+            for j in jobs
+        ]

@@ -1,0 +1,424 @@
+"""The steps of a mining job, each a plain function of ids (no Celery here).
+
+``ingest`` -> ``plan`` -> ``embed`` (per shard) -> ``build_index`` (per side) -> ``knn`` (per query
+shard, both directions) -> ``score`` (per query shard) -> ``finish`` (retrieval, candidates).
+
+Every step is idempotent: its output is an artifact written atomically under a key of what
+determines it, or rows keyed uniquely in the database, and its completion is recorded once per
+(job, stage, unit) in ``job_steps``. A re-run finds the output and only records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+
+from miner import mining
+from miner.artifacts import Artifacts, load_npz, save_npy, save_npz
+from miner.config import Config
+from miner.db import Candidate, Corpus, CorpusState, Job, JobStage, JobState, JobStep, Sentence, session_scope, utcnow
+from miner.errors import InputFileError, JobCancelled, MinerError
+from miner.reader import ReadStats, batched, check_input_file, file_digest, read_sentences
+
+log = logging.getLogger(__name__)
+
+SIDES = ("src", "tgt")
+DIRECTIONS = {"fwd": ("src", "tgt"), "bwd": ("tgt", "src")}  # direction -> (query side, target side)
+STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
+READER_VERSION = 1
+INGEST_BATCH = 5000
+STALE_INGEST_SECONDS = 120
+DIRECTION_NAMES = {1: "fwd", 2: "bwd", 3: "both"}
+
+
+@dataclass(frozen=True)
+class Side:
+    """A job's side once ingested."""
+
+    name: str
+    corpus_id: int
+    key: str
+    n: int
+
+
+def shard_spans(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[(0, s), (s, 2s), ...]`` covering ``range(n)``."""
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def load_job(cfg: Config, job_id: int) -> Job:
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise MinerError(f"job {job_id} does not exist")
+        return job
+
+
+def ensure_active(cfg: Config, job_id: int) -> Job:
+    """Load the job; stop if it was cancelled; mark it running on its first step."""
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise MinerError(f"job {job_id} does not exist")
+        if job.state == JobState.CANCELLED.value:
+            raise JobCancelled(f"job {job_id} was cancelled")
+        if job.state in (JobState.QUEUED.value, JobState.FAILED.value):
+            job.state = JobState.RUNNING.value
+            job.error = None
+            job.exit_code = None
+            job.started_at = job.started_at or utcnow()
+        return job
+
+
+def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reused: bool = False) -> None:
+    """Record one finished unit of work, once (a second record of the same unit is ignored)."""
+    with session_scope(cfg.db_url) as s:
+        exists = s.scalar(
+            select(JobStep.id).where(JobStep.job_id == job_id, JobStep.stage == stage, JobStep.unit == unit)
+        )
+        if exists is None:
+            s.add(JobStep(job_id=job_id, stage=stage, unit=unit, items=items, reused=int(reused)))
+
+
+def set_stage(cfg: Config, job_id: int, stage: str, units: int, items: int) -> None:
+    with session_scope(cfg.db_url) as s:
+        row = s.get(JobStage, (job_id, stage))
+        if row is None:
+            s.add(JobStage(job_id=job_id, stage=stage, units=units, items=items))
+        else:
+            row.units, row.items = units, items
+
+
+def mark_failed(cfg: Config, job_id: int, message: str, exit_code: int = 1) -> None:
+    """Mark the job failed (unless it was cancelled) with a one-line reason."""
+    with session_scope(cfg.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.state != JobState.CANCELLED.value:
+            job.state = JobState.FAILED.value
+            job.error = message.strip().splitlines()[0][:2000] if message.strip() else "unknown error"
+            job.exit_code = exit_code
+            job.finished_at = utcnow()
+
+
+def job_sides(cfg: Config, job: Job) -> dict[str, Side]:
+    with session_scope(cfg.db_url) as s:
+        out = {}
+        for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id)):
+            corpus = s.get(Corpus, cid) if cid is not None else None
+            if corpus is None or corpus.state != CorpusState.READY.value:
+                raise MinerError(f"job {job.id}: the {side} side is not ingested yet; run `miner retry {job.id}`")
+            out[side] = Side(side, corpus.id, corpus.key, corpus.n_sentences)
+        return out
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def corpus_key(sha256: str, settings: dict) -> str:
+    blob = json.dumps({"sha256": sha256, **settings}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def ingest(cfg: Config, job_id: int, side: str) -> int:
+    """Read one side of a job into a corpus (or reuse an identical one); returns the corpus id."""
+    job = ensure_active(cfg, job_id)
+    path = job.src_path if side == "src" else job.tgt_path
+    check_input_file(path)
+    settings = {
+        "max_chars": int(job.options["max_line_length"]),
+        "on_decode_error": job.options["on_decode_error"],
+        "reader": READER_VERSION,
+    }
+    sha = file_digest(path)
+    key = corpus_key(sha, settings)
+    corpus_id, reused = _claim_corpus(cfg, key, sha, path, settings)
+    if not reused:
+        _fill_corpus(cfg, corpus_id, path, settings)
+    with session_scope(cfg.db_url) as s:
+        corpus = s.get(Corpus, corpus_id)
+        job = s.get(Job, job_id)
+        if side == "src":
+            job.src_corpus_id = corpus_id
+        else:
+            job.tgt_corpus_id = corpus_id
+        n, stats = corpus.n_sentences, dict(corpus.stats or {})
+    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused)
+    if n == 0:
+        raise InputFileError(
+            f"{path} has no sentences left after ingest ({_describe_stats(stats)}); "
+            "check the file and --max-line-length"
+        )
+    return corpus_id
+
+
+def _describe_stats(stats: dict) -> str:
+    names = ("lines", "blank", "duplicates", "too_long", "decode_errors")
+    return ", ".join(f"{name.replace('_', ' ')}: {stats.get(name, 0)}" for name in names)
+
+
+def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) -> tuple[int, bool]:
+    """Find or create the corpus row. Returns (id, True) when it is ready to reuse, (id, False) when
+    this caller must fill it. Waits while another live task is filling it."""
+    from sqlalchemy.exc import IntegrityError
+
+    while True:
+        with session_scope(cfg.db_url) as s:
+            corpus = s.scalar(select(Corpus).where(Corpus.key == key))
+            if corpus is None:
+                corpus = Corpus(key=key, sha256=sha, path=str(path), settings=settings, stats={})
+                s.add(corpus)
+                try:
+                    s.flush()
+                except IntegrityError:
+                    s.rollback()
+                    continue
+                return corpus.id, False
+            if corpus.state == CorpusState.READY.value:
+                return corpus.id, True
+            age = (utcnow() - corpus.heartbeat_at).total_seconds()
+            if age > STALE_INGEST_SECONDS:
+                # The task that was filling it died: take over.
+                corpus.heartbeat_at = utcnow()
+                return corpus.id, False
+        time.sleep(1.0)
+
+
+def _fill_corpus(cfg: Config, corpus_id: int, path: str, settings: dict) -> None:
+    stats = ReadStats()
+    with session_scope(cfg.db_url) as s:
+        s.execute(delete(Sentence).where(Sentence.corpus_id == corpus_id))
+    sentences = read_sentences(
+        path, max_chars=settings["max_chars"], on_decode_error=settings["on_decode_error"], stats=stats
+    )
+    idx = 0
+    for batch in batched(sentences, INGEST_BATCH):
+        rows = [{"corpus_id": corpus_id, "idx": idx + i, "line_no": ln, "text": text} for i, (ln, text) in enumerate(batch)]
+        idx += len(rows)
+        with session_scope(cfg.db_url) as s:
+            s.execute(insert(Sentence), rows)
+            s.execute(update(Corpus).where(Corpus.id == corpus_id).values(heartbeat_at=utcnow()))
+    with session_scope(cfg.db_url) as s:
+        s.execute(
+            update(Corpus)
+            .where(Corpus.id == corpus_id)
+            .values(state=CorpusState.READY.value, n_sentences=idx, stats=stats.as_dict(), heartbeat_at=utcnow())
+        )
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
+    """Shard both sides and record the size of every stage; returns the shard spans per side."""
+    job = ensure_active(cfg, job_id)
+    sides = job_sides(cfg, job)
+    size = int(job.options["shard_size"])
+    spans = {name: shard_spans(side.n, size) for name, side in sides.items()}
+    n_src, n_tgt = sides["src"].n, sides["tgt"].n
+    n_shards = len(spans["src"]) + len(spans["tgt"])
+    set_stage(cfg, job_id, "embed", n_shards, n_src + n_tgt)
+    set_stage(cfg, job_id, "index", 2, n_src + n_tgt)
+    set_stage(cfg, job_id, "knn", n_shards, n_src + n_tgt)
+    set_stage(cfg, job_id, "score", n_shards, n_src + n_tgt)
+    set_stage(cfg, job_id, "finish", 1, 0)
+    return spans
+
+
+# --------------------------------------------------------------------------- embed / index / knn / score
+
+_models: dict[str, object] = {}
+_indexes: dict[str, object] = {}
+
+
+def _model(cfg: Config, job: Job):
+    from miner.encoders import load_model, resolve_model
+
+    spec = resolve_model(job.model)
+    if spec.key not in _models:
+        _models.clear()  # one model per worker process at a time
+        _models[spec.key] = load_model(spec, threads=cfg.threads or 1, device=cfg.device)
+    return _models[spec.key]
+
+
+def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:
+    with session_scope(cfg.db_url) as s:
+        rows = s.execute(
+            select(Sentence.text)
+            .where(Sentence.corpus_id == corpus_id, Sentence.idx >= start, Sentence.idx < end)
+            .order_by(Sentence.idx)
+        ).all()
+    return [r[0] for r in rows]
+
+
+def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
+    """Embed sentences [start, end) of one side (skipped when the artifact exists)."""
+    job = ensure_active(cfg, job_id)
+    corpus = job_sides(cfg, job)[side]
+    model_key = job.options["model_key"]
+    path = Artifacts(cfg.artifacts).embeddings(corpus.key, model_key, start, end)
+    reused = path.exists()
+    if not reused:
+        from miner.encoders import encode
+
+        texts = _side_texts(cfg, corpus.corpus_id, start, end)
+        if len(texts) != end - start:
+            raise MinerError(f"corpus {corpus.corpus_id} has {len(texts)} sentences in [{start}, {end}); re-ingest it")
+        vectors = encode(_model(cfg, job), texts, batch_size=cfg.embed_batch_size)
+        save_npy(path, vectors)
+    record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused)
+    return str(path)
+
+
+def build_index(cfg: Config, job_id: int, side: str) -> str:
+    """Build the exact FAISS index of one side from its embedding shards."""
+    import faiss
+
+    job = ensure_active(cfg, job_id)
+    corpus = job_sides(cfg, job)[side]
+    model_key = job.options["model_key"]
+    art = Artifacts(cfg.artifacts)
+    path = art.index(corpus.key, model_key, "flat")
+    reused = path.exists()
+    if not reused:
+        index = None
+        for start, end in shard_spans(corpus.n, int(job.options["shard_size"])):
+            vectors = np.load(art.embeddings(corpus.key, model_key, start, end))
+            if index is None:
+                index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        from miner.artifacts import atomic_path
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
+    record_step(cfg, job_id, "index", side, corpus.n, reused)
+    return str(path)
+
+
+def _load_index(path: Path):
+    import faiss
+
+    key = str(path)
+    if key not in _indexes:
+        _indexes.clear()
+        _indexes[key] = faiss.read_index(key)
+    return _indexes[key]
+
+
+def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
+    """k nearest neighbours of query shard [start, end) in the other side's index."""
+    job = ensure_active(cfg, job_id)
+    sides = job_sides(cfg, job)
+    query, target = (sides[name] for name in DIRECTIONS[direction])
+    model_key = job.options["model_key"]
+    k = min(int(job.options["k"]), target.n)
+    art = Artifacts(cfg.artifacts)
+    path = art.knn(query.key, target.key, model_key, k, start, end)
+    reused = path.exists()
+    if not reused:
+        queries = np.load(art.embeddings(query.key, model_key, start, end))
+        index = _load_index(art.index(target.key, model_key, "flat"))
+        sims, ids = mining.knn_index(queries, index, k)
+        save_npz(path, sims=sims, ids=ids)
+    record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused)
+    return str(path)
+
+
+def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -> np.ndarray:
+    """Mean kNN similarity of every sentence of the query side of ``direction``."""
+    query, target = (sides[name] for name in DIRECTIONS[direction])
+    model_key = job.options["model_key"]
+    k = min(int(job.options["k"]), target.n)
+    art = Artifacts(cfg.artifacts)
+    parts = [
+        mining.knn_mean(load_npz(art.knn(query.key, target.key, model_key, k, s, e))["sims"])
+        for s, e in shard_spans(query.n, int(job.options["shard_size"]))
+    ]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
+    """Best margin candidate of each query in shard [start, end)."""
+    job = ensure_active(cfg, job_id)
+    sides = job_sides(cfg, job)
+    query, target = (sides[name] for name in DIRECTIONS[direction])
+    model_key = job.options["model_key"]
+    k = min(int(job.options["k"]), target.n)
+    art = Artifacts(cfg.artifacts)
+    path = art.scores(job_id, direction, start, end)
+    reused = path.exists()
+    if not reused:
+        shard = load_npz(art.knn(query.key, target.key, model_key, k, start, end))
+        other = "bwd" if direction == "fwd" else "fwd"
+        target_mean = _side_means(cfg, job, other, sides)
+        best, scores = mining.best_candidates(
+            shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
+        )
+        save_npz(path, ids=best, scores=scores)
+    record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray, np.ndarray]:
+    art = Artifacts(cfg.artifacts)
+    parts = [load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
+    return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts])
+
+
+CANDIDATE_BATCH = 20000
+
+
+def finish(cfg: Config, job_id: int) -> int:
+    """Apply the retrieval mode and store the candidates (replacing any earlier ones)."""
+    job = ensure_active(cfg, job_id)
+    sides = job_sides(cfg, job)
+    fwd_best, fwd_scores = _best(cfg, job, "fwd", sides["src"])
+    bwd_best, bwd_scores = _best(cfg, job, "bwd", sides["tgt"])
+    src, tgt, scores, direction = mining.retrieve(
+        fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
+    )
+    threshold = job.options.get("threshold")
+    above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
+    names = np.array(["", "fwd", "bwd", "both"])[direction]
+    with session_scope(cfg.db_url) as s:
+        s.execute(delete(Candidate).where(Candidate.job_id == job_id))
+        for lo in range(0, len(src), CANDIDATE_BATCH):
+            hi = lo + CANDIDATE_BATCH
+            rows = [
+                {"job_id": job_id, "src_idx": int(a), "tgt_idx": int(b), "score": float(c), "direction": str(d)}
+                for a, b, c, d in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi])
+            ]
+            s.execute(insert(Candidate), rows)
+        job = s.get(Job, job_id)
+        if job.state == JobState.CANCELLED.value:
+            raise JobCancelled(f"job {job_id} was cancelled")
+        job.n_candidates = above
+        job.state = JobState.DONE.value
+        job.finished_at = utcnow()
+        job.error = None
+    set_stage(cfg, job_id, "finish", 1, len(src))
+    record_step(cfg, job_id, "finish", "all", above)
+    return above
+
+
+def count_steps(cfg: Config, job_id: int) -> dict[str, tuple[int, int]]:
+    """{stage: (units done, items done)}."""
+    with session_scope(cfg.db_url) as s:
+        rows = s.execute(
+            select(JobStep.stage, func.count(JobStep.id), func.coalesce(func.sum(JobStep.items), 0))
+            .where(JobStep.job_id == job_id)
+            .group_by(JobStep.stage)
+        ).all()
+    return {stage: (int(units), int(items)) for stage, units, items in rows}

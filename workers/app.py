@@ -1,0 +1,104 @@
+"""The Celery app, configured once from :class:`miner.config.Config` (env vars ``MINER_*``).
+
+Start a worker with ``miner worker`` (or ``celery -A workers.app worker -Q miner,embed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery, signals
+
+from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config
+
+log = logging.getLogger(__name__)
+
+
+class CelerySettings:
+    """Celery settings derived from a :class:`Config` (passed to ``app.config_from_object``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.broker_url = cfg.broker_url
+        self.result_backend = cfg.result_backend
+        self.task_default_queue = DEFAULT_QUEUE
+        self.task_routes = {"miner.embed": {"queue": EMBED_QUEUE}}
+        self.task_serializer = "json"
+        self.result_serializer = "json"
+        self.accept_content = ["json"]
+        # Steps are idempotent, so a task whose worker died is safe to run again.
+        self.task_acks_late = True
+        self.task_reject_on_worker_lost = True
+        self.worker_prefetch_multiplier = 1
+        self.broker_connection_retry_on_startup = True
+        self.worker_hijack_root_logger = False
+        self.result_expires = 7 * 24 * 3600
+        self.result_backend_always_retry = True
+        # Chords on a database result backend poll for their header; poll often (stages are short).
+        self.result_chord_retry_interval = 0.2
+        self.database_engine_options = {"connect_args": {"timeout": 60}} if cfg.result_backend.startswith("db+sqlite") else {}
+        if cfg.broker_url.startswith("filesystem://"):
+            folder = cfg.broker_folder
+            self.broker_transport_options = {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),
+                "store_processed": False,
+                "polling_interval": 0.1,
+            }
+        elif cfg.broker_url.startswith("redis"):
+            # Longer than the slowest shard, so a running task is not redelivered to another worker.
+            self.broker_transport_options = {"visibility_timeout": 6 * 3600}
+
+
+def make_app(cfg: Config | None = None) -> Celery:
+    cfg = cfg or Config.from_env()
+    cfg.ensure_dirs()
+    celery_app = Celery("miner", include=["workers.tasks"])
+    celery_app.config_from_object(CelerySettings(cfg))
+    celery_app.miner_config = cfg
+    return celery_app
+
+
+app = make_app()
+
+
+@signals.celeryd_init.connect
+def _remember_concurrency(sender=None, conf=None, options=None, **kwargs) -> None:
+    """Size each child's thread pools: the cores given to this worker divided by its concurrency."""
+    concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
+    if not os.environ.get("MINER_THREADS"):
+        os.environ["MINER_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(concurrency)))
+
+
+@signals.worker_process_init.connect
+def _init_child(**kwargs) -> None:
+    from miner.db import dispose_engines
+
+    dispose_engines()  # never share pooled connections across fork
+    limit_threads(int(os.environ.get("MINER_THREADS") or 1))
+
+
+def limit_threads(threads: int) -> None:
+    """One bounded thread pool per process for BLAS, torch and FAISS (no oversubscription)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except Exception:  # threadpoolctl finds nothing to limit: fine
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except Exception:
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except Exception:
+        pass
