@@ -1,0 +1,86 @@
+"""Shared fixtures: isolated MINER_HOME folders, the shared Tatoeba data, running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TATOEBA = SHARED / "data" / "tatoeba"
+DISTRACTORS = SHARED / "data" / "distractors.eng"
+
+MINER_VARS = ("MINER_HOME", "MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND", "MINER_ARTIFACTS", "MINER_THREADS")
+
+
+def miner_env(home: Path, **extra: str) -> dict:
+    """The environment of a miner process whose state lives in ``home``."""
+    env = {k: v for k, v in os.environ.items() if k not in MINER_VARS}
+    env["MINER_HOME"] = str(home)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_miner(home: Path, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess:
+    """Run ``miner ARGS`` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "miner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=miner_env(home, **extra),
+        timeout=timeout,
+        cwd=str(home.parent),
+    )
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh MINER_HOME for in-process use (CliRunner, library calls)."""
+    for var in MINER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "home"
+    monkeypatch.setenv("MINER_HOME", str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return path
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def make_case(folder: Path, lang: str, n_distractors: int, seed: int = 0) -> dict:
+    """Tatoeba LANG-eng: all LANG lines as source; the English partners mixed with distractors,
+    shuffled, as target. Returns paths and the gold pairs (as text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src_lines = read_lines(TATOEBA / f"tatoeba.{lang}-eng.{lang}")
+    eng_lines = read_lines(TATOEBA / f"tatoeba.{lang}-eng.eng")
+    distractors = read_lines(DISTRACTORS)[:n_distractors]
+    target = eng_lines + distractors
+    random.Random(seed).shuffle(target)
+    src = folder / f"src.{lang}"
+    tgt = folder / "tgt.eng"
+    src.write_text("\n".join(src_lines) + "\n", encoding="utf-8")
+    tgt.write_text("\n".join(target) + "\n", encoding="utf-8")
+    gold = {(" ".join(s.split()), " ".join(t.split())) for s, t in zip(src_lines, eng_lines)}
+    return {"src": src, "tgt": tgt, "gold": gold}
+
+
+def read_tsv(path: Path) -> list[tuple[float, str, str]]:
+    rows = []
+    for line in read_lines(path):
+        score, src, tgt = line.split("\t")
+        rows.append((float(score), src, tgt))
+    return rows
+
+
+def precision_recall(rows, gold) -> tuple[float, float]:
+    found = {(s, t) for _, s, t in rows}
+    hits = found & gold
+    return len(hits) / max(len(rows), 1), len(hits) / len(gold)

@@ -1,0 +1,131 @@
+"""The CLI without workers: help, option checks and bad input, each with its exact message and exit code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from miner.cli import main
+
+COMMANDS = [[], ["mine"], ["submit"], ["worker"], ["status"], ["jobs"], ["export"], ["cancel"], ["retry"],
+            ["db"], ["db", "upgrade"], ["db", "current"], ["config"]]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path):
+    src = tmp_path / "a.de"
+    tgt = tmp_path / "b.en"
+    src.write_text("Ich habe Hunger.\nDas ist gut.\n", encoding="utf-8")
+    tgt.write_text("I am hungry.\nThat is good.\n", encoding="utf-8")
+    return src, tgt
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "miner")
+def test_help(runner, command):
+    result = runner.invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+
+
+def _mine(runner, src, tgt, *extra):
+    return runner.invoke(main, ["submit", str(src), str(tgt), "--src-lang", "de", "--tgt-lang", "en", *extra])
+
+
+def test_missing_file(runner, home, files, tmp_path):
+    _, tgt = files
+    result = _mine(runner, tmp_path / "nope.de", tgt)
+    assert result.exit_code == 3
+    assert result.output == f"Error: input file not found: {tmp_path / 'nope.de'} -- check the path\n"
+    assert "Traceback" not in result.output
+
+
+def test_empty_file(runner, home, files, tmp_path):
+    src, _ = files
+    empty = tmp_path / "empty.en"
+    empty.write_bytes(b"")
+    result = _mine(runner, src, empty)
+    assert result.exit_code == 3
+    assert "empty.en" in result.output and "empty" in result.output.lower()
+
+
+def test_empty_gz_file(runner, home, files, tmp_path):
+    src, _ = files
+    empty = tmp_path / "empty.en.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    result = _mine(runner, src, empty)
+    assert result.exit_code == 3, result.output
+
+
+def test_directory_and_binary(runner, home, files, tmp_path):
+    src, _ = files
+    assert _mine(runner, src, tmp_path).exit_code == 3
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 64)
+    result = _mine(runner, src, binary)
+    assert result.exit_code == 3
+    assert "text" in result.output
+
+
+def test_unknown_model(runner, home, files):
+    result = _mine(runner, *files, "--model", "no-such-model-anywhere")
+    assert result.exit_code == 4
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: unknown model 'no-such-model-anywhere'")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--k", "0"], "--k"),
+        (["--margin", "cosine"], "--margin"),
+        (["--retrieval", "both"], "--retrieval"),
+        (["--shard-size", "0"], "--shard-size"),
+        (["--threshold", "high"], "--threshold"),
+    ],
+)
+def test_bad_options(runner, home, files, args, fragment):
+    result = _mine(runner, *files, *args)
+    assert result.exit_code == 2
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+    assert not (home / "miner.db").exists() or "submit" not in result.output
+
+
+def test_no_jobs_yet(runner, home):
+    result = runner.invoke(main, ["status"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: no jobs yet; start one with `miner mine` or `miner submit`"
+    result = runner.invoke(main, ["jobs", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_unknown_job(runner, home):
+    for command in (["export", "42", "-o", "x.tsv"], ["status", "42"], ["cancel", "42"], ["retry", "42"]):
+        result = runner.invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.strip() == "Error: no job 42; `miner jobs` lists the jobs"
+
+
+def test_db_upgrade_is_idempotent(runner, home):
+    first = runner.invoke(main, ["db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, ["db", "upgrade"])
+    assert second.exit_code == 0
+    current = runner.invoke(main, ["db", "current"])
+    assert current.output.startswith("0001")
+
+
+def test_config_masks_passwords(runner, home, monkeypatch):
+    monkeypatch.setenv("MINER_DB_URL", "postgresql+psycopg://miner:s3cret@db:5432/miner")
+    result = runner.invoke(main, ["config"])
+    assert result.exit_code == 0
+    assert "s3cret" not in result.output and "miner:***@db" in result.output
