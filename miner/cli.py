@@ -442,17 +442,15 @@ def cancel(ctx, job):
 @main.command()
 @click.argument("job", type=int)
 @click.option("--wait", is_flag=True, help="Block until the job finishes (needs a running worker).")
+@click.option("--force", is_flag=True, help="Also re-run a done, queued or running job (finished work is still skipped).")
 @click.pass_context
-def retry(ctx, job, wait):
+def retry(ctx, job, wait, force):
     """Run JOB again: finished shards are kept and skipped, failed or missing ones run."""
     from miner.jobs import get_job, reset_for_retry
 
     cfg = _db(ctx)
     state = get_job(cfg, job).state
-    if state == "done":
-        click.echo(f"job {job} is done; nothing to retry")
-        return
-    reset_for_retry(cfg, job)
+    reset_for_retry(cfg, job, force=force)
     _send(job)
     click.echo(f"job {job} queued again (was {state})")
     if wait:

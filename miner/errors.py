@@ -48,6 +48,6 @@ class JobFailed(MinerError):
 
 
 class JobCancelled(MinerError):
-    """The job was cancelled; its remaining tasks stop."""
+    """The job was cancelled, or failed in another task; its remaining tasks stop."""
 
     exit_code = 1

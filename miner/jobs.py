@@ -95,14 +95,17 @@ def cancel_job(cfg: Config, job_id: int) -> str:
         return old
 
 
-def reset_for_retry(cfg: Config, job_id: int) -> None:
-    """Put a failed or cancelled job back in the queue (finished steps stay and are skipped)."""
+def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
+    """Put a failed or cancelled job (with ``force``, also a done one) back in the queue; finished
+    steps stay and are skipped, the candidates are replaced at the end."""
     with session_scope(cfg.db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
-        if job.state == JobState.RUNNING.value:
-            raise UsageError(f"job {job_id} is running; cancel it first (`miner cancel {job_id}`)")
+        if job.state in (JobState.RUNNING.value, JobState.QUEUED.value) and not force:
+            raise UsageError(f"job {job_id} is {job.state}; cancel it first (`miner cancel {job_id}`) or pass --force")
+        if job.state == JobState.DONE.value and not force:
+            raise UsageError(f"job {job_id} is done; pass --force to run its tasks again")
         job.state = JobState.QUEUED.value
         job.error = None
         job.finished_at = None

@@ -72,7 +72,10 @@ def ensure_active(cfg: Config, job_id: int) -> Job:
             raise MinerError(f"job {job_id} does not exist")
         if job.state == JobState.CANCELLED.value:
             raise JobCancelled(f"job {job_id} was cancelled")
-        if job.state in (JobState.QUEUED.value, JobState.FAILED.value):
+        if job.state == JobState.FAILED.value:
+            # Another task of this job failed: stop here; `miner retry` puts the job back in the queue.
+            raise JobCancelled(f"job {job_id} failed: {job.error}")
+        if job.state == JobState.QUEUED.value:
             job.state = JobState.RUNNING.value
             job.error = None
             job.exit_code = None
@@ -81,13 +84,21 @@ def ensure_active(cfg: Config, job_id: int) -> Job:
 
 
 def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reused: bool = False) -> None:
-    """Record one finished unit of work, once (a second record of the same unit is ignored)."""
+    """Record one finished unit of work, once: a second record of the same unit (a re-run, or the
+    same task delivered twice) is ignored by the unique key, also when both race."""
+    values = dict(job_id=job_id, stage=stage, unit=unit, items=items, reused=int(reused), finished_at=utcnow())
     with session_scope(cfg.db_url) as s:
-        exists = s.scalar(
-            select(JobStep.id).where(JobStep.job_id == job_id, JobStep.stage == stage, JobStep.unit == unit)
-        )
-        if exists is None:
-            s.add(JobStep(job_id=job_id, stage=stage, unit=unit, items=items, reused=int(reused)))
+        s.execute(insert_ignore(s, JobStep, values, ["job_id", "stage", "unit"]))
+
+
+def insert_ignore(session, model, values: dict, keys: list[str]):
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for SQLite and PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
 
 
 def set_stage(cfg: Config, job_id: int, stage: str, units: int, items: int) -> None:
@@ -393,6 +404,8 @@ def finish(cfg: Config, job_id: int) -> int:
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]
     with session_scope(cfg.db_url) as s:
+        # Lock the job row: a second delivery of this task waits, then replaces the same rows.
+        job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
         s.execute(delete(Candidate).where(Candidate.job_id == job_id))
         for lo in range(0, len(src), CANDIDATE_BATCH):
             hi = lo + CANDIDATE_BATCH
@@ -401,7 +414,6 @@ def finish(cfg: Config, job_id: int) -> int:
                 for a, b, c, d in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi])
             ]
             s.execute(insert(Candidate), rows)
-        job = s.get(Job, job_id)
         if job.state == JobState.CANCELLED.value:
             raise JobCancelled(f"job {job_id} was cancelled")
         job.n_candidates = above

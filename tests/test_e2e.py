@@ -1,0 +1,176 @@
+"""End to end through real Celery worker processes on the embedded default (SQLite + filesystem broker)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import make_case, miner_env, precision_recall, read_tsv, run_miner
+
+pytestmark = pytest.mark.slow
+
+
+def _job_id(result: subprocess.CompletedProcess) -> int:
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def _status(home, job_id) -> dict:
+    result = run_miner(home, "status", job_id, "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_mine_tatoeba_deu_with_distractors(tmp_path):
+    """`miner mine` with the default model finds >= 93% of 1,000 gold pairs among 5,000 distractors,
+    with >= 93% precision; a second job against the same English file reuses its embeddings."""
+    case = make_case(tmp_path / "deu", "deu", 5000)
+    home = tmp_path / "home"
+    out = tmp_path / "out.tsv"
+    result = run_miner(home, "mine", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en", "-o", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_tsv(out)
+    precision, recall = precision_recall(rows, case["gold"])
+    print(f"deu: {len(rows)} pairs, precision {precision:.3f}, recall {recall:.3f}")
+    assert recall >= 0.93
+    assert precision >= 0.93
+    assert rows == sorted(rows, key=lambda r: -r[0])
+    job_id = _job_id(result)
+    status = _status(home, job_id)
+    assert status["state"] == "done" and status["pairs"] == len(rows)
+
+    fra = make_case(tmp_path / "fra", "fra", 0)
+    out2 = tmp_path / "fra.tsv"
+    result = run_miner(home, "mine", fra["src"], case["tgt"], "--src-lang", "fra", "--tgt-lang", "eng", "-o", out2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = {s["stage"]: s for s in _status(home, _job_id(result))["stages"]}
+    assert stages["ingest"]["reused"] == 1  # the English side
+    assert stages["embed"]["reused"] == 1  # its one shard of 6,000 sentences
+    assert len(read_tsv(out2)) > 0
+
+
+def test_submit_worker_status_export_retry_cancel(tmp_path):
+    """Two terminals: a worker in one, submit/status/export in the other."""
+    case = make_case(tmp_path / "case", "deu", 1000)
+    home = tmp_path / "home"
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "2"],
+                              env=miner_env(home), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    try:
+        result = run_miner(home, "submit", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
+                           "--shard-size", "250")
+        assert result.returncode == 0, result.stderr
+        job_id = _job_id(result)
+
+        snapshots = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = _status(home, job_id)
+            snapshots.append(status)
+            if status["state"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.3)
+        assert status["state"] == "done", status
+        # Progress was visible while the job ran: a running snapshot with a stage partly done.
+        running = [s for s in snapshots if s["state"] == "running"]
+        assert running
+        assert any(0 < st["done"] < st["total"] for s in running for st in s["stages"] if st["total"])
+        final = {st["stage"]: st for st in status["stages"]}
+        assert final["embed"]["total"] == 4 + 8 and final["embed"]["done"] == 12
+        assert final["knn"]["items_done"] == final["knn"]["items_total"] == 1000 + 2000
+
+        out = tmp_path / "out.tsv"
+        result = run_miner(home, "export", job_id, "-o", out)
+        assert result.returncode == 0, result.stderr
+        rows = read_tsv(out)
+        precision, recall = precision_recall(rows, case["gold"])
+        assert recall >= 0.93 and precision >= 0.93
+        assert len(rows) == status["pairs"]
+
+        stdout = run_miner(home, "export", job_id, "-o", "-").stdout
+        assert stdout == out.read_text(encoding="utf-8")
+        gz = tmp_path / "out.tsv.gz"
+        assert run_miner(home, "export", job_id, "-o", gz, "--header").returncode == 0
+        with gzip.open(gz, "rt", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        assert lines[0] == "score\tsource\ttarget" and len(lines) == len(rows) + 1
+        high = tmp_path / "high.tsv"
+        run_miner(home, "export", job_id, "-o", high, "--min-score", "1.2")
+        high_rows = read_tsv(high)
+        assert 0 < len(high_rows) < len(rows) and all(r[0] >= 1.2 for r in high_rows)
+
+        # Running every task of the finished job again duplicates nothing.
+        result = run_miner(home, "retry", job_id, "--force", "--wait", timeout=300)
+        assert result.returncode == 0, result.stderr
+        again = tmp_path / "again.tsv"
+        run_miner(home, "export", job_id, "-o", again)
+        assert again.read_bytes() == out.read_bytes()
+        status = _status(home, job_id)
+        assert status["candidates_stored"] == len({(s, t) for _, s, t in read_tsv(again)}) or status[
+            "candidates_stored"] >= len(rows)
+        assert status["attempt"] == 2
+
+        # Cancel a queued job, then retry it to completion.
+        result = run_miner(home, "submit", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
+                           "--margin", "distance")
+        job2 = _job_id(result)
+        cancel = run_miner(home, "cancel", job2)
+        assert cancel.returncode == 0 and f"job {job2} cancelled" in cancel.stdout
+        time.sleep(3)
+        assert _status(home, job2)["state"] == "cancelled"
+        result = run_miner(home, "retry", job2, "--wait", timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert _status(home, job2)["state"] == "done"
+
+        listing = json.loads(run_miner(home, "jobs", "--json").stdout)
+        assert [j["id"] for j in listing] == [job2, job_id]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+
+
+def test_mine_messy_input_and_failures(tmp_path):
+    """Blank lines, duplicates, a 1 MB line and undecodable bytes are counted skips; an unknown
+    language code warns; a file with nothing left fails with exit code 3 and one error line."""
+    home = tmp_path / "home"
+    src = tmp_path / "messy.de"
+    src.write_bytes(
+        "Ich habe Hunger.\n\n".encode() + b"x" * 1_000_000 + b"\n" + b"Kaputt \xff hier.\n"
+        + "Ich habe Hunger.\nDer Hund schläft im Garten.\n".encode()
+    )
+    tgt = tmp_path / "clean.en"
+    tgt.write_text("The dog is sleeping in the garden.\nI am hungry.\nThe stock market fell sharply.\n",
+                   encoding="utf-8")
+    out = tmp_path / "out.tsv"
+    result = run_miner(home, "mine", src, tgt, "--src-lang", "xx", "--tgt-lang", "en", "-o", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: unknown language code 'xx'" in result.stderr
+    assert "src: 2 sentences kept; skipped 1 blank, 1 duplicates, 1 too long, 1 decode errors" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {(s, t) for _, s, t in read_tsv(out)} == {
+        ("Ich habe Hunger.", "I am hungry."), ("Der Hund schläft im Garten.", "The dog is sleeping in the garden.")}
+
+    result = run_miner(home, "mine", src, tgt, "--src-lang", "de", "--tgt-lang", "en", "-o", out,
+                       "--on-decode-error", "fail")
+    assert result.returncode == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: job 2 failed: ingest: ") and "line 4" in last and "--on-decode-error" in last
+    assert "Traceback" not in result.stderr
+
+    blank = tmp_path / "blank.de"
+    blank.write_text("\n   \n\t\n", encoding="utf-8")
+    result = run_miner(home, "mine", blank, tgt, "--src-lang", "de", "--tgt-lang", "en", "-o", out)
+    assert result.returncode == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: job 3 failed: ingest: ") and "no sentences left" in last
+    status = _status(home, 3)
+    assert status["state"] == "failed"
