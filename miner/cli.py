@@ -19,7 +19,7 @@ import click
 
 from miner import defaults
 from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, mask_url
-from miner.errors import InputFileError, JobFailed, MinerError, UsageError
+from miner.errors import JobFailed, MinerError
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -299,12 +299,7 @@ def _resolve_job_id(cfg: Config, job: int | None) -> int:
 def _status_dict(cfg: Config, job_id: int) -> dict:
     from miner.jobs import job_status
 
-    status = job_status(cfg, job_id)
-    from miner.db import Job, session_scope
-
-    with session_scope(cfg.db_url) as s:
-        status["exit_code"] = s.get(Job, job_id).exit_code
-    return status
+    return job_status(cfg, job_id)
 
 
 def _format_eta(seconds) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path

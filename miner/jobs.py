@@ -178,6 +178,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
         "id": job.id,
         "state": job.state,
         "error": job.error,
+        "exit_code": job.exit_code,
         "src": job.src_path,
         "tgt": job.tgt_path,
         "src_lang": job.src_lang,
