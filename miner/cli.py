@@ -143,10 +143,10 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> int:
     return create_job(cfg, src, tgt, options)
 
 
-def _send(job_id: int) -> None:
+def _send(cfg: Config, job_id: int) -> None:
     from workers.workflows import submit
 
-    submit(job_id)
+    submit(job_id, cfg)
 
 
 @main.command()
@@ -175,7 +175,7 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
     try:
         if not _workers_alive():
             started = _start_workers(cfg, n_workers, concurrency)
-        _send(job_id)
+        _send(cfg, job_id)
         status = _watch(cfg, job_id, quiet=quiet, workers=started)
     except KeyboardInterrupt:
         click.echo(f"interrupted: job {job_id} is left as it is; `miner cancel {job_id}` or `miner retry {job_id}`",
@@ -197,7 +197,7 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
 def submit(ctx, src, tgt, **opts):
     """Queue a mining job and print its id (last line of stdout); returns at once."""
     job_id = _prepare_job(ctx, src, tgt, **opts)
-    _send(job_id)
+    _send(_config(ctx), job_id)
     if not _workers_alive():
         warn("no worker answered; the job waits in the queue until you start one with `miner worker`")
     click.echo(job_id)
@@ -244,8 +244,23 @@ def _start_workers(cfg: Config, n: int, concurrency: int | None) -> list[subproc
         cmd = [sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING"]
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log_path = log.name
+        procs.append(proc)
     return procs
+
+
+def _log_tail(path, lines: int = 15) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 20000))
+            tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"  ({path}: {exc.strerror})"
+    return f"  == {path}\n" + "\n".join("  " + line for line in tail)
 
 
 def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
@@ -350,9 +365,14 @@ def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | Non
             if status["state"] in FINISHED:
                 return status
             if workers and all(p.poll() is not None for p in workers):
+                status = _status_dict(cfg, job_id)  # a task may have finished the job as they exited
+                if status["state"] in FINISHED:
+                    return status
+                codes = ", ".join(str(p.returncode) for p in workers)
                 raise MinerError(
-                    f"the local worker processes exited while job {job_id} was {status['state']}; "
-                    f"see the logs in {cfg.log_folder}, then `miner retry {job_id}`"
+                    f"the local worker processes exited (exit code {codes}) while job {job_id} was "
+                    f"{status['state']}; then `miner retry {job_id}`. Last lines of their logs:\n"
+                    + "\n".join(_log_tail(getattr(p, "log_path", None)) for p in workers)
                 )
             time.sleep(interval)
     finally:
@@ -446,7 +466,7 @@ def retry(ctx, job, wait, force):
     cfg = _db(ctx)
     state = get_job(cfg, job).state
     reset_for_retry(cfg, job, force=force)
-    _send(job)
+    _send(cfg, job)
     click.echo(f"job {job} queued again (was {state})")
     if wait:
         _raise_if_failed(_watch(cfg, job))

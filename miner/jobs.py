@@ -109,6 +109,7 @@ def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
         job.state = JobState.QUEUED.value
         job.error = None
         job.finished_at = None
+        job.dispatched = None
         job.attempt += 1
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,12 +103,89 @@ def insert_ignore(session, model, values: dict, keys: list[str]):
 
 
 def set_stage(cfg: Config, job_id: int, stage: str, units: int, items: int) -> None:
+    """Record the size of a stage (an upsert: safe when two tasks plan the same job at once)."""
     with session_scope(cfg.db_url) as s:
-        row = s.get(JobStage, (job_id, stage))
-        if row is None:
-            s.add(JobStage(job_id=job_id, stage=stage, units=units, items=items))
+        s.execute(insert_ignore(s, JobStage, dict(job_id=job_id, stage=stage, units=units, items=items),
+                                ["job_id", "stage"]))
+        s.execute(update(JobStage).where(JobStage.job_id == job_id, JobStage.stage == stage)
+                  .values(units=units, items=items))
+
+
+# --------------------------------------------------------------------------- stage hand-over
+#
+# No chords: every task, once its unit is recorded, checks whether its stage is complete; the one
+# that sees it complete and wins ``claim_stage`` (an atomic compare-and-set on ``jobs.dispatched``)
+# sends the next stage's tasks. A task delivered twice, or run again after its worker died, finds
+# its unit recorded and the next stage already claimed, so nothing runs twice and nothing is lost.
+
+NEXT_STAGE = {"ingest": "embed", "embed": "index", "index": "knn", "knn": "score", "score": "finish"}
+
+
+def stage_complete(cfg: Config, job_id: int, stage: str) -> bool:
+    with session_scope(cfg.db_url) as s:
+        if stage == "ingest":
+            units = len(SIDES)
         else:
-            row.units, row.items = units, items
+            units = s.scalar(select(JobStage.units).where(JobStage.job_id == job_id, JobStage.stage == stage))
+            if units is None:
+                return False
+        done = s.scalar(select(func.count(JobStep.id)).where(JobStep.job_id == job_id, JobStep.stage == stage))
+    return int(done or 0) >= int(units)
+
+
+@contextmanager
+def claim_stage(cfg: Config, job_id: int, previous: str | None, stage: str):
+    """Yield True to exactly one caller per (job, stage) hand-over, inside a transaction that
+    commits after the body: send the stage's tasks in the body, so a crash before the commit
+    leaves the stage unclaimed for the re-delivered task to claim."""
+    with session_scope(cfg.db_url) as s:
+        condition = Job.dispatched.is_(None) if previous is None else Job.dispatched == previous
+        result = s.execute(
+            update(Job)
+            .where(Job.id == job_id, condition, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+            .values(dispatched=stage)
+        )
+        yield result.rowcount == 1
+
+
+def hand_over(cfg: Config, job_id: int, previous: str | None, stage: str, send) -> bool:
+    """Call ``send(stage, units)`` (which queues one task per unit) if this caller wins the claim."""
+    units = stage_units(cfg, job_id, stage)
+    with claim_stage(cfg, job_id, previous, stage) as claimed:
+        if claimed:
+            send(stage, units)
+    return claimed
+
+
+def advance(cfg: Config, job_id: int, stage: str, send) -> bool:
+    """After a unit of ``stage`` is recorded: when the stage is complete, hand over to the next one
+    (planning the shards after ingest). True for the one caller that sent the next stage."""
+    following = NEXT_STAGE.get(stage)
+    if following is None or not stage_complete(cfg, job_id, stage):
+        return False
+    try:
+        if following == "embed":
+            plan(cfg, job_id)
+        return hand_over(cfg, job_id, stage, following, send)
+    except JobCancelled:
+        return False
+
+
+def stage_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
+    """The arguments (after ``job_id``) of every task of ``stage``."""
+    if stage in ("ingest", "index"):
+        return [(side,) for side in SIDES]
+    if stage == "finish":
+        return [()]
+    job = load_job(cfg, job_id)
+    sides = job_sides(cfg, job)
+    size = int(job.options["shard_size"])
+    if stage == "embed":
+        return [(name, s, e) for name in SIDES for s, e in shard_spans(sides[name].n, size)]
+    if stage in ("knn", "score"):
+        return [(direction, s, e) for direction, (query, _) in DIRECTIONS.items()
+                for s, e in shard_spans(sides[query].n, size)]
+    raise ValueError(f"unknown stage {stage!r}")
 
 
 def mark_failed(cfg: Config, job_id: int, message: str, exit_code: int = 1) -> None:
@@ -163,12 +241,12 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
         else:
             job.tgt_corpus_id = corpus_id
         n, stats = corpus.n_sentences, dict(corpus.stats or {})
-    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused)
     if n == 0:
         raise InputFileError(
             f"{path} has no sentences left after ingest ({_describe_stats(stats)}); "
             "check the file and --max-line-length"
         )
+    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused)
     return corpus_id
 
 

@@ -3,6 +3,8 @@ never duplicate, and a second job reuses the corpora, embeddings and kNN of the 
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -40,24 +42,33 @@ def small_case(folder):
     return src, tgt
 
 
-def run_job(cfg, src, tgt, **overrides) -> int:
+STEP_FUNCTIONS = {"ingest": steps.ingest, "embed": steps.embed, "index": steps.build_index,
+                  "knn": steps.knn, "score": steps.score, "finish": steps.finish}
+
+
+def run_job(cfg, src, tgt, seed=0, redeliver=0.0, sent=None, **overrides) -> int:
+    """Run a job's tasks in-process through the same stage hand-over the workers use: a local list
+    stands in for the broker, tasks run in random order, and a share ``redeliver`` of them runs
+    twice (a broker delivering a task again)."""
     options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key,
                    k=4, margin="ratio", retrieval="max", threshold=1.06, shard_size=64)
     options.update(overrides)
     job_id = create_job(cfg, src, tgt, JobOptions(**options))
-    for side in steps.SIDES:
-        steps.ingest(cfg, job_id, side)
-    spans = steps.plan(cfg, job_id)
-    for side in steps.SIDES:
-        for start, end in spans[side]:
-            steps.embed(cfg, job_id, side, start, end)
-    for side in steps.SIDES:
-        steps.build_index(cfg, job_id, side)
-    for stage in (steps.knn, steps.score):
-        for direction, (query, _) in steps.DIRECTIONS.items():
-            for start, end in spans[query]:
-                stage(cfg, job_id, direction, start, end)
-    steps.finish(cfg, job_id)
+    queue = []
+
+    def send(stage, units):
+        queue.extend((stage, args) for args in units)
+        if sent is not None:
+            sent.append((stage, len(units)))
+
+    assert steps.hand_over(cfg, job_id, None, "ingest", send)
+    assert not steps.hand_over(cfg, job_id, None, "ingest", send)  # a second submit sends nothing
+    rng = random.Random(seed)
+    while queue:
+        stage, args = queue.pop(rng.randrange(len(queue)))
+        for _ in range(2 if rng.random() < redeliver else 1):
+            STEP_FUNCTIONS[stage](cfg, job_id, *args)
+            steps.advance(cfg, job_id, stage, send)
     return job_id
 
 
@@ -94,6 +105,43 @@ def test_sharded_job_equals_one_shot_mining(cfg, tmp_path, muse, margin, retriev
                                        read_lines(TATOEBA / "tatoeba.deu-eng.eng")[:300])}
         hits = sum((s, t) in gold for _, s, t in rows)
         assert hits >= 0.9 * len(de_lines)
+
+
+def test_stages_hand_over_once_in_any_order_with_redelivered_tasks(cfg, tmp_path, muse):
+    src, tgt = small_case(tmp_path)
+    ordered = run_job(cfg, src, tgt, seed=1)
+    sent = []
+    shuffled = run_job(cfg, src, tgt, seed=2, redeliver=0.5, sent=sent)
+    # Every stage was sent exactly once, with one task per shard (5 src + 8 tgt shards of 64).
+    assert sent == [("ingest", 2), ("embed", 13), ("index", 2), ("knn", 13), ("score", 13), ("finish", 1)]
+    a, b = candidates(cfg, ordered), candidates(cfg, shuffled)
+    assert [(s_, t) for s_, t, _ in a] == [(s_, t) for s_, t, _ in b]
+    np.testing.assert_allclose([c for *_, c in a], [c for *_, c in b], rtol=1e-6)
+    status = job_status(cfg, shuffled)
+    assert status["state"] == "done"
+    assert all(stage["done"] == stage["total"] for stage in status["stages"])
+
+
+def test_cancelled_job_hands_over_nothing(cfg, tmp_path, muse):
+    from miner.jobs import cancel_job, reset_for_retry
+
+    src, tgt = small_case(tmp_path)
+    options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key, shard_size=64)
+    job_id = create_job(cfg, src, tgt, JobOptions(**options))
+    sent = []
+    send = lambda stage, units: sent.append(stage)  # noqa: E731
+    assert steps.hand_over(cfg, job_id, None, "ingest", send)
+    steps.ingest(cfg, job_id, "src")
+    steps.ingest(cfg, job_id, "tgt")
+    cancel_job(cfg, job_id)
+    assert not steps.advance(cfg, job_id, "ingest", send)
+    assert sent == ["ingest"]
+    # A retry starts the hand-over again from ingest; finished units count at once.
+    reset_for_retry(cfg, job_id)
+    assert steps.hand_over(cfg, job_id, None, "ingest", send)
+    assert steps.advance(cfg, job_id, "ingest", send)
+    assert not steps.advance(cfg, job_id, "ingest", send)
+    assert sent == ["ingest", "ingest", "embed"]
 
 
 def _export(cfg, job_id, folder):

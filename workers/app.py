@@ -34,8 +34,8 @@ class CelerySettings:
         self.worker_hijack_root_logger = False
         self.result_expires = 7 * 24 * 3600
         self.result_backend_always_retry = True
-        # Chords on a database result backend poll for their header; poll often (stages are short).
-        self.result_chord_retry_interval = 0.2
+        # Stages hand over through the database (workers.workflows), not through task results.
+        self.task_ignore_result = True
         self.database_engine_options = {"connect_args": {"timeout": 60}} if cfg.result_backend.startswith("db+sqlite") else {}
         if cfg.broker_url.startswith("filesystem://"):
             folder = cfg.broker_folder

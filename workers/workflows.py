@@ -1,31 +1,40 @@
-"""The Celery canvas of one job, built by plain functions.
+"""How a job moves through its stages on Celery, without chords.
 
-``job_canvas``: ingest both sides in parallel, then ``plan`` -- which knows the shard counts and
-replaces itself with ``mining_canvas``: embed every shard of both sides, build both indexes, kNN
-every query shard in both directions, score every shard, finish. Each stage is a group; a group
-followed by the next stage is a chord, so shards of both sides run in parallel on all workers.
+``submit`` sends the two ingest tasks. Every task, after its unit of work is recorded, calls
+``advance``: when its stage is complete, the one caller that wins ``steps.claim_stage`` plans the
+job (after ingest) and sends every task of the next stage -- embed per shard of both sides, an
+index per side, kNN and scoring per query shard in both directions, then finish. The database is
+the only source of truth; the result backend is not used for flow control (a chord on a database
+result backend polls, and a group inside a chain may start its successor early).
 """
 
 from __future__ import annotations
 
-from celery import chain, group
-
+from miner import steps
+from miner.config import Config
 from workers import tasks
 
-
-def job_canvas(job_id: int):
-    return chain(group(tasks.ingest.si(job_id, "src"), tasks.ingest.si(job_id, "tgt")), tasks.plan.si(job_id))
-
-
-def mining_canvas(job_id: int, spans: dict[str, list[tuple[int, int]]]):
-    src, tgt = spans["src"], spans["tgt"]
-    embed = [tasks.embed.si(job_id, "src", s, e) for s, e in src] + [tasks.embed.si(job_id, "tgt", s, e) for s, e in tgt]
-    index = [tasks.build_index.si(job_id, "src"), tasks.build_index.si(job_id, "tgt")]
-    knn = [tasks.knn.si(job_id, "fwd", s, e) for s, e in src] + [tasks.knn.si(job_id, "bwd", s, e) for s, e in tgt]
-    score = [tasks.score.si(job_id, "fwd", s, e) for s, e in src] + [tasks.score.si(job_id, "bwd", s, e) for s, e in tgt]
-    return chain(group(embed), group(index), group(knn), group(score), tasks.finish.si(job_id))
+TASKS = {
+    "ingest": tasks.ingest,
+    "embed": tasks.embed,
+    "index": tasks.build_index,
+    "knn": tasks.knn,
+    "score": tasks.score,
+    "finish": tasks.finish,
+}
 
 
-def submit(job_id: int):
-    """Send a job's canvas to the broker; returns the AsyncResult of its first part."""
-    return job_canvas(job_id).apply_async()
+def send_stage(stage: str, units: list[tuple], job_id: int) -> None:
+    for args in units:
+        TASKS[stage].si(job_id, *args).apply_async()
+
+
+def submit(job_id: int, cfg: Config | None = None) -> bool:
+    """Send a queued job's first tasks; False when they were sent already."""
+    return steps.hand_over(cfg or tasks.config(), job_id, None, "ingest",
+                           lambda stage, units: send_stage(stage, units, job_id))
+
+
+def advance(cfg: Config, job_id: int, stage: str) -> bool:
+    """Send the next stage when ``stage`` is complete (once per job, whoever calls)."""
+    return steps.advance(cfg, job_id, stage, lambda following, units: send_stage(following, units, job_id))

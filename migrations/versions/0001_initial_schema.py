@@ -46,6 +46,7 @@ def upgrade() -> None:
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('n_candidates', sa.Integer(), nullable=True),
     sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('dispatched', sa.String(length=16), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=True),
