@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 
 from miner import defaults
-from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, mask_url
-from miner.errors import JobFailed, MinerError
+from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, available_cores, mask_url
+from miner.errors import JobFailed, MinerError, UsageError
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -45,6 +45,17 @@ class MinerGroup(click.Group):
             where = f" at {mask_url(cfg.db_url)}" if cfg else ""
             detail = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
             raise click.ClickException(f"database error{where}: {detail}") from None
+        except Exception as exc:
+            from kombu.exceptions import OperationalError as BrokerError
+
+            if not isinstance(exc, BrokerError):
+                raise
+            cfg = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
+            where = f" at {mask_url(cfg.broker_url)}" if cfg else ""
+            raise click.ClickException(
+                f"cannot reach the broker{where}: {str(exc).splitlines()[0]}; check MINER_BROKER_URL "
+                "and that the server runs"
+            ) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -282,24 +293,49 @@ def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
 @click.option("--queues", "-Q", default=f"{DEFAULT_QUEUE},{EMBED_QUEUE}", show_default=True,
               help=f"Queues to consume: '{EMBED_QUEUE}' for embedding (GPU workers), '{DEFAULT_QUEUE}' for the rest.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="BLAS/torch/FAISS threads per process (default: cores / concurrency).")
+              help="BLAS/torch/FAISS threads per process (default: MINER_THREADS, else cores / concurrency).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--name", "-n", default=None, help="Worker name (default: miner-<pid>@<host>).")
+@click.option("--events", "-E", is_flag=True, help="Send task events (for Flower or `celery events`).")
 @click.pass_context
-def worker(ctx, concurrency, queues, threads, loglevel, name):
+def worker(ctx, concurrency, queues, threads, loglevel, name, events):
     """Run a worker process (Ctrl-C stops it after the running tasks)."""
     cfg = _db(ctx)
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     concurrency = concurrency or cores
-    os.environ["MINER_THREADS"] = str(threads or max(1, cores // concurrency))
+    os.environ["MINER_THREADS"] = str(threads or cfg.threads or max(1, cores // concurrency))
     from workers.app import app, limit_threads
 
     limit_threads(int(os.environ["MINER_THREADS"]))
     argv = ["worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
             "--hostname", name or f"miner-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    if events:
+        argv.append("--task-events")
     click.echo(f"worker: broker {mask_url(cfg.broker_url)}, database {mask_url(cfg.db_url)}, "
                f"{concurrency} processes x {os.environ['MINER_THREADS']} threads, queues {queues}", err=True)
     app.worker_main(argv)
+
+
+@main.command()
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for replies.")
+@click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
+@click.pass_context
+def workers(ctx, timeout, as_json):
+    """List the workers that answer a ping on the broker (exit code 1 when none does)."""
+    cfg = _config(ctx)
+    if cfg.broker_url.startswith(("sqla+", "sqlalchemy+")):
+        raise UsageError(f"the broker {mask_url(cfg.broker_url)} cannot broadcast, so workers cannot be pinged; "
+                         "`miner status JOB` shows the workers seen by a job")
+    names = sorted(_workers_alive(timeout))
+    if as_json:
+        click.echo(json.dumps(names))
+    else:
+        for name in names:
+            click.echo(name)
+        if not names:
+            click.echo(f"no worker answered on {mask_url(cfg.broker_url)}", err=True)
+    if not names:
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------- status
@@ -333,12 +369,53 @@ def _print_status(status: dict) -> None:
         total = stage["total"] if stage["total"] is not None else "?"
         items = f"{stage['items_done']:,}" + (f"/{stage['items_total']:,}" if stage["items_total"] else "")
         reused = f"  ({stage['reused']} reused)" if stage["reused"] else ""
-        click.echo(f"  {stage['stage']:<7} {stage['done']:>5}/{total:<5} {items:>22}  {_format_eta(stage['eta_s'])}{reused}")
+        rate = f"  {stage['rate']:,.0f}/s" if stage.get("rate") else ""
+        click.echo(f"  {stage['stage']:<7} {stage['done']:>5}/{total:<5} {items:>22}  "
+                   f"{_format_eta(stage['eta_s'])}{rate}{reused}")
+        if len(stage.get("parts") or {}) > 1:
+            for part, info in stage["parts"].items():
+                part_items = f"{info['items_done']:,}" + (f"/{info['items_total']:,}" if info["items_total"] else "")
+                click.echo(f"    {part:<5} {info['done']:>5}/{info['total']:<5} {part_items:>22}")
+    if status.get("workers"):
+        names = ", ".join(f"{w['name']} ({w['units']})" for w in status["workers"])
+        click.echo(f"  workers seen: {len(status['workers'])}: {names}")
     if status["pairs"] is not None:
         click.echo(f"  pairs: {status['pairs']:,} at threshold {status['threshold']}"
                    f" ({status['candidates_stored']:,} candidates stored)")
     if status.get("error"):
         click.echo(f"  error: {status['error']}")
+
+
+def _update_bars(bars: dict, status: dict) -> None:
+    """One bar per stage and side (or direction), in sentences, with rate and ETA; a job bar
+    counting shards of every stage, with the workers seen."""
+    from tqdm import tqdm
+
+    units_total = sum(stage["total"] or 0 for stage in status["stages"])
+    units_done = sum(stage["done"] for stage in status["stages"])
+    job_bar = bars.get("job")
+    if job_bar is None:
+        job_bar = bars["job"] = tqdm(total=units_total, desc=f"job {status['id']:<9}", unit="task", position=0,
+                                     leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    job_bar.total = units_total
+    job_bar.update(units_done - job_bar.n)
+    job_bar.set_postfix_str(f"{status['state']}, workers seen: {len(status.get('workers') or [])}", refresh=False)
+    job_bar.refresh()
+    position = 1
+    for stage in status["stages"]:
+        for part, info in (stage.get("parts") or {}).items():
+            key = f"{stage['stage']} {part}" if part != "all" else stage["stage"]
+            bar = bars.get(key)
+            total = info["items_total"] or None
+            if bar is None:
+                bar = bars[key] = tqdm(total=total, desc=f"{key:<15}", unit="sent", unit_scale=True,
+                                       position=position, leave=True, file=sys.stderr, dynamic_ncols=True,
+                                       mininterval=0.5)
+            position += 1
+            bar.total = total
+            bar.update(info["items_done"] - bar.n)
+            bar.set_postfix_str(f"{info['done']}/{info['total']} shards", refresh=False)
+            bar.refresh()
 
 
 def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | None = None, interval: float = 0.5) -> dict:
@@ -350,18 +427,7 @@ def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | Non
         while True:
             status = _status_dict(cfg, job_id)
             if not quiet:
-                for i, stage in enumerate(status["stages"]):
-                    if stage["total"] is None:
-                        continue
-                    bar = bars.get(stage["stage"])
-                    if bar is None:
-                        bar = bars[stage["stage"]] = tqdm(total=stage["total"], desc=f"{stage['stage']:<7}",
-                                                          unit="shard", position=i, leave=True, file=sys.stderr,
-                                                          dynamic_ncols=True, mininterval=0.5)
-                    bar.total = stage["total"]
-                    bar.n = stage["done"]
-                    bar.set_postfix_str(f"{stage['items_done']:,} sentences", refresh=False)
-                    bar.refresh()
+                _update_bars(bars, status)
             if status["state"] in FINISHED:
                 return status
             if workers and all(p.poll() is not None for p in workers):
@@ -488,6 +554,21 @@ def db_upgrade(ctx, revision):
     cfg.ensure_dirs()
     upgrade(cfg.db_url, revision)
     click.echo(f"database {mask_url(cfg.db_url)} at revision {current_revision(cfg.db_url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def db_downgrade(ctx, revision, yes):
+    """Revert migrations down to REVISION ('base' drops every table: all jobs and pairs are lost)."""
+    from miner.migrate import current_revision, downgrade
+
+    cfg = _config(ctx)
+    if not yes:
+        click.confirm(f"downgrade {mask_url(cfg.db_url)} to {revision}? Data in dropped tables is lost", abort=True)
+    downgrade(cfg.db_url, revision)
+    click.echo(f"database {mask_url(cfg.db_url)} at revision {current_revision(cfg.db_url) or 'base (empty)'}")
 
 
 @db.command("current")

@@ -25,6 +25,78 @@ from miner.errors import UsageError
 EMBED_QUEUE = "embed"
 DEFAULT_QUEUE = "miner"
 
+#: Every environment variable the configuration reads, with what it sets.
+ENV_VARS = {
+    "MINER_HOME": "folder for the embedded database, broker, logs and artifacts",
+    "MINER_DB_URL": "SQLAlchemy URL of the database (sqlite:///..., postgresql+psycopg://...)",
+    "MINER_BROKER_URL": "Celery broker (filesystem://, redis://host:6379/0, sqla+sqlite:///...)",
+    "MINER_RESULT_BACKEND": "Celery result backend (not used for flow control)",
+    "MINER_ARTIFACTS": "folder for embeddings, indexes and kNN results, shared by all workers",
+    "MINER_THREADS": "BLAS/torch/FAISS threads per worker process",
+    "MINER_EMBED_BATCH_SIZE": "sentences per encode batch",
+    "MINER_DEVICE": "torch device for sentence-transformers models (cpu, cuda, cuda:1)",
+    "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
+}
+#: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
+#: (Docker/Kubernetes secrets), and is never printed unmasked.
+SECRET_VARS = ("MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND")
+
+
+def read_env(env: dict | None = None) -> dict:
+    """The process environment, completed by the ``MINER_CONFIG`` file and ``*_FILE`` secrets."""
+    env = dict(os.environ if env is None else env)
+    merged = {}
+    config_file = env.get("MINER_CONFIG")
+    if config_file:
+        merged.update(_read_config_file(Path(config_file).expanduser()))
+    merged.update({k: v for k, v in env.items() if v != ""})
+    for name in SECRET_VARS:
+        secret = merged.get(f"{name}_FILE")
+        if secret and not env.get(name):
+            try:
+                merged[name] = Path(secret).expanduser().read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise UsageError(f"{name}_FILE={secret}: cannot read it ({exc.strerror})") from None
+    return merged
+
+
+def _read_config_file(path: Path) -> dict:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"MINER_CONFIG={path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"MINER_CONFIG={path}: not a UTF-8 text file") from None
+    values = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise UsageError(f"MINER_CONFIG={path}, line {number}: expected NAME=value, got {line[:80]!r}")
+        if name not in ENV_VARS and not (name.endswith("_FILE") and name[:-5] in SECRET_VARS):
+            raise UsageError(f"MINER_CONFIG={path}, line {number}: unknown setting {name} "
+                             f"(known: {', '.join(sorted(ENV_VARS))})")
+        values[name] = value.strip().strip("'\"")
+    return values
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
 
 def default_home() -> Path:
     """The folder used when ``MINER_HOME`` is not set."""
@@ -62,7 +134,7 @@ class Config:
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
         """Read ``MINER_*`` variables; keyword overrides (from CLI options) win when not None."""
-        env = dict(os.environ if env is None else env)
+        env = read_env(env)
         home = Path(overrides.pop("home", None) or env.get("MINER_HOME") or default_home()).expanduser()
         home = home.absolute()
         values = dict(

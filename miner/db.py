@@ -119,6 +119,8 @@ class JobStage(Base):
     stage: Mapped[str] = mapped_column(String(16), primary_key=True)
     units: Mapped[int] = mapped_column(Integer, default=0)
     items: Mapped[int] = mapped_column(BigInteger, default=0)
+    # {part: [units, items]}: per side (src, tgt) or direction (fwd, bwd).
+    parts: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class JobStep(Base):
@@ -129,8 +131,11 @@ class JobStep(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     stage: Mapped[str] = mapped_column(String(16))
     unit: Mapped[str] = mapped_column(String(64))
+    part: Mapped[str] = mapped_column(String(16), default="")
     items: Mapped[int] = mapped_column(BigInteger, default=0)
     reused: Mapped[bool] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
     finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -124,21 +124,38 @@ def job_status(cfg: Config, job_id: int) -> dict:
         if job is None:
             raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         planned = {row.stage: row for row in s.scalars(select(JobStage).where(JobStage.job_id == job_id))}
-        done = {
-            stage: (int(units), int(items or 0), int(reused or 0), first, last)
-            for stage, units, items, reused, first, last in s.execute(
-                select(
-                    JobStep.stage,
-                    func.count(JobStep.id),
-                    func.sum(JobStep.items),
-                    func.sum(JobStep.reused),
-                    func.min(JobStep.finished_at),
-                    func.max(JobStep.finished_at),
-                )
-                .where(JobStep.job_id == job_id)
+        rows = s.execute(
+            select(
+                JobStep.stage,
+                JobStep.part,
+                func.count(JobStep.id),
+                func.sum(JobStep.items),
+                func.sum(JobStep.reused),
+                func.min(JobStep.finished_at),
+                func.max(JobStep.finished_at),
+                func.sum(JobStep.seconds),
+            )
+            .where(JobStep.job_id == job_id)
+            .group_by(JobStep.stage, JobStep.part)
+        ).all()
+        computed = {
+            stage: (int(items or 0), first, last, float(seconds or 0))
+            for stage, items, first, last, seconds in s.execute(
+                select(JobStep.stage, func.sum(JobStep.items), func.min(JobStep.finished_at),
+                       func.max(JobStep.finished_at), func.sum(JobStep.seconds))
+                .where(JobStep.job_id == job_id, JobStep.reused == 0)
                 .group_by(JobStep.stage)
             )
         }
+        workers = [
+            {"name": name, "units": int(units), "last_seen": _iso(last)}
+            for name, units, last in s.execute(
+                select(JobStep.worker, func.count(JobStep.id), func.max(JobStep.finished_at))
+                .where(JobStep.job_id == job_id)
+                .group_by(JobStep.worker)
+                .order_by(JobStep.worker)
+            )
+        ]
         corpora = {}
         for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id)):
             corpus = s.get(Corpus, cid) if cid else None
@@ -152,26 +169,55 @@ def job_status(cfg: Config, job_id: int) -> dict:
     now = utcnow()
     end = job.finished_at or now
     elapsed = (end - (job.started_at or job.created_at)).total_seconds() if job.started_at else 0.0
+    done: dict[str, dict] = {}
+    for stage, part, units, items, reused, first, last, _seconds in rows:
+        entry = done.setdefault(stage, {"units": 0, "items": 0, "reused": 0, "first": first, "last": last, "parts": {}})
+        entry["units"] += int(units)
+        entry["items"] += int(items or 0)
+        entry["reused"] += int(reused or 0)
+        entry["first"] = min(entry["first"], first)
+        entry["last"] = max(entry["last"], last)
+        entry["parts"][part] = (int(units), int(items or 0))
     stages = []
     for stage in STAGES:
         plan = planned.get(stage)
-        units_done, items_done, reused, first, last = done.get(stage, (0, 0, 0, None, None))
+        got = done.get(stage, {"units": 0, "items": 0, "reused": 0, "first": None, "last": None, "parts": {}})
+        units_done = got["units"]
         total_units = plan.units if plan else (2 if stage == "ingest" else None)
         total_items = plan.items if plan else None
+        if plan and plan.parts:
+            part_totals = {part: tuple(value) for part, value in plan.parts.items()}
+        elif stage == "ingest":
+            part_totals = {"src": (1, None), "tgt": (1, None)}
+        else:
+            part_totals = {}
+        parts = {
+            part: {"done": got["parts"].get(part, (0, 0))[0], "total": units,
+                   "items_done": got["parts"].get(part, (0, 0))[1], "items_total": items}
+            for part, (units, items) in part_totals.items()
+        }
+        rate = None
+        items_computed, first_c, last_c, seconds = computed.get(stage, (0, None, None, 0.0))
+        if items_computed and last_c is not None:
+            # Wall-clock throughput over the stage so far: from the first unit's start to the last finish.
+            span = (last_c - first_c).total_seconds() + seconds / max(got["units"] - got["reused"], 1)
+            rate = round(items_computed / span, 1) if span > 0 else None
         eta = None
-        if total_units and first and units_done < total_units and units_done > 0 and job.state == "running":
-            started = job.started_at or first
-            rate = units_done / max((last - started).total_seconds(), 1e-3)
-            eta = round((total_units - units_done) / rate, 1) if rate > 0 else None
+        if total_units and units_done and units_done < total_units and job.state == "running":
+            started = job.started_at or got["first"]
+            unit_rate = units_done / max((got["last"] - started).total_seconds(), 1e-3)
+            eta = round((total_units - units_done) / unit_rate, 1) if unit_rate > 0 else None
         stages.append(
             {
                 "stage": stage,
                 "done": units_done,
                 "total": total_units,
-                "items_done": items_done,
+                "items_done": got["items"],
                 "items_total": total_items,
-                "reused": reused,
+                "reused": got["reused"],
+                "rate": rate,
                 "eta_s": eta,
+                "parts": parts,
             }
         )
     threshold = job.options.get("threshold")
@@ -189,6 +235,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
         "threshold": threshold,
         "corpora": corpora,
         "stages": stages,
+        "workers": workers,
         "pairs": job.n_candidates,
         "candidates_stored": int(stored or 0),
         "attempt": job.attempt,

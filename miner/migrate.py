@@ -43,7 +43,35 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    cfg = _alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def ensure_schema(url: str) -> None:
-    """Upgrade to head when the database is behind (cheap when it is current)."""
-    if current_revision(url) != head_revision():
+    """Check that the database is at head. The embedded default (a new, empty SQLite file) is
+    created here so that a laptop needs no set-up; any other database changes schema only through
+    ``miner db upgrade``."""
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    if current is None and url.startswith("sqlite") and not _has_tables(url):
         upgrade(url)
+        return
+    from miner.config import mask_url
+    from miner.errors import MinerError
+
+    where = f"at revision {current}" if current else "without the miner schema"
+    raise MinerError(f"the database {mask_url(url)} is {where}; this version needs {head}: "
+                     "run `miner db upgrade` (once, from any machine with the same MINER_DB_URL)")
+
+
+def _has_tables(url: str) -> bool:
+    from sqlalchemy import inspect
+
+    with get_engine(url).connect() as conn:
+        return bool(inspect(conn).get_table_names())

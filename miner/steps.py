@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,10 +86,18 @@ def ensure_active(cfg: Config, job_id: int) -> Job:
         return job
 
 
-def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reused: bool = False) -> None:
+def worker_name() -> str:
+    """The Celery worker running this process (set by workers.app), else host:pid."""
+    return os.environ.get("MINER_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reused: bool = False,
+                seconds: float = 0.0) -> None:
     """Record one finished unit of work, once: a second record of the same unit (a re-run, or the
-    same task delivered twice) is ignored by the unique key, also when both race."""
-    values = dict(job_id=job_id, stage=stage, unit=unit, items=items, reused=int(reused), finished_at=utcnow())
+    same task delivered twice) is ignored by the unique key, also when both race. ``unit`` is
+    ``part:start`` or ``part``, where part is the side (src, tgt) or direction (fwd, bwd)."""
+    values = dict(job_id=job_id, stage=stage, unit=unit, part=unit.split(":")[0], items=items,
+                  reused=int(reused), worker=worker_name()[:128], seconds=float(seconds), finished_at=utcnow())
     with session_scope(cfg.db_url) as s:
         s.execute(insert_ignore(s, JobStep, values, ["job_id", "stage", "unit"]))
 
@@ -102,13 +112,17 @@ def insert_ignore(session, model, values: dict, keys: list[str]):
     return dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
 
 
-def set_stage(cfg: Config, job_id: int, stage: str, units: int, items: int) -> None:
-    """Record the size of a stage (an upsert: safe when two tasks plan the same job at once)."""
+def set_stage(cfg: Config, job_id: int, stage: str, parts: dict[str, tuple[int, int]]) -> None:
+    """Record the size of a stage, ``{part: (units, items)}`` (an upsert: safe when two tasks plan
+    the same job at once)."""
+    units = sum(u for u, _ in parts.values())
+    items = sum(i for _, i in parts.values())
+    stored = {part: [int(u), int(i)] for part, (u, i) in parts.items()}
     with session_scope(cfg.db_url) as s:
-        s.execute(insert_ignore(s, JobStage, dict(job_id=job_id, stage=stage, units=units, items=items),
+        s.execute(insert_ignore(s, JobStage, dict(job_id=job_id, stage=stage, units=units, items=items, parts=stored),
                                 ["job_id", "stage"]))
         s.execute(update(JobStage).where(JobStage.job_id == job_id, JobStage.stage == stage)
-                  .values(units=units, items=items))
+                  .values(units=units, items=items, parts=stored))
 
 
 # --------------------------------------------------------------------------- stage hand-over
@@ -220,6 +234,7 @@ def corpus_key(sha256: str, settings: dict) -> str:
 
 def ingest(cfg: Config, job_id: int, side: str) -> int:
     """Read one side of a job into a corpus (or reuse an identical one); returns the corpus id."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     path = job.src_path if side == "src" else job.tgt_path
     check_input_file(path)
@@ -246,7 +261,7 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
             f"{path} has no sentences left after ingest ({_describe_stats(stats)}); "
             "check the file and --max-line-length"
         )
-    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused)
+    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused, seconds=time.monotonic() - started)
     return corpus_id
 
 
@@ -313,13 +328,13 @@ def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
     sides = job_sides(cfg, job)
     size = int(job.options["shard_size"])
     spans = {name: shard_spans(side.n, size) for name, side in sides.items()}
-    n_src, n_tgt = sides["src"].n, sides["tgt"].n
-    n_shards = len(spans["src"]) + len(spans["tgt"])
-    set_stage(cfg, job_id, "embed", n_shards, n_src + n_tgt)
-    set_stage(cfg, job_id, "index", 2, n_src + n_tgt)
-    set_stage(cfg, job_id, "knn", n_shards, n_src + n_tgt)
-    set_stage(cfg, job_id, "score", n_shards, n_src + n_tgt)
-    set_stage(cfg, job_id, "finish", 1, 0)
+    by_side = {name: (len(spans[name]), sides[name].n) for name in SIDES}
+    by_direction = {direction: by_side[query] for direction, (query, _) in DIRECTIONS.items()}
+    set_stage(cfg, job_id, "embed", by_side)
+    set_stage(cfg, job_id, "index", {name: (1, n) for name, (_, n) in by_side.items()})
+    set_stage(cfg, job_id, "knn", by_direction)
+    set_stage(cfg, job_id, "score", by_direction)
+    set_stage(cfg, job_id, "finish", {"all": (1, 0)})
     return spans
 
 
@@ -351,6 +366,7 @@ def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:
 
 def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
     """Embed sentences [start, end) of one side (skipped when the artifact exists)."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
     model_key = job.options["model_key"]
@@ -364,12 +380,13 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
             raise MinerError(f"corpus {corpus.corpus_id} has {len(texts)} sentences in [{start}, {end}); re-ingest it")
         vectors = encode(_model(cfg, job), texts, batch_size=cfg.embed_batch_size)
         save_npy(path, vectors)
-    record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused)
+    record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
 def build_index(cfg: Config, job_id: int, side: str) -> str:
     """Build the exact FAISS index of one side from its embedding shards."""
+    started = time.monotonic()
     import faiss
 
     job = ensure_active(cfg, job_id)
@@ -389,7 +406,7 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
 
         with atomic_path(path) as tmp:
             faiss.write_index(index, str(tmp))
-    record_step(cfg, job_id, "index", side, corpus.n, reused)
+    record_step(cfg, job_id, "index", side, corpus.n, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
@@ -405,6 +422,7 @@ def _load_index(path: Path):
 
 def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     """k nearest neighbours of query shard [start, end) in the other side's index."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
@@ -418,7 +436,7 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
         index = _load_index(art.index(target.key, model_key, "flat"))
         sims, ids = mining.knn_index(queries, index, k)
         save_npz(path, sims=sims, ids=ids)
-    record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused)
+    record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
@@ -437,6 +455,7 @@ def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -
 
 def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     """Best margin candidate of each query in shard [start, end)."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
@@ -453,7 +472,7 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
             shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
         )
         save_npz(path, ids=best, scores=scores)
-    record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused)
+    record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
@@ -469,8 +488,31 @@ def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray
 CANDIDATE_BATCH = 20000
 
 
+def store_candidates(s, job_id: int, src: np.ndarray, tgt: np.ndarray, scores: np.ndarray, names: np.ndarray) -> None:
+    """Insert candidate rows in the session's transaction: COPY on PostgreSQL, batched executemany
+    elsewhere; either way at most ``CANDIDATE_BATCH`` Python rows exist at a time."""
+    if s.get_bind().dialect.name == "postgresql":
+        raw = s.connection().connection.driver_connection  # the psycopg connection of this transaction
+        with raw.cursor() as cursor, cursor.copy(
+            "COPY candidates (job_id, src_idx, tgt_idx, score, direction) FROM STDIN"
+        ) as copy:
+            for lo in range(0, len(src), CANDIDATE_BATCH):
+                hi = lo + CANDIDATE_BATCH
+                for row in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi].tolist()):
+                    copy.write_row((job_id, *row))
+        return
+    for lo in range(0, len(src), CANDIDATE_BATCH):
+        hi = lo + CANDIDATE_BATCH
+        rows = [
+            {"job_id": job_id, "src_idx": int(a), "tgt_idx": int(b), "score": float(c), "direction": str(d)}
+            for a, b, c, d in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi])
+        ]
+        s.execute(insert(Candidate), rows)
+
+
 def finish(cfg: Config, job_id: int) -> int:
     """Apply the retrieval mode and store the candidates (replacing any earlier ones)."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     fwd_best, fwd_scores = _best(cfg, job, "fwd", sides["src"])
@@ -485,21 +527,15 @@ def finish(cfg: Config, job_id: int) -> int:
         # Lock the job row: a second delivery of this task waits, then replaces the same rows.
         job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
         s.execute(delete(Candidate).where(Candidate.job_id == job_id))
-        for lo in range(0, len(src), CANDIDATE_BATCH):
-            hi = lo + CANDIDATE_BATCH
-            rows = [
-                {"job_id": job_id, "src_idx": int(a), "tgt_idx": int(b), "score": float(c), "direction": str(d)}
-                for a, b, c, d in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi])
-            ]
-            s.execute(insert(Candidate), rows)
+        store_candidates(s, job_id, src, tgt, scores, names)
         if job.state == JobState.CANCELLED.value:
             raise JobCancelled(f"job {job_id} was cancelled")
         job.n_candidates = above
         job.state = JobState.DONE.value
         job.finished_at = utcnow()
         job.error = None
-    set_stage(cfg, job_id, "finish", 1, len(src))
-    record_step(cfg, job_id, "finish", "all", above)
+    set_stage(cfg, job_id, "finish", {"all": (1, len(src))})
+    record_step(cfg, job_id, "finish", "all", len(src), seconds=time.monotonic() - started)
     return above
 
 

@@ -84,3 +84,52 @@ def precision_recall(rows, gold) -> tuple[float, float]:
     found = {(s, t) for _, s, t in rows}
     hits = found & gold
     return len(hits) / max(len(rows), 1), len(hits) / len(gold)
+
+
+@pytest.fixture(scope="session")
+def deu_embedded(tmp_path_factory) -> dict:
+    """`miner mine` on the embedded default (SQLite, filesystem broker, one local worker, default
+    shard size): Tatoeba deu against its English partners + 5,000 distractors. Shared by the
+    quality test and as the reference of the cluster test."""
+    folder = tmp_path_factory.mktemp("deu_embedded")
+    case = make_case(folder / "deu", "deu", 5000)
+    home, out = folder / "home", folder / "out.tsv"
+    result = run_miner(home, "mine", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en", "-q", "-o", out)
+    return {"case": case, "home": home, "out": out, "result": result}
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for the whole run."""
+    from .servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL cluster (initdb into a temp dir) on a free loopback port for the whole run."""
+    from .servers import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_env(tmp_path, redis_server, postgres_server, request) -> dict:
+    """MINER_* variables of a cluster: Redis broker and result backend, a fresh PostgreSQL database,
+    a shared artifact folder. Pass as ``**cluster_env`` to run_miner or to miner_env."""
+    redis_server.flush()
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return {
+        "MINER_DB_URL": postgres_server.create_database(name),
+        "MINER_BROKER_URL": f"{redis_server.url}/0",
+        "MINER_RESULT_BACKEND": f"{redis_server.url}/1",
+        "MINER_ARTIFACTS": str(tmp_path / "shared-artifacts"),
+    }

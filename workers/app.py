@@ -10,7 +10,7 @@ import os
 
 from celery import Celery, signals
 
-from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config
+from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,17 @@ app = make_app()
 @signals.celeryd_init.connect
 def _remember_concurrency(sender=None, conf=None, options=None, **kwargs) -> None:
     """Size each child's thread pools: the cores given to this worker divided by its concurrency."""
-    concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
+    cores = available_cores()
+    concurrency = (options or {}).get("concurrency") or cores
     if not os.environ.get("MINER_THREADS"):
-        os.environ["MINER_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(concurrency)))
+        os.environ["MINER_THREADS"] = str(max(1, cores // int(concurrency)))
+
+
+@signals.celeryd_after_setup.connect
+def _remember_name(sender=None, instance=None, **kwargs) -> None:
+    """Pool children inherit the node name; steps record it ("workers seen" in `miner status`)."""
+    if sender:
+        os.environ["MINER_WORKER_NAME"] = str(sender)
 
 
 @signals.worker_process_init.connect

@@ -82,6 +82,7 @@ def upgrade() -> None:
     sa.Column('stage', sa.String(length=16), nullable=False),
     sa.Column('units', sa.Integer(), nullable=False),
     sa.Column('items', sa.BigInteger(), nullable=False),
+    sa.Column('parts', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'stage')
     )
@@ -90,8 +91,11 @@ def upgrade() -> None:
     sa.Column('job_id', sa.Integer(), nullable=False),
     sa.Column('stage', sa.String(length=16), nullable=False),
     sa.Column('unit', sa.String(length=64), nullable=False),
+    sa.Column('part', sa.String(length=16), nullable=False),
     sa.Column('items', sa.BigInteger(), nullable=False),
     sa.Column('reused', sa.Integer(), nullable=False),
+    sa.Column('worker', sa.String(length=128), nullable=True),
+    sa.Column('seconds', sa.Float(), nullable=False),
     sa.Column('finished_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
