@@ -76,6 +76,9 @@ def build_tiny_encoder(path: Path | str | None = None, *, dim: int = 64, seed: i
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         model.save(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder need not be
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -494,16 +494,135 @@ def jobs(ctx, as_json, limit):
 
 @main.command()
 @click.argument("job", type=int)
-@click.option("-o", "--output", "output", required=True, help="TSV path (.gz compresses, - for stdout).")
+@click.option("-o", "--output", "output", required=True,
+              help="Output file (.gz compresses, - for stdout; the file name prefix with --format moses).")
 @click.option("--min-score", type=float, default=None, help="Keep pairs scoring at least this (default: the job's threshold).")
 @click.option("--header", is_flag=True, help="Write a header line (score, source, target).")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "moses"]), default=None,
+              help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line; default for "
+                   ".jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG).")
+@click.option("--max-score", type=float, default=None, help="Drop pairs scoring above this (likely boilerplate).")
+@click.option("--min-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side shorter than N characters.")
+@click.option("--max-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side longer than N characters.")
+@click.option("--max-length-ratio", type=click.FloatRange(min=1), default=None,
+              help="Drop pairs whose longer side has more than R times the characters of the shorter.")
+@click.option("--drop-identical", is_flag=True, help="Drop pairs whose sides are equal ignoring case, spaces and punctuation.")
+@click.option("--drop-digit-mismatch", is_flag=True, help="Drop pairs whose numbers differ between the sides.")
+@click.option("--dedup", is_flag=True, help="Drop pairs equal to a better-scoring pair (ignoring case, spaces, punctuation).")
+@click.option("--langid", is_flag=True, help="Drop pairs with a side not in the job's language for it (py3langid).")
+@click.option("--langid-min-share", type=click.FloatRange(min=0, max=1, min_open=True), default=0.25, show_default=True,
+              help="A side passes when its language's probability is at least this share of the top language's.")
 @click.pass_context
-def export(ctx, job, output, min_score, header):
-    """Write JOB's pairs as score<TAB>source<TAB>target, best first."""
-    from miner.export import export_tsv
+def export(ctx, job, output, min_score, header, fmt, max_score, min_length, max_length, max_length_ratio,
+           drop_identical, drop_digit_mismatch, dedup, langid, langid_min_share):
+    """Write JOB's pairs as score<TAB>source<TAB>target, best first.
 
-    n = export_tsv(_db(ctx), job, output, min_score=min_score, header=header)
-    click.echo(f"job {job}: {n} pairs written to {output}", err=True)
+    Optional filters each count the pairs they remove in one summary line on stderr.
+    """
+    from miner.export import export_pairs
+    from miner.filters import FilterOptions
+
+    filters = FilterOptions(min_score=min_score, max_score=max_score, min_length=min_length, max_length=max_length,
+                            max_length_ratio=max_length_ratio, drop_identical=drop_identical,
+                            drop_digit_mismatch=drop_digit_mismatch, langid=langid, langid_min_share=langid_min_share,
+                            dedup=dedup)
+    result = export_pairs(_db(ctx), job, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=True)
+    if result.summary:
+        click.echo(f"job {job} {result.summary}", err=True)
+    where = " and ".join(result.paths)
+    click.echo(f"job {job}: {result.written} pairs written to {where}", err=True)
+
+
+def _gold_options(fn):
+    decorators = [
+        click.option("--gold-format", "gold_format", type=click.Choice(["auto", "ids", "text"]), default="auto",
+                     show_default=True, help="ids: SRC_ID<TAB>TGT_ID line numbers (BUCC); text: SOURCE<TAB>TARGET."),
+        click.option("--id-base", type=click.Choice(["0", "1"]), default="1", show_default=True,
+                     help="Gold ids count lines from 1 (BUCC, editors) or 0."),
+        click.option("--sample", is_flag=True,
+                     help="The gold covers a sample of source sentences: judge only pairs whose source is in it."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+@main.command("eval")
+@click.argument("job", type=int)
+@click.option("--gold", "gold", required=True, help="Gold pairs: SRC_ID<TAB>TGT_ID (1-based lines) or SOURCE<TAB>TARGET.")
+@_gold_options
+@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Spacing of the thresholds in the table (default: about 20 round values).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def eval_(ctx, job, gold, gold_format, id_base, sample, step, as_json):
+    """Precision, recall and F1 of JOB against GOLD, at the job's threshold and across thresholds."""
+    from miner.quality import evaluate, format_eval
+
+    result = evaluate(_db(ctx), job, gold, fmt=gold_format, id_base=int(id_base), sample=sample, step=step, warn=warn)
+    click.echo(json.dumps(result) if as_json else format_eval(result))
+
+
+@main.command()
+@click.argument("jobs", type=int, nargs=-1)
+@click.option("--gold", "golds", multiple=True,
+              help="Gold file of each JOB, in the same order (repeat the option).")
+@_gold_options
+@click.option("--decimals", type=click.IntRange(min=0, max=6), default=None,
+              help="Round the threshold to this many decimals (default: ratio 2, distance 3, absolute 2).")
+@click.option("--dry-run", is_flag=True, help="Recommend only; do not store the threshold.")
+@click.option("--show", is_flag=True, help="List the stored calibrated thresholds and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def calibrate(ctx, jobs, golds, gold_format, id_base, sample, decimals, dry_run, show, as_json):
+    """Recommend a threshold from dev JOBS with gold pairs and store it as the model's default.
+
+    The threshold maximises the mean F1 over the jobs (same model and margin). It is stored in
+    $MINER_HOME/thresholds.json; new jobs without --threshold use it.
+    """
+    from miner import defaults
+    from miner.quality import calibrate as run_calibration
+    from miner.quality import format_calibration
+
+    cfg = _config(ctx)
+    if show:
+        stored = defaults.load_calibrations(cfg.home)
+        if as_json:
+            click.echo(json.dumps(stored))
+        elif not stored:
+            click.echo(f"no calibrated thresholds in {defaults.calibration_path(cfg.home)}; bundled defaults apply")
+        for model, margins in stored.items() if not as_json else ():
+            for margin, entry in margins.items():
+                click.echo(f"{model}/{margin}: {entry.get('threshold')} (mean F1 {100 * entry.get('mean_f1', 0):.2f}, "
+                           f"{len(entry.get('jobs', []))} job(s), stored {entry.get('stored_at', '?')})")
+        return
+    if not jobs:
+        raise UsageError("give the dev JOBS and one --gold per job (or --show)")
+    if len(golds) != len(jobs):
+        raise UsageError(f"{len(jobs)} job(s) but {len(golds)} --gold file(s); give one --gold per job, in order")
+    result = run_calibration(_db(ctx), list(zip(jobs, golds)), fmt=gold_format, id_base=int(id_base), sample=sample,
+                             decimals=decimals, store=not dry_run, warn=warn)
+    click.echo(json.dumps(result) if as_json else format_calibration(result))
+
+
+@main.command()
+@click.argument("job", type=int)
+@click.option("-o", "--output", "output", default=None, help="HTML file (default: report-JOB.html).")
+@click.option("--png", "png", default=None, help="PNG file (default: the HTML name with .png).")
+@click.option("--per-band", "per_band", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Random pairs shown per score band.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
+@click.pass_context
+def report(ctx, job, output, png, per_band, seed):
+    """Write a self-contained HTML page and a PNG about JOB's scores (histogram, threshold, length ratios, samples)."""
+    from miner.report import build_report
+
+    output = output or f"report-{job}.html"
+    summary = build_report(_db(ctx), job, output, png, per_band=per_band, seed=seed,
+                           log=lambda message: click.echo(message, err=True))
+    click.echo(f"job {job}: {summary['above_threshold']:,} of {summary['candidates']:,} candidates at or above "
+               f"{summary['threshold']:g}; wrote {summary['html']} and {summary['png']}", err=True)
+    click.echo(summary["html"])
 
 
 @main.command()

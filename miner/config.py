@@ -35,6 +35,7 @@ ENV_VARS = {
     "MINER_THREADS": "BLAS/torch/FAISS threads per worker process",
     "MINER_EMBED_BATCH_SIZE": "sentences per encode batch",
     "MINER_DEVICE": "torch device for sentence-transformers models (cpu, cuda, cuda:1)",
+    "MINER_STALL_SECONDS": "a job with no sign of life for this long gets its missing tasks sent again",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
 #: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
@@ -130,6 +131,7 @@ class Config:
     threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = cores / concurrency
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
+    stall_seconds: int = 120  # see miner.steps.sweep
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -146,12 +148,15 @@ class Config:
             threads=_int_env(env, "MINER_THREADS", None),
             embed_batch_size=_int_env(env, "MINER_EMBED_BATCH_SIZE", 256),
             device=env.get("MINER_DEVICE") or None,
+            stall_seconds=_int_env(env, "MINER_STALL_SECONDS", 120),
         )
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
         if values["threads"] is not None and values["threads"] < 1:
             raise UsageError("MINER_THREADS must be at least 1")
+        if values["stall_seconds"] < 1:
+            raise UsageError("MINER_STALL_SECONDS must be at least 1")
         return cls(**values)
 
     @property

@@ -107,6 +107,11 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     # The last stage whose tasks were sent (see miner.steps.claim_stage); reset by a retry.
     dispatched: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # When a worker last re-sent the missing tasks of this stalled job (miner.steps.sweep).
+    swept_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Hash of both files' contents and the options that change results: finds duplicate submissions.
+    request_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -121,6 +126,20 @@ class JobStage(Base):
     items: Mapped[int] = mapped_column(BigInteger, default=0)
     # {part: [units, items]}: per side (src, tgt) or direction (fwd, bwd).
     parts: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class JobLease(Base):
+    """A unit of work being run now: written when its task starts, refreshed every few seconds by
+    the task, deleted when it ends. A lease gone stale means its worker died."""
+
+    __tablename__ = "job_leases"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class JobStep(Base):

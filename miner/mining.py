@@ -175,6 +175,42 @@ def knn_index(queries: np.ndarray, index: faiss.Index, k: int) -> tuple[np.ndarr
     return np.asarray(sims, dtype=np.float32), np.asarray(ids, dtype=np.int64)
 
 
+def knn_blocks(queries: np.ndarray, blocks, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` over target vectors that arrive in blocks.
+
+    Args:
+        queries: ``(n, dim)`` query embeddings.
+        blocks: iterable of ``(offset, vectors)``: consecutive ``(m_i, dim)`` slices of the target
+            side, ``offset`` being the id of their first row (e.g. memory-mapped shard files).
+        k: number of neighbours wanted, ``>= 1``; clipped to the total number of target rows.
+
+    Returns:
+        ``(sims, ids)`` as :func:`knn` gives on the concatenated blocks: best first, ties broken
+        by the lower id. Memory holds the queries, one block and ``n * k`` results -- never the
+        whole target side.
+    """
+    k = _check_k(k)
+    q = _as_matrix(queries, "queries")
+    n = q.shape[0]
+    best_sims = np.empty((n, 0), dtype=np.float32)
+    best_ids = np.empty((n, 0), dtype=np.int64)
+    for offset, block in blocks:
+        v = _as_matrix(np.asarray(block), "vectors")
+        if v.shape[0] == 0:
+            continue
+        if v.shape[1] != q.shape[1]:
+            raise UsageError(f"queries have dimension {q.shape[1]} but vectors have dimension {v.shape[1]}")
+        sims, ids = knn(q, v, k)
+        ids = ids + int(offset)
+        sims = np.concatenate([best_sims, sims], axis=1)
+        ids = np.concatenate([best_ids, ids], axis=1)
+        # Sort by descending similarity, then ascending id (lexsort: last key is primary).
+        order = np.lexsort((ids, -sims), axis=1)[:, :k]
+        best_sims = np.take_along_axis(sims, order, axis=1)
+        best_ids = np.take_along_axis(ids, order, axis=1)
+    return np.ascontiguousarray(best_sims, dtype=np.float32), np.ascontiguousarray(best_ids, dtype=np.int64)
+
+
 def knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product k-nearest-neighbour search (``faiss.IndexFlatIP``).
 

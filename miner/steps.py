@@ -10,11 +10,13 @@ determines it, or rows keyed uniquely in the database, and its completion is rec
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,19 @@ from sqlalchemy import delete, func, insert, select, update
 from miner import mining
 from miner.artifacts import Artifacts, load_npz, save_npy, save_npz
 from miner.config import Config
-from miner.db import Candidate, Corpus, CorpusState, Job, JobStage, JobState, JobStep, Sentence, session_scope, utcnow
+from miner.db import (
+    Candidate,
+    Corpus,
+    CorpusState,
+    Job,
+    JobLease,
+    JobStage,
+    JobState,
+    JobStep,
+    Sentence,
+    session_scope,
+    utcnow,
+)
 from miner.errors import InputFileError, JobCancelled, MinerError
 from miner.reader import ReadStats, batched, check_input_file, file_digest, read_sentences
 
@@ -157,7 +171,7 @@ def claim_stage(cfg: Config, job_id: int, previous: str | None, stage: str):
         result = s.execute(
             update(Job)
             .where(Job.id == job_id, condition, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-            .values(dispatched=stage)
+            .values(dispatched=stage, dispatched_at=utcnow(), swept_at=None)
         )
         yield result.rowcount == 1
 
@@ -183,6 +197,118 @@ def advance(cfg: Config, job_id: int, stage: str, send) -> bool:
         return hand_over(cfg, job_id, stage, following, send)
     except JobCancelled:
         return False
+
+
+def unit_name(stage: str, args: tuple) -> str:
+    """The ``job_steps.unit`` of a task of ``stage`` with ``args`` (after the job id)."""
+    if stage == "finish":
+        return "all"
+    if stage in ("ingest", "index"):
+        return str(args[0])
+    return f"{args[0]}:{args[1]}"
+
+
+# --------------------------------------------------------------------------- leases and stalls
+
+HEARTBEAT_SECONDS = 5.0
+
+
+@contextmanager
+def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HEARTBEAT_SECONDS):
+    """Hold a lease on one unit while the block runs: a thread refreshes its heartbeat every
+    ``interval`` seconds, so a job whose every lease is stale has no live task (see :func:`sweep`)."""
+    values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=utcnow(),
+                  heartbeat_at=utcnow())
+    key = (JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit)
+    with session_scope(cfg.db_url) as s:
+        s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"]))
+        s.execute(update(JobLease).where(*key).values(worker=values["worker"], heartbeat_at=utcnow()))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with session_scope(cfg.db_url) as s:
+                    s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow()))
+            except Exception as exc:  # the database is away for a moment: the task itself will notice
+                log.debug("lease heartbeat of job %s %s %s failed: %s", job_id, stage, unit, exc)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_id}-{stage}-{unit}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        try:
+            with session_scope(cfg.db_url) as s:
+                s.execute(delete(JobLease).where(*key))
+        except Exception as exc:  # a stale lease only delays a stall sweep; never hide the real error
+            log.debug("could not release the lease of job %s %s %s: %s", job_id, stage, unit, exc)
+
+
+def last_activity(s, job: Job):
+    """The latest sign of life of a job: a hand-over, a finished unit, a lease heartbeat, a sweep."""
+    last_step = s.scalar(select(func.max(JobStep.finished_at)).where(JobStep.job_id == job.id))
+    last_beat = s.scalar(select(func.max(JobLease.heartbeat_at)).where(JobLease.job_id == job.id))
+    times = [t for t in (job.dispatched_at, job.swept_at, job.started_at, last_step, last_beat) if t is not None]
+    return max(times) if times else job.created_at
+
+
+def missing_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
+    """Task arguments of the units of ``stage`` not recorded as done."""
+    with session_scope(cfg.db_url) as s:
+        done = set(s.scalars(select(JobStep.unit).where(JobStep.job_id == job_id, JobStep.stage == stage)))
+    return [args for args in stage_units(cfg, job_id, stage) if unit_name(stage, args) not in done]
+
+
+def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False) -> list[str]:
+    """Find active jobs with no sign of life for ``stall_seconds`` and send their missing tasks
+    again (tasks lost with a killed worker, a restarted broker, or a hand-over that failed to send).
+
+    ``send(job_id, stage, units)`` queues tasks. ``queue_busy()`` says whether the broker still holds
+    queued tasks; while it does, a quiet job is probably only waiting its turn, so it is left alone
+    unless it has been quiet for ten times ``stall_seconds``. Safe to run in every worker at once:
+    each stalled job is claimed by one sweeper (compare-and-set on ``jobs.swept_at``). Re-sent
+    tasks that were not lost after all only find their unit done."""
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=stall_seconds)
+    active = [JobState.QUEUED.value, JobState.RUNNING.value]
+    with session_scope(cfg.db_url) as s:
+        candidates = []
+        for job in s.scalars(select(Job).where(Job.state.in_(active), Job.dispatched.is_not(None))):
+            quiet_since = last_activity(s, job)
+            if quiet_since <= cutoff:
+                candidates.append((job.id, job.dispatched, quiet_since))
+    actions = []
+    busy = None
+    for job_id, stage, quiet_since in candidates:
+        if (now - quiet_since).total_seconds() < 10 * stall_seconds:
+            if busy is None:
+                busy = bool(queue_busy())
+            if busy:
+                continue
+        with session_scope(cfg.db_url) as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(active), Job.dispatched == stage,
+                       (Job.swept_at.is_(None)) | (Job.swept_at <= cutoff))
+                .values(swept_at=now)
+            ).rowcount == 1
+        if not claimed:
+            continue
+        quiet = (now - quiet_since).total_seconds()
+        if stage_complete(cfg, job_id, stage):
+            if advance(cfg, job_id, stage, lambda following, units: send(job_id, following, units)):
+                actions.append(f"job {job_id}: quiet for {quiet:.0f}s after {stage}; sent the next stage")
+            continue
+        units = missing_units(cfg, job_id, stage)
+        if units:
+            send(job_id, stage, units)
+            actions.append(f"job {job_id}: quiet for {quiet:.0f}s; sent {len(units)} missing {stage} task(s) again")
+    for action in actions:
+        log.warning("%s", action)
+    return actions
 
 
 def stage_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
@@ -341,7 +467,6 @@ def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
 # --------------------------------------------------------------------------- embed / index / knn / score
 
 _models: dict[str, object] = {}
-_indexes: dict[str, object] = {}
 
 
 def _model(cfg: Config, job: Job):
@@ -385,43 +510,44 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
 
 
 def build_index(cfg: Config, job_id: int, side: str) -> str:
-    """Build the exact FAISS index of one side from its embedding shards."""
-    started = time.monotonic()
-    import faiss
+    """Check one side's embedding shards and write the manifest its exact (flat) search reads.
 
+    The flat "index" is the shard files themselves: kNN streams them block by block, so no
+    process ever holds a whole side in memory."""
+    started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
     model_key = job.options["model_key"]
     art = Artifacts(cfg.artifacts)
-    path = art.index(corpus.key, model_key, "flat")
+    path = art.index(corpus.key, model_key, "flat").with_suffix(".json")
     reused = path.exists()
     if not reused:
-        index = None
+        shards, dim = [], None
         for start, end in shard_spans(corpus.n, int(job.options["shard_size"])):
-            vectors = np.load(art.embeddings(corpus.key, model_key, start, end))
-            if index is None:
-                index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            shard_path = art.embeddings(corpus.key, model_key, start, end)
+            vectors = np.load(shard_path, mmap_mode="r")
+            if vectors.shape[0] != end - start or (dim is not None and vectors.shape[1] != dim):
+                raise MinerError(f"{shard_path} has shape {vectors.shape}, expected ({end - start}, {dim or 'd'}); "
+                                 f"delete it and `miner retry {job_id}`")
+            dim = vectors.shape[1]
+            shards.append([start, end, str(shard_path.relative_to(art.root))])
         from miner.artifacts import atomic_path
 
         with atomic_path(path) as tmp:
-            faiss.write_index(index, str(tmp))
+            tmp.write_text(json.dumps({"kind": "flat", "n": corpus.n, "dim": dim, "shards": shards}))
     record_step(cfg, job_id, "index", side, corpus.n, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
-def _load_index(path: Path):
-    import faiss
-
-    key = str(path)
-    if key not in _indexes:
-        _indexes.clear()
-        _indexes[key] = faiss.read_index(key)
-    return _indexes[key]
+def _target_blocks(art: Artifacts, manifest_path: Path):
+    """``(offset, vectors)`` of every shard of a flat index, memory-mapped one at a time."""
+    manifest = json.loads(manifest_path.read_text())
+    for start, _end, relative in manifest["shards"]:
+        yield start, np.load(art.root / relative, mmap_mode="r")
 
 
 def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
-    """k nearest neighbours of query shard [start, end) in the other side's index."""
+    """k nearest neighbours of query shard [start, end) in the other side, streamed shard by shard."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
@@ -433,8 +559,8 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     reused = path.exists()
     if not reused:
         queries = np.load(art.embeddings(query.key, model_key, start, end))
-        index = _load_index(art.index(target.key, model_key, "flat"))
-        sims, ids = mining.knn_index(queries, index, k)
+        manifest = art.index(target.key, model_key, "flat").with_suffix(".json")
+        sims, ids = mining.knn_blocks(queries, _target_blocks(art, manifest), k)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,51 @@ def deu_embedded(tmp_path_factory) -> dict:
     return {"case": case, "home": home, "out": out, "result": result}
 
 
+# --------------------------------------------------------------------------- worker processes
+
+
+def start_workers(tmp_path, home, env, n, first=0, **extra):
+    """Start ``n`` separate `miner worker` processes named w<first>@test, w<first+1>@test, ..."""
+    procs = []
+    for i in range(first, first + n):
+        log = open(tmp_path / f"worker{i}.log", "ab")  # noqa: SIM115 - closed in stop_workers
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--threads", "1",
+             "--name", f"w{i}@test", "--loglevel", os.environ.get("MINER_TEST_WORKER_LOGLEVEL", "WARNING")],
+            env=miner_env(home, **env, **extra), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+            start_new_session=True,  # its own process group: tests can kill a worker with its pool children
+        )
+        proc.log = log
+        procs.append(proc)
+    return procs
+
+
+def stop_workers(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.log.close()
+
+
+def wait_for_workers(home, env, names, timeout=60):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        result = run_miner(home, "workers", "--json", **env)
+        seen = json.loads(result.stdout or "[]")
+        if set(names) <= set(seen):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"workers {names} did not answer a ping within {timeout}s (seen: {seen})")
+
+
+
 # --------------------------------------------------------------------------- real servers
 
 
@@ -133,3 +181,54 @@ def cluster_env(tmp_path, redis_server, postgres_server, request) -> dict:
         "MINER_RESULT_BACKEND": f"{redis_server.url}/1",
         "MINER_ARTIFACTS": str(tmp_path / "shared-artifacts"),
     }
+
+
+@pytest.fixture(scope="session")
+def deu_cluster(tmp_path_factory, redis_server, postgres_server, deu_embedded) -> dict:
+    """The deu case of ``deu_embedded`` mined on the cluster: Redis, PostgreSQL, two separate worker
+    processes, shard size 125 (8 German and 48 English shards). The undisturbed reference of the
+    reliability tests."""
+    folder = tmp_path_factory.mktemp("deu_cluster")
+    redis_server.flush()
+    env = {
+        "MINER_DB_URL": postgres_server.create_database("deu_cluster"),
+        "MINER_BROKER_URL": f"{redis_server.url}/0",
+        "MINER_RESULT_BACKEND": f"{redis_server.url}/1",
+        "MINER_ARTIFACTS": str(folder / "shared-artifacts"),
+    }
+    home, out, case = folder / "home", folder / "cluster.tsv", deu_embedded["case"]
+    upgrade = run_miner(home, "db", "upgrade", **env)
+    assert upgrade.returncode == 0, upgrade.stderr
+    workers = start_workers(folder, home, env, 2)
+    try:
+        wait_for_workers(home, env, ["w0@test", "w1@test"])
+        result = run_miner(home, "mine", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
+                           "--shard-size", str(CLUSTER_SHARD_SIZE), "-o", out, **env)
+    finally:
+        stop_workers(workers)
+    job_id = int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+    status = json.loads(run_miner(home, "status", str(job_id), "--json", **env).stdout) if job_id else None
+    candidates = db_counts(env, job_id)["candidates"] if job_id else None
+    return {"result": result, "env": env, "home": home, "out": out, "job_id": job_id, "status": status,
+            "candidates": candidates, "case": case}
+
+
+CLUSTER_SHARD_SIZE = 125
+
+
+def db_counts(env: dict, job_id: int) -> dict:
+    """Rows of a job in the database at ``env["MINER_DB_URL"]``: candidates and recorded steps."""
+    from sqlalchemy import create_engine, func, select
+
+    from miner.db import Candidate, JobStep
+
+    engine = create_engine(env["MINER_DB_URL"])
+    try:
+        with engine.connect() as conn:
+            return {
+                "candidates": conn.execute(select(func.count()).select_from(Candidate)
+                                           .where(Candidate.job_id == job_id)).scalar(),
+                "steps": conn.execute(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id)).scalar(),
+            }
+    finally:
+        engine.dispose()

@@ -3,60 +3,14 @@ test run itself) and two separate worker processes."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, text
 
-from miner.db import Candidate, JobStep
 
-from .conftest import miner_env, read_tsv, run_miner
+from .conftest import db_counts, read_tsv, run_miner, start_workers, stop_workers, wait_for_workers
 
 pytestmark = pytest.mark.slow
-
-
-def start_workers(tmp_path, home, env, n):
-    procs = []
-    for i in range(n):
-        log = open(tmp_path / f"worker{i}.log", "wb")  # noqa: SIM115 - closed in stop_workers
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--threads", "1",
-             "--name", f"w{i}@test", "--loglevel", "WARNING"],
-            env=miner_env(home, **env), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
-        )
-        proc.log = log
-        procs.append(proc)
-    return procs
-
-
-def stop_workers(procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.log.close()
-
-
-def wait_for_workers(home, env, names, timeout=60):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        result = run_miner(home, "workers", "--json", **env)
-        seen = json.loads(result.stdout or "[]")
-        if set(names) <= set(seen):
-            return seen
-        time.sleep(0.5)
-    raise AssertionError(f"workers {names} did not answer a ping within {timeout}s (seen: {seen})")
 
 
 def test_migrations_on_postgres_match_the_models(tmp_path, cluster_env):
@@ -111,67 +65,63 @@ def test_sqlite_schema_matches_the_models(home):
     engine.dispose()
 
 
-def test_cluster_gives_the_same_pairs_as_the_embedded_default(tmp_path, cluster_env, deu_embedded):
+def test_cluster_gives_the_same_pairs_as_the_embedded_default(deu_cluster, deu_embedded):
     """Tatoeba deu vs eng + 5,000 distractors through Redis + PostgreSQL with 2 worker processes and
     8+ shards per side: the same exported pairs and scores as the embedded default on one worker."""
     assert deu_embedded["result"].returncode == 0, deu_embedded["result"].stderr[-3000:]
+    result, env, home, out = (deu_cluster[k] for k in ("result", "env", "home", "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = deu_cluster["job_id"]
+    assert "workers seen: 2" in result.stderr  # the progress line of the job
+
+    reference = read_tsv(deu_embedded["out"])
+    cluster = read_tsv(out)
+    assert len(cluster) == len(reference) > 900
+    assert sorted((s, t) for _, s, t in cluster) == sorted((s, t) for _, s, t in reference)
+    by_pair = {(s, t): score for score, s, t in reference}
+    np.testing.assert_allclose([score for score, *_ in cluster], [by_pair[(s, t)] for _, s, t in cluster], atol=1e-5)
+
+    status = deu_cluster["status"]
+    assert status["state"] == "done"
+    stages = {st["stage"]: st for st in status["stages"]}
+    assert stages["embed"]["parts"]["src"]["total"] == 8  # 1,000 German lines / 125
+    assert stages["embed"]["parts"]["tgt"]["total"] == 48  # 6,000 English lines / 125
+    for stage in status["stages"]:
+        assert stage["done"] == stage["total"], stage
+        assert sum(p["done"] for p in stage["parts"].values()) == stage["total"], stage
+        if stage["stage"] in ("embed", "knn", "score"):
+            assert stage["items_done"] == stage["items_total"] == 7000, stage
+            assert sum(p["items_done"] for p in stage["parts"].values()) == 7000
+    assert {w["name"] for w in status["workers"]} == {"w0@test", "w1@test"}
+    assert sum(w["units"] for w in status["workers"]) == sum(st["total"] for st in status["stages"])
+    assert all(w["units"] > 5 for w in status["workers"])  # both did a real share
+    assert deu_cluster["candidates"] == status["candidates_stored"] >= len(cluster)
+
+    text_status = run_miner(home, "status", job_id, **env).stdout
+    assert "workers seen: 2" in text_status and "w0@test" in text_status
+    assert "postgres@" not in text_status  # no URLs (credentials) in status
+
+
+def test_cluster_retry_force_duplicates_nothing(tmp_path, cluster_env, deu_embedded):
+    """Every task of a finished cluster job again (retry --force): the same export, the same rows."""
     case = deu_embedded["case"]
     home = tmp_path / "home"
     assert run_miner(home, "db", "upgrade", **cluster_env).returncode == 0
-    workers = start_workers(tmp_path, home, cluster_env, 2)
+    workers = start_workers(tmp_path, home, cluster_env, 1)
     try:
-        wait_for_workers(home, cluster_env, ["w0@test", "w1@test"])
-        out = tmp_path / "cluster.tsv"
+        wait_for_workers(home, cluster_env, ["w0@test"])
+        out = tmp_path / "out.tsv"
         result = run_miner(home, "mine", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
-                           "--shard-size", "125", "-o", out, **cluster_env)
+                           "--shard-size", "2000", "-q", "-o", out, **cluster_env)
         assert result.returncode == 0, result.stderr[-3000:]
         job_id = int(result.stdout.strip().splitlines()[-1])
-        assert "workers seen: 2" in result.stderr  # the progress line of the job
-
-        reference = read_tsv(deu_embedded["out"])
-        cluster = read_tsv(out)
-        assert len(cluster) == len(reference) > 900
-        assert sorted((s, t) for _, s, t in cluster) == sorted((s, t) for _, s, t in reference)
-        by_pair = {(s, t): score for score, s, t in reference}
-        np.testing.assert_allclose([score for score, *_ in cluster], [by_pair[(s, t)] for _, s, t in cluster],
-                                   atol=1e-5)
-
-        status = json.loads(run_miner(home, "status", job_id, "--json", **cluster_env).stdout)
-        assert status["state"] == "done"
-        stages = {st["stage"]: st for st in status["stages"]}
-        assert stages["embed"]["parts"]["src"]["total"] == 8  # 1,000 German lines / 125
-        assert stages["embed"]["parts"]["tgt"]["total"] == 48  # 6,000 English lines / 125
-        for stage in status["stages"]:
-            assert stage["done"] == stage["total"], stage
-            assert sum(p["done"] for p in stage["parts"].values()) == stage["total"], stage
-            if stage["stage"] in ("embed", "knn", "score"):
-                assert stage["items_done"] == stage["items_total"] == 7000, stage
-                assert sum(p["items_done"] for p in stage["parts"].values()) == 7000
-        assert {w["name"] for w in status["workers"]} == {"w0@test", "w1@test"}
-        assert sum(w["units"] for w in status["workers"]) == sum(st["total"] for st in status["stages"])
-        assert all(w["units"] > 5 for w in status["workers"])  # both did a real share
-
-        engine = create_engine(cluster_env["MINER_DB_URL"])
-        with engine.connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)).scalar()
-            steps = conn.execute(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id)).scalar()
-        assert stored == status["candidates_stored"] >= len(cluster)
-
-        # Every task again (retry --force): nothing is recomputed twice or stored twice.
+        before = db_counts(cluster_env, job_id)
+        assert before["candidates"] >= len(read_tsv(out)) > 900
         result = run_miner(home, "retry", job_id, "--force", "--wait", **cluster_env)
         assert result.returncode == 0, result.stderr[-3000:]
         again = tmp_path / "again.tsv"
         assert run_miner(home, "export", job_id, "-o", again, **cluster_env).returncode == 0
         assert again.read_bytes() == out.read_bytes()
-        with engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(Candidate)
-                                .where(Candidate.job_id == job_id)).scalar() == stored
-            assert conn.execute(select(func.count()).select_from(JobStep)
-                                .where(JobStep.job_id == job_id)).scalar() == steps
-        engine.dispose()
-
-        text_status = run_miner(home, "status", job_id, **cluster_env).stdout
-        assert "workers seen: 2" in text_status and "w0@test" in text_status
-        assert "postgres@" not in text_status  # no URLs (credentials) in status
+        assert db_counts(cluster_env, job_id) == before
     finally:
         stop_workers(workers)

@@ -666,3 +666,27 @@ def test_property_matches_reference(n_x, n_y, dim, k, margin, retrieval, use_thr
     if retrieval == "max":
         assert len(set(src.tolist())) == len(src) and len(set(tgt.tolist())) == len(tgt)
     assert_matches(got, ref)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_knn_blocks_equals_one_shot_knn(block, k):
+    """Streaming the target side block by block gives the same neighbours as one flat index."""
+    rng = np.random.default_rng(block * 10 + k)
+    queries = rng.normal(size=(40, 24)).astype(np.float32)
+    vectors = rng.normal(size=(150, 24)).astype(np.float32)
+    sims, ids = mining.knn(queries, vectors, k)
+    blocks = ((start, vectors[start:start + block]) for start in range(0, len(vectors), block))
+    bsims, bids = mining.knn_blocks(queries, blocks, k)
+    assert bsims.shape == (40, k) and bids.dtype == np.int64
+    np.testing.assert_array_equal(bids, ids)
+    np.testing.assert_allclose(bsims, sims, rtol=1e-6)
+
+
+def test_knn_blocks_clips_k_and_rejects_mismatched_dims():
+    queries = np.eye(3, dtype=np.float32)
+    sims, ids = mining.knn_blocks(queries, [(0, np.eye(3, dtype=np.float32)[:2])], 5)
+    assert ids.shape == (3, 2)
+    assert ids[0].tolist() == [0, 1] and ids[1].tolist() == [1, 0]
+    with pytest.raises(UsageError):
+        mining.knn_blocks(queries, [(0, np.ones((2, 4), dtype=np.float32))], 2)

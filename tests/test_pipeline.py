@@ -203,3 +203,40 @@ def test_ingest_counts_skips(cfg, tmp_path, muse):
     assert [tuple(r) for r in rows] == [(0, "Ich habe Hunger."), (6, "Das ist gut. Ja.")]
     rows = read_tsv(_export(cfg, job_id, tmp_path))
     assert {(s, t) for _, s, t in rows} == {("Ich habe Hunger.", "I am hungry."), ("Das ist gut. Ja.", "That is good. Yes.")}
+
+
+def test_sweep_resends_lost_tasks_and_lost_hand_overs(cfg, tmp_path, muse):
+    """Tasks lost with a dead worker (or a restarted broker) are sent again once the job has been
+    quiet for the stall time -- once, whoever sweeps -- and a stage whose hand-over was lost is
+    handed over."""
+    import time
+
+    src, tgt = small_case(tmp_path)
+    options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key, shard_size=64)
+    job_id = create_job(cfg, src, tgt, JobOptions(**options))
+    sent = []
+    assert steps.hand_over(cfg, job_id, None, "ingest", lambda stage, units: None)  # both tasks lost
+    resend = lambda job, stage, units: sent.append((job, stage, list(units)))  # noqa: E731
+    assert steps.sweep(cfg, resend, stall_seconds=60) == []  # not quiet long enough
+    time.sleep(1.2)
+    assert steps.sweep(cfg, resend, stall_seconds=1, queue_busy=lambda: True) == []  # waiting its turn
+    actions = steps.sweep(cfg, resend, stall_seconds=1)
+    assert sent == [(job_id, "ingest", [("src",), ("tgt",)])] and "2 missing ingest" in actions[0]
+    assert steps.sweep(cfg, resend, stall_seconds=1) == []  # just swept: quiet again only later
+
+    steps.ingest(cfg, job_id, "src")
+    steps.ingest(cfg, job_id, "tgt")  # ... and its hand-over to embed is lost (broker down)
+    time.sleep(1.2)
+    sent.clear()
+    steps.sweep(cfg, resend, stall_seconds=1)
+    assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
+    job = steps.load_job(cfg, job_id)
+    assert job.dispatched == "embed"
+
+    # A lease with a fresh heartbeat is a sign of life: no sweep while a task runs.
+    time.sleep(1.2)
+    sent.clear()
+    with steps.leased(cfg, job_id, "embed", "src:0", interval=0.2):
+        time.sleep(1.5)
+        assert steps.sweep(cfg, resend, stall_seconds=1) == []
+    assert sent == []

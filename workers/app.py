@@ -80,6 +80,16 @@ def _remember_name(sender=None, instance=None, **kwargs) -> None:
         os.environ["MINER_WORKER_NAME"] = str(sender)
 
 
+@signals.worker_ready.connect
+def _start_sweeper(sender=None, **kwargs) -> None:
+    """The main process of every worker watches for stalled jobs (tasks lost with a dead worker or
+    a restarted broker) and sends their missing tasks again."""
+    from workers.tasks import config
+    from workers.workflows import start_sweeper
+
+    start_sweeper(config())
+
+
 @signals.worker_process_init.connect
 def _init_child(**kwargs) -> None:
     from miner.db import dispose_engines
