@@ -45,6 +45,13 @@ class MinerGroup(click.Group):
             where = f" at {mask_url(cfg.db_url)}" if cfg else ""
             detail = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
             raise click.ClickException(f"database error{where}: {detail}") from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+            raise click.ClickException(
+                f"cannot use {where}: {exc.strerror or exc}; check the path, its permissions and free space"
+            ) from None
         except Exception as exc:
             from kombu.exceptions import OperationalError as BrokerError
 
@@ -113,14 +120,18 @@ def job_options(fn):
                      show_default=True, help="Longer lines (characters) are skipped and counted."),
         click.option("--on-decode-error", type=click.Choice(["skip", "replace", "fail"]), default="skip",
                      show_default=True, help="Lines that are not valid UTF-8: skip (counted), replace bytes, or fail."),
+        click.option("--force", is_flag=True,
+                     help="Mine again even when a job with the same files (by content) and options exists."),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
 
 
-def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> int:
-    """Check inputs and options, then create the job row. Returns the job id."""
+def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int, bool]:
+    """Check inputs and options, then create the job row. Returns (job id, False); or, when a
+    queued, running or done job already has the same inputs (by content) and options and
+    ``--force`` is not given, (that job's id, True)."""
     from miner.encoders import resolve_model
     from miner.jobs import JobOptions, create_job
     from miner.languages import language_warnings, normalise_code
@@ -151,7 +162,20 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> int:
         on_decode_error=opts["on_decode_error"],
     )
     cfg = _db(ctx)
-    return create_job(cfg, src, tgt, options)
+    from miner.jobs import find_duplicate, request_key
+    from miner.reader import file_digest
+
+    key = request_key(file_digest(src), file_digest(tgt), options)
+    duplicate = find_duplicate(cfg, key)
+    if duplicate is not None:
+        other, state = duplicate
+        if state in ("queued", "running", "done") and not opts.get("force"):
+            warn(f"job {other} ({state}) already mines these files (same content) with these options; "
+                 f"using it (--force mines again)")
+            return other, True
+        if state in ("failed", "cancelled") and not opts.get("force"):
+            warn(f"job {other} with the same files and options is {state}; `miner retry {other}` resumes it")
+    return create_job(cfg, src, tgt, options, request_key=key), False
 
 
 def _send(cfg: Config, job_id: int) -> None:
@@ -179,14 +203,15 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
     """
     from miner.export import export_tsv
 
-    job_id = _prepare_job(ctx, src, tgt, **opts)
+    job_id, existing = _prepare_job(ctx, src, tgt, **opts)
     cfg = _db(ctx)
     click.echo(f"job {job_id}", err=True)
     started = []
     try:
-        if not _workers_alive():
+        if not (existing and _status_dict(cfg, job_id)["state"] == "done") and not _workers_alive():
             started = _start_workers(cfg, n_workers, concurrency)
-        _send(cfg, job_id)
+        if not existing:
+            _send(cfg, job_id)
         status = _watch(cfg, job_id, quiet=quiet, workers=started)
     except KeyboardInterrupt:
         click.echo(f"interrupted: job {job_id} is left as it is; `miner cancel {job_id}` or `miner retry {job_id}`",
@@ -195,6 +220,8 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
     finally:
         _stop_workers(started)
     _raise_if_failed(status)
+    if existing and min_score is None and opts.get("threshold") is not None:
+        min_score = opts["threshold"]  # the threshold asked for now, not the one of the earlier job
     n = export_tsv(cfg, job_id, output, min_score=min_score, header=header)
     _print_skips(status)
     click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
@@ -207,7 +234,10 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
 @click.pass_context
 def submit(ctx, src, tgt, **opts):
     """Queue a mining job and print its id (last line of stdout); returns at once."""
-    job_id = _prepare_job(ctx, src, tgt, **opts)
+    job_id, existing = _prepare_job(ctx, src, tgt, **opts)
+    if existing:
+        click.echo(job_id)
+        return
     _send(_config(ctx), job_id)
     if not _workers_alive():
         warn("no worker answered; the job waits in the queue until you start one with `miner worker`")

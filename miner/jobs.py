@@ -49,9 +49,33 @@ class JobOptions:
         return data
 
 
-def create_job(cfg: Config, src: Path, tgt: Path, options: JobOptions) -> int:
+#: Options that change the stored candidates (threshold and shard size do not).
+REQUEST_OPTIONS = ("src_lang", "tgt_lang", "model_key", "k", "margin", "retrieval", "max_line_length", "on_decode_error")
+
+
+def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions) -> str:
+    """What makes two submissions the same job: both files' contents and the options that change results."""
+    import hashlib
+    import json
+
+    data = {"src": src_sha256, "tgt": tgt_sha256, **{name: getattr(options, name) for name in REQUEST_OPTIONS}}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def find_duplicate(cfg: Config, key: str) -> tuple[int, str] | None:
+    """The latest job with this request key, preferring live or done ones: (id, state)."""
+    with session_scope(cfg.db_url) as s:
+        rows = s.execute(select(Job.id, Job.state).where(Job.request_key == key).order_by(Job.id.desc())).all()
+    for job_id, state in rows:
+        if state in ("queued", "running", "done"):
+            return int(job_id), state
+    return (int(rows[0][0]), rows[0][1]) if rows else None
+
+
+def create_job(cfg: Config, src: Path, tgt: Path, options: JobOptions, request_key: str | None = None) -> int:
     with session_scope(cfg.db_url) as s:
         job = Job(
+            request_key=request_key,
             src_path=str(Path(src).absolute()),
             tgt_path=str(Path(tgt).absolute()),
             src_lang=options.src_lang,

@@ -10,6 +10,7 @@ determines it, or rows keyed uniquely in the database, and its completion is rec
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -211,6 +212,14 @@ def unit_name(stage: str, args: tuple) -> str:
 # --------------------------------------------------------------------------- leases and stalls
 
 HEARTBEAT_SECONDS = 5.0
+_stop_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("miner_stop", default=None)
+
+
+def check_stop(job_id: int) -> None:
+    """Raise JobCancelled when the lease of the running task saw its job cancelled or failed."""
+    event = _stop_event.get()
+    if event is not None and event.is_set():
+        raise JobCancelled(f"job {job_id} was cancelled or failed while this task ran")
 
 
 @contextmanager
@@ -224,12 +233,17 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HE
         s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"]))
         s.execute(update(JobLease).where(*key).values(worker=values["worker"], heartbeat_at=utcnow()))
     stop = threading.Event()
+    job_stopped = threading.Event()
+    token = _stop_event.set(job_stopped)
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
                 with session_scope(cfg.db_url) as s:
                     s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow()))
+                    state = s.scalar(select(Job.state).where(Job.id == job_id))
+                if state in (JobState.CANCELLED.value, JobState.FAILED.value):
+                    job_stopped.set()
             except Exception as exc:  # the database is away for a moment: the task itself will notice
                 log.debug("lease heartbeat of job %s %s %s failed: %s", job_id, stage, unit, exc)
 
@@ -238,6 +252,7 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HE
     try:
         yield
     finally:
+        _stop_event.reset(token)
         stop.set()
         thread.join(10)
         try:
@@ -503,8 +518,13 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
         texts = _side_texts(cfg, corpus.corpus_id, start, end)
         if len(texts) != end - start:
             raise MinerError(f"corpus {corpus.corpus_id} has {len(texts)} sentences in [{start}, {end}); re-ingest it")
-        vectors = encode(_model(cfg, job), texts, batch_size=cfg.embed_batch_size)
-        save_npy(path, vectors)
+        model = _model(cfg, job)
+        chunk = max(1, cfg.embed_batch_size) * 8
+        parts = []
+        for lo in range(0, len(texts), chunk):
+            check_stop(job_id)  # a cancelled job stops within one chunk, not at the end of the shard
+            parts.append(encode(model, texts[lo:lo + chunk], batch_size=cfg.embed_batch_size))
+        save_npy(path, np.concatenate(parts) if len(parts) > 1 else parts[0])
     record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
@@ -539,6 +559,12 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
     return str(path)
 
 
+def _checked(job_id: int, blocks):
+    for block in blocks:
+        check_stop(job_id)
+        yield block
+
+
 def _target_blocks(art: Artifacts, manifest_path: Path):
     """``(offset, vectors)`` of every shard of a flat index, memory-mapped one at a time."""
     manifest = json.loads(manifest_path.read_text())
@@ -560,7 +586,7 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     if not reused:
         queries = np.load(art.embeddings(query.key, model_key, start, end))
         manifest = art.index(target.key, model_key, "flat").with_suffix(".json")
-        sims, ids = mining.knn_blocks(queries, _target_blocks(art, manifest), k)
+        sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)

@@ -41,6 +41,21 @@ def test_mine_tatoeba_deu_with_distractors(tmp_path, deu_embedded):
     status = _status(home, job_id)
     assert status["state"] == "done" and status["pairs"] == len(rows)
 
+    # The same files (by content: a copy counts) and options again: reported, the job is reused.
+    copy = tmp_path / "copy.de"
+    copy.write_bytes(case["src"].read_bytes())
+    again = tmp_path / "again.tsv"
+    result = run_miner(home, "mine", copy, case["tgt"], "--src-lang", "de", "--tgt-lang", "en", "-q", "-o", again,
+                       "--threshold", "1.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"job {job_id} (done) already mines these files" in result.stderr and "--force" in result.stderr
+    assert _job_id(result) == job_id
+    high = read_tsv(again)  # the pairs of the job, at the threshold asked for now
+    assert high == [r for r in rows if r[0] >= 1.1] and 0 < len(high) < len(rows)
+    result = run_miner(home, "submit", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en")
+    assert _job_id(result) == job_id
+    assert len(json.loads(run_miner(home, "jobs", "--json").stdout)) == 1
+
     fra = make_case(tmp_path / "fra", "fra", 0)
     out2 = tmp_path / "fra.tsv"
     result = run_miner(home, "mine", fra["src"], case["tgt"], "--src-lang", "fra", "--tgt-lang", "eng", "-o", out2)
@@ -172,3 +187,45 @@ def test_mine_messy_input_and_failures(tmp_path):
     assert last.startswith("Error: job 3 failed: ingest: ") and "no sentences left" in last
     status = _status(home, 3)
     assert status["state"] == "failed"
+
+
+def test_unwritable_artifacts_fail_the_job_clearly_and_retry_resumes(tmp_path):
+    """A path that cannot be written (here a file where the embeddings folder must go) fails the job
+    with one line naming the path; once fixed, `miner retry` finishes it. A config path that cannot
+    be created is refused before any job exists."""
+    case = make_case(tmp_path / "case", "deu", 0)
+    home = tmp_path / "home"
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "emb").write_text("in the way")
+    out = tmp_path / "out.tsv"
+    result = run_miner(home, "mine", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en", "-q",
+                       "-o", out, MINER_ARTIFACTS=str(artifacts))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: job 1 failed: embed: ") and str(artifacts / "emb") in last
+    assert "Traceback" not in result.stderr
+    assert _status(home, 1)["state"] == "failed"
+
+    (artifacts / "emb").unlink()
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1"],
+                              env=miner_env(home, MINER_ARTIFACTS=str(artifacts)), stdout=log,
+                              stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    try:
+        result = run_miner(home, "retry", "1", "--wait", timeout=300, MINER_ARTIFACTS=str(artifacts))
+        assert result.returncode == 0, result.stderr[-2000:]
+        status = _status(home, 1)
+        assert status["state"] == "done" and status["pairs"] > 900
+        stages = {s["stage"]: s for s in status["stages"]}
+        assert stages["ingest"]["reused"] == 0 and stages["ingest"]["done"] == 2  # ingest was kept, not redone
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        log.close()
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file")
+    result = run_miner(home, "jobs", MINER_ARTIFACTS=str(blocked / "sub"))
+    assert result.returncode == 1
+    assert f"cannot use {blocked / 'sub'}" in result.stderr and "Traceback" not in result.stderr

@@ -240,3 +240,27 @@ def test_sweep_resends_lost_tasks_and_lost_hand_overs(cfg, tmp_path, muse):
         time.sleep(1.5)
         assert steps.sweep(cfg, resend, stall_seconds=1) == []
     assert sent == []
+
+
+def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
+    """The lease heartbeat of a running task sees its job cancelled; the task stops at its next
+    chunk of work (check_stop) instead of finishing the shard. Another job's task runs on."""
+    import time
+
+    from miner.errors import JobCancelled
+    from miner.jobs import cancel_job
+
+    src, tgt = small_case(tmp_path)
+    options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key)
+    doomed = create_job(cfg, src, tgt, JobOptions(**options))
+    other = create_job(cfg, src, tgt, JobOptions(**options))
+    with steps.leased(cfg, doomed, "embed", "src:0", interval=0.1):
+        steps.check_stop(doomed)  # running: goes on
+        cancel_job(cfg, doomed)
+        time.sleep(0.5)
+        with pytest.raises(JobCancelled):
+            steps.check_stop(doomed)
+    with steps.leased(cfg, other, "embed", "src:0", interval=0.1):
+        time.sleep(0.3)
+        steps.check_stop(other)  # the other job is untouched
+    steps.check_stop(doomed)  # outside a task nothing is checked
