@@ -113,7 +113,8 @@ def job_options(fn):
         click.option("--retrieval", type=click.Choice(["max", "intersect", "fwd", "bwd"]), default=defaults.RETRIEVAL,
                      show_default=True, help="Which candidates to keep."),
         click.option("--threshold", type=float, default=None,
-                     help="Keep pairs scoring at least this (default: tuned per model and margin, muse/ratio 1.06)."),
+                     help="Keep pairs scoring at least this (default: `miner calibrate`d or bundled per model and margin; "
+                          "muse/ratio 1.05)."),
         click.option("--shard-size", type=click.IntRange(min=1), default=defaults.SHARD_SIZE, show_default=True,
                      help="Sentences per shard (unit of parallel work)."),
         click.option("--max-line-length", type=click.IntRange(min=1), default=defaults.MAX_LINE_LENGTH,
@@ -147,7 +148,8 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
             warn(message)
     threshold = opts["threshold"]
     if threshold is None:
-        threshold = defaults.default_threshold(spec.name if spec.kind == "alias" else "", opts["margin"])
+        threshold = defaults.default_threshold(spec.name if spec.kind == "alias" else "", opts["margin"],
+                                               model_key=spec.key, home=_config(ctx).home)
     options = JobOptions(
         src_lang=normalise_code(opts["src_lang"]),
         tgt_lang=normalise_code(opts["tgt_lang"]),
@@ -409,6 +411,13 @@ def _print_status(status: dict) -> None:
     if status.get("workers"):
         names = ", ".join(f"{w['name']} ({w['units']})" for w in status["workers"])
         click.echo(f"  workers seen: {len(status['workers'])}: {names}")
+    for lease in status.get("running") or []:
+        click.echo(f"  running: {lease['stage']} {lease['unit']} on {lease['worker']} "
+                   f"(heartbeat {lease['heartbeat_age_s']:.0f}s ago)")
+    for stage, units in (status.get("missing") or {}).items():
+        if units and status["state"] in ("failed", "cancelled"):
+            shown = ", ".join(units[:10]) + (f" and {len(units) - 10} more" if len(units) > 10 else "")
+            click.echo(f"  missing {stage} units: {shown} (`miner retry {status['id']}` runs them)")
     if status["pairs"] is not None:
         click.echo(f"  pairs: {status['pairs']:,} at threshold {status['threshold']}"
                    f" ({status['candidates_stored']:,} candidates stored)")

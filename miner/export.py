@@ -1,35 +1,70 @@
-"""Export a job's candidates as TSV: ``score<TAB>source<TAB>target``, best first, UTF-8."""
+"""Export a job's pairs, best first, UTF-8.
+
+Formats (``--format``; by default ``.jsonl``/``.jsonl.gz`` names give JSONL, anything else TSV):
+
+* ``tsv`` -- ``score<TAB>source<TAB>target`` with the score as ``%.6f``; ``--header`` adds
+  ``score<TAB>source<TAB>target``; a name ending in ``.gz`` is gzip-compressed; ``-`` is stdout.
+* ``jsonl`` -- one object per line: ``{"score", "src", "tgt", "src_line", "tgt_line"}``, the score
+  at full precision, the line numbers 1-based in the original input files (as ``miner eval`` reads
+  BUCC ids); ``.gz`` compresses.
+* ``moses`` -- two line-aligned plain-text files ``OUT.SRC_LANG`` and ``OUT.TGT_LANG`` with the job's
+  (normalised, ISO 639-1 where one exists) language codes as suffixes, e.g. ``-o corpus`` gives
+  ``corpus.de`` and ``corpus.en``; ``-o corpus.gz`` gives ``corpus.de.gz`` and ``corpus.en.gz``.
+  When both languages are the same, the suffixes are ``src`` and ``tgt``.
+
+Files appear only when complete (written to a temporary name, then renamed). Filters: see
+:mod:`miner.filters`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from miner.config import Config
 from miner.artifacts import atomic_path
+from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, session_scope
 from miner.errors import JobNotFound, UsageError
+from miner.filters import FilterChain, FilterOptions
 
 HEADER = "score\tsource\ttarget\n"
+FORMATS = ("tsv", "jsonl", "moses")
 
 
-def iter_pairs(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str]]:
-    """(score, source, target) of a job, best first (ties by source then target id)."""
-    src, tgt = aliased(Sentence), aliased(Sentence)
+def load_done_job(cfg: Config, job_id: int, action: str = "export") -> Job:
+    """The job row, or a clear error when there is no such job or it is not done."""
     with session_scope(cfg.db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         if job.state != JobState.DONE.value:
-            raise UsageError(f"job {job_id} is {job.state}, not done; nothing to export yet (`miner status {job_id}`)")
+            raise UsageError(f"job {job_id} is {job.state}, not done; nothing to {action} yet (`miner status {job_id}`)")
+        return job
+
+
+def iter_pairs(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str]]:
+    """(score, source, target) of a job, best first (ties by source then target id)."""
+    for score, source, target, _, _ in iter_records(cfg, job_id, min_score):
+        yield score, source, target
+
+
+def iter_records(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str, int, int]]:
+    """(score, source, target, source line, target line) of a job, best first; line numbers are the
+    0-based physical lines of the input files (``Sentence.line_no``)."""
+    job = load_done_job(cfg, job_id)
+    src, tgt = aliased(Sentence), aliased(Sentence)
+    with session_scope(cfg.db_url) as s:
         query = (
-            select(Candidate.score, src.text, tgt.text)
+            select(Candidate.score, src.text, tgt.text, src.line_no, tgt.line_no)
             .join(src, (src.corpus_id == job.src_corpus_id) & (src.idx == Candidate.src_idx))
             .join(tgt, (tgt.corpus_id == job.tgt_corpus_id) & (tgt.idx == Candidate.tgt_idx))
             .where(Candidate.job_id == job_id)
@@ -38,7 +73,15 @@ def iter_pairs(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tu
         if min_score is not None:
             query = query.where(Candidate.score >= min_score)
         for row in s.execute(query.execution_options(yield_per=10000)):
-            yield float(row[0]), row[1], row[2]
+            yield float(row[0]), row[1], row[2], int(row[3]), int(row[4])
+
+
+def count_candidates(cfg: Config, job_id: int, min_score: float | None = None) -> int:
+    with session_scope(cfg.db_url) as s:
+        query = select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)
+        if min_score is not None:
+            query = query.where(Candidate.score >= min_score)
+        return int(s.scalar(query) or 0)
 
 
 @contextmanager
@@ -59,32 +102,110 @@ def _open_out(out: str) -> Iterator[IO[str]]:
                 yield fh
 
 
+def infer_format(out: str) -> str:
+    name = out.lower()
+    return "jsonl" if name.endswith((".jsonl", ".jsonl.gz")) else "tsv"
+
+
+def moses_paths(out: str, src_lang: str, tgt_lang: str) -> tuple[str, str]:
+    """``OUT.SRC_LANG`` and ``OUT.TGT_LANG`` (``.gz`` moves to the end; ``src``/``tgt`` when the
+    languages are the same)."""
+    if out == "-":
+        raise UsageError("--format moses writes two files; give -o a file name prefix, not -")
+    base, gz = (out[:-3], ".gz") if out.endswith(".gz") else (out, "")
+    a, b = (src_lang, tgt_lang) if src_lang != tgt_lang else ("src", "tgt")
+    return f"{base}.{a}{gz}", f"{base}.{b}{gz}"
+
+
+@dataclass
+class ExportResult:
+    written: int
+    paths: list[str]
+    candidates: int = 0
+    summary: str | None = None  # the filter summary line, when filters beyond min-score were on
+    counts: dict = field(default_factory=dict)
+
+
+def export_pairs(
+    cfg: Config,
+    job_id: int,
+    out: str,
+    *,
+    fmt: str | None = None,
+    header: bool = False,
+    filters: FilterOptions | None = None,
+    warn: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold)."""
+    fmt = fmt or infer_format(out)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if header and fmt != "tsv":
+        raise UsageError("--header applies to TSV output only")
+    job = load_done_job(cfg, job_id)
+    filters = filters or FilterOptions()
+    if filters.min_score is None and job.options.get("threshold") is not None:
+        filters = dataclasses.replace(filters, min_score=job.options["threshold"])
+    chain = FilterChain(filters, job.src_lang, job.tgt_lang, warn=warn)
+    paths = list(moses_paths(out, job.src_lang, job.tgt_lang)) if fmt == "moses" else [out]
+    for path in paths:
+        if path != "-" and not Path(path).parent.exists():
+            raise UsageError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+    total = above = None
+    if filters.any_beyond_min_score or progress:
+        total = count_candidates(cfg, job_id)
+        above = count_candidates(cfg, job_id, filters.min_score)
+        if "min-score" in chain.counts:
+            chain.counts["min-score"] = total - above
+    records = iter_records(cfg, job_id, filters.min_score)
+    first = next(records, None)  # raises before an output file is created
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=above, desc=f"export job {job_id}", unit="pair", unit_scale=True, file=sys.stderr,
+                   disable=None, mininterval=0.5)
+    n = 0
+    try:
+        with ExitStack() as stack:
+            handles = [stack.enter_context(_open_out(path)) for path in paths]
+            if header:
+                handles[0].write(HEADER)
+            if first is not None:
+                for score, source, target, src_line, tgt_line in _chain(first, records):
+                    if bar is not None:
+                        bar.update(1)
+                    if not chain.keep(source, target, score):
+                        continue
+                    if fmt == "tsv":
+                        handles[0].write(f"{score:.6f}\t{source}\t{target}\n")
+                    elif fmt == "jsonl":
+                        handles[0].write(json.dumps(
+                            {"score": score, "src": source, "tgt": target,
+                             "src_line": src_line + 1, "tgt_line": tgt_line + 1},
+                            ensure_ascii=False) + "\n")
+                    else:
+                        handles[0].write(source + "\n")
+                        handles[1].write(target + "\n")
+                    n += 1
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = chain.summary(total, n) if filters.any_beyond_min_score else None
+    return ExportResult(written=n, paths=paths, candidates=total or 0, summary=summary, counts=dict(chain.counts))
+
+
 def export_tsv(cfg: Config, job_id: int, out: str, *, min_score: float | None = None, header: bool = False) -> int:
     """Write the job's pairs with ``score >= min_score`` (default: the job's threshold) to ``out``.
 
     ``out`` ending in ``.gz`` is gzip-compressed; ``-`` writes standard output. The file appears
     only when complete. Returns the number of pairs written.
     """
-    if min_score is None:
-        with session_scope(cfg.db_url) as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
-            min_score = job.options.get("threshold")
-    pairs = iter_pairs(cfg, job_id, min_score)
-    first = next(pairs, None)  # raises before an output file is created
-    n = 0
-    try:
-        with _open_out(out) as fh:
-            if header:
-                fh.write(HEADER)
-            if first is not None:
-                for score, source, target in _chain(first, pairs):
-                    fh.write(f"{score:.6f}\t{source}\t{target}\n")
-                    n += 1
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return n
+    result = export_pairs(cfg, job_id, out, fmt="tsv", header=header, filters=FilterOptions(min_score=min_score))
+    return result.written
 
 
 def _chain(first, rest):

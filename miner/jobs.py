@@ -191,6 +191,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
             )
         stored = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
     now = utcnow()
+    running, missing = _running_and_missing(cfg, job, now)
     end = job.finished_at or now
     elapsed = (end - (job.started_at or job.created_at)).total_seconds() if job.started_at else 0.0
     done: dict[str, dict] = {}
@@ -260,6 +261,8 @@ def job_status(cfg: Config, job_id: int) -> dict:
         "corpora": corpora,
         "stages": stages,
         "workers": workers,
+        "running": running,
+        "missing": missing,
         "pairs": job.n_candidates,
         "candidates_stored": int(stored or 0),
         "attempt": job.attempt,
@@ -268,6 +271,25 @@ def job_status(cfg: Config, job_id: int) -> dict:
         "finished_at": _iso(job.finished_at),
         "elapsed_s": round(elapsed, 1),
     }
+
+
+def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
+    """Units being worked on now (leases), and the units of the current stage not done yet."""
+    from miner import steps
+    from miner.db import JobLease
+
+    with session_scope(cfg.db_url) as s:
+        leases = s.scalars(select(JobLease).where(JobLease.job_id == job.id).order_by(JobLease.stage, JobLease.unit)).all()
+        running = [{"stage": lease.stage, "unit": lease.unit, "worker": lease.worker,
+                    "heartbeat_age_s": round((now - lease.heartbeat_at).total_seconds(), 1)} for lease in leases]
+    missing = {}
+    if job.state != "done" and job.dispatched:
+        try:
+            units = steps.missing_units(cfg, job.id, job.dispatched)
+            missing[job.dispatched] = [steps.unit_name(job.dispatched, args) for args in units]
+        except Exception:  # sides not ingested yet: nothing to list
+            pass
+    return running, missing
 
 
 def _skipped(stats: dict) -> dict:

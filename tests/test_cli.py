@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from miner.cli import main
 
 COMMANDS = [[], ["mine"], ["submit"], ["worker"], ["status"], ["jobs"], ["export"], ["cancel"], ["retry"],
-            ["db"], ["db", "upgrade"], ["db", "current"], ["config"]]
+            ["db"], ["db", "upgrade"], ["db", "current"], ["db", "downgrade"], ["config"], ["workers"]]
 
 
 @pytest.fixture
