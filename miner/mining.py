@@ -186,8 +186,9 @@ def knn_blocks(queries: np.ndarray, blocks, k: int) -> tuple[np.ndarray, np.ndar
 
     Returns:
         ``(sims, ids)`` as :func:`knn` gives on the concatenated blocks: best first, ties broken
-        by the lower id. Memory holds the queries, one block and ``n * k`` results -- never the
-        whole target side.
+        as FAISS breaks them (the higher id first), so the result does not depend on the block
+        sizes. Memory holds the queries, one block and ``n * k`` results -- never the whole target
+        side.
     """
     k = _check_k(k)
     q = _as_matrix(queries, "queries")
@@ -204,8 +205,8 @@ def knn_blocks(queries: np.ndarray, blocks, k: int) -> tuple[np.ndarray, np.ndar
         ids = ids + int(offset)
         sims = np.concatenate([best_sims, sims], axis=1)
         ids = np.concatenate([best_ids, ids], axis=1)
-        # Sort by descending similarity, then ascending id (lexsort: last key is primary).
-        order = np.lexsort((ids, -sims), axis=1)[:, :k]
+        # Sort by descending similarity, then descending id (lexsort: the last key is primary).
+        order = np.lexsort((-ids, -sims), axis=1)[:, :k]
         best_sims = np.take_along_axis(sims, order, axis=1)
         best_ids = np.take_along_axis(ids, order, axis=1)
     return np.ascontiguousarray(best_sims, dtype=np.float32), np.ascontiguousarray(best_ids, dtype=np.int64)

@@ -48,7 +48,8 @@ def _wait(home, job_id, timeout=120) -> dict:
         if status["state"] in ("done", "failed", "cancelled"):
             return status
         time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {status['state']} after {timeout}s")
+    worker_log = (home.parent / "worker.log").read_text(errors="replace")[-3000:]
+    raise AssertionError(f"job {job_id} still {status['state']} after {timeout}s: {status}\nworker log:\n{worker_log}")
 
 
 def _write(path, data: bytes):
@@ -135,7 +136,7 @@ def test_messy_text_is_cleaned_and_counted(live):
     ("undecodable", b"Ich habe Hunger.\nKaputt \xff hier.\n", ["--on-decode-error", "fail"], "line 2"),
     ("all-blank", b"\n   \n\t\n", [], "no sentences left"),
     ("all-too-long", b"y" * 3000 + b"\n", ["--max-line-length", "100"], "no sentences left"),
-])
+], ids=["undecodable", "all-blank", "all-too-long"])
 def test_inputs_failing_at_ingest_fail_the_job_resumably(live, name, data, extra, fragment):
     home, folder = live["home"], live["folder"]
     src = _write(folder / f"{name}.de", data)
