@@ -32,15 +32,19 @@ class Artifacts:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    def embeddings(self, corpus_key: str, model_key: str, start: int, end: int) -> Path:
-        return self.root / "emb" / corpus_key[:20] / model_key / f"{_span(start, end)}.npy"
+    def embeddings(self, corpus_key: str, model_key: str, start: int, end: int, dtype: str = "float32") -> Path:
+        suffix = "" if dtype == "float32" else f".{dtype}"
+        return self.root / "emb" / corpus_key[:20] / model_key / f"{_span(start, end)}{suffix}.npy"
 
     def index(self, corpus_key: str, model_key: str, kind: str = "flat") -> Path:
         return self.root / "index" / corpus_key[:20] / model_key / f"{kind}.faiss"
 
-    def knn(self, query_key: str, target_key: str, model_key: str, k: int, start: int, end: int) -> Path:
+    def knn(self, query_key: str, target_key: str, model_key: str, k: int, start: int, end: int,
+            variant: str = "") -> Path:
+        """``variant`` names what else the neighbours depend on (index, nprobe, storage); "" = exact float32."""
         pair = f"{query_key[:20]}__{target_key[:20]}"
-        return self.root / "knn" / pair / model_key / f"k{k}" / f"{_span(start, end)}.npz"
+        folder = f"k{k}" + (f"-{variant}" if variant else "")
+        return self.root / "knn" / pair / model_key / folder / f"{_span(start, end)}.npz"
 
     def scores(self, job_id: int, direction: str, start: int, end: int) -> Path:
         return self.root / "jobs" / f"{job_id:08d}" / f"{direction}-{_span(start, end)}.npz"

@@ -121,6 +121,15 @@ def job_options(fn):
                      show_default=True, help="Longer lines (characters) are skipped and counted."),
         click.option("--on-decode-error", type=click.Choice(["skip", "replace", "fail"]), default="skip",
                      show_default=True, help="Lines that are not valid UTF-8: skip (counted), replace bytes, or fail."),
+        click.option("--index", "index", type=click.Choice(["auto", "flat", "ivf", "ivfpq"]), default="auto",
+                     show_default=True,
+                     help="Search index per side: auto = exact (flat) up to 100,000 sentences, IVF up to 2M, then IVF-PQ."),
+        click.option("--nlist", type=click.IntRange(min=1), default=None,
+                     help="IVF lists (default about 4*sqrt(sentences), a power of two)."),
+        click.option("--nprobe", type=click.IntRange(min=1), default=None,
+                     help="IVF lists searched per query (default nlist/64, between 8 and 64)."),
+        click.option("--storage", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
+                     help="Embeddings on disk: auto = float16 for sides searched by an IVF index, else float32."),
         click.option("--force", is_flag=True,
                      help="Mine again even when a job with the same files (by content) and options exists."),
     ]
@@ -162,6 +171,10 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
         shard_size=opts["shard_size"],
         max_line_length=opts["max_line_length"],
         on_decode_error=opts["on_decode_error"],
+        index=opts.get("index") or "auto",
+        nlist=opts.get("nlist"),
+        nprobe=opts.get("nprobe"),
+        storage=opts.get("storage") or "auto",
     )
     cfg = _db(ctx)
     from miner.jobs import find_duplicate, request_key

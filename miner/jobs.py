@@ -31,6 +31,10 @@ class JobOptions:
     shard_size: int = 10000
     max_line_length: int = 2000
     on_decode_error: str = "skip"
+    index: str = "auto"  # auto, flat, ivf, ivfpq (miner.indexes)
+    nlist: int | None = None
+    nprobe: int | None = None
+    storage: str = "auto"  # embeddings on disk: float32, float16, auto (float16 for approximate indexes)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -41,6 +45,11 @@ class JobOptions:
             raise UsageError(f"max line length must be at least 1, got {self.max_line_length}")
         Margin(self.margin)
         Retrieval(self.retrieval)
+        from miner.indexes import choose_index
+
+        choose_index(1000, 512, self.index, self.nlist, self.nprobe)  # raises UsageError when invalid
+        if self.storage not in ("auto", "float32", "float16"):
+            raise UsageError(f"unknown storage {self.storage!r}; choose auto, float32 or float16")
 
     def stored(self) -> dict:
         data = dataclasses.asdict(self)
@@ -50,7 +59,8 @@ class JobOptions:
 
 
 #: Options that change the stored candidates (threshold and shard size do not).
-REQUEST_OPTIONS = ("src_lang", "tgt_lang", "model_key", "k", "margin", "retrieval", "max_line_length", "on_decode_error")
+REQUEST_OPTIONS = ("src_lang", "tgt_lang", "model_key", "k", "margin", "retrieval", "max_line_length", "on_decode_error",
+                   "index", "nlist", "nprobe", "storage")
 
 
 def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions) -> str:

@@ -504,13 +504,46 @@ def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+def side_index(job: Job, side: Side, dim: int | None = None):
+    """The index spec that searches ``side`` (miner.indexes.choose_index on the job's options)."""
+    from miner.indexes import choose_index
+
+    o = job.options
+    return choose_index(side.n, dim, o.get("index", "auto"), o.get("nlist"), o.get("nprobe"))
+
+
+def storage_dtype(job: Job, side: Side) -> str:
+    """float16 or float32: how the side's embeddings are stored on disk."""
+    storage = job.options.get("storage", "auto")
+    if storage == "auto":
+        return "float32" if side_index(job, side).exact else "float16"
+    return storage
+
+
+def knn_variant(job: Job, target: Side, dim: int | None = None) -> str:
+    """What the kNN of a query shard depends on beyond k: the target's index and storage."""
+    spec = side_index(job, target, dim)
+    dtype = storage_dtype(job, target)
+    parts = ([] if spec.exact else [spec.name, f"p{spec.nprobe}"]) + ([] if dtype == "float32" else [dtype])
+    return "-".join(parts)
+
+
+def _embeddings(art: Artifacts, job: Job, side: Side, start: int, end: int) -> Path:
+    return art.embeddings(side.key, job.options["model_key"], start, end, storage_dtype(job, side))
+
+
+def _shard_dim(art: Artifacts, job: Job, side: Side) -> int:
+    first = shard_spans(side.n, int(job.options["shard_size"]))[0]
+    return int(np.load(_embeddings(art, job, side, *first), mmap_mode="r").shape[1])
+
+
 def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
     """Embed sentences [start, end) of one side (skipped when the artifact exists)."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
-    model_key = job.options["model_key"]
-    path = Artifacts(cfg.artifacts).embeddings(corpus.key, model_key, start, end)
+    job.options["model_key"]
+    path = _embeddings(Artifacts(cfg.artifacts), job, corpus, start, end)
     reused = path.exists()
     if not reused:
         from miner.encoders import encode
@@ -524,39 +557,74 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
         for lo in range(0, len(texts), chunk):
             check_stop(job_id)  # a cancelled job stops within one chunk, not at the end of the shard
             parts.append(encode(model, texts[lo:lo + chunk], batch_size=cfg.embed_batch_size))
-        save_npy(path, np.concatenate(parts) if len(parts) > 1 else parts[0])
+        vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        save_npy(path, vectors.astype(storage_dtype(job, corpus), copy=False))
     record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
 def build_index(cfg: Config, job_id: int, side: str) -> str:
-    """Check one side's embedding shards and write the manifest its exact (flat) search reads.
-
-    The flat "index" is the shard files themselves: kNN streams them block by block, so no
-    process ever holds a whole side in memory."""
+    """Build what the other side's kNN searches: for an exact (flat) side, check its embedding
+    shards and write the manifest that the search streams through -- no process ever holds a whole
+    side; for an IVF side, train on a sample and add the shards one at a time (miner.indexes)."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
     model_key = job.options["model_key"]
     art = Artifacts(cfg.artifacts)
-    path = art.index(corpus.key, model_key, "flat").with_suffix(".json")
-    reused = path.exists()
+    dim = _shard_dim(art, job, corpus)
+    spec = side_index(job, corpus, dim)
+    spans = shard_spans(corpus.n, int(job.options["shard_size"]))
+    manifest = art.index(corpus.key, model_key, spec.name).with_suffix(f".{storage_dtype(job, corpus)}.json")
+    reused = manifest.exists()
     if not reused:
-        shards, dim = [], None
-        for start, end in shard_spans(corpus.n, int(job.options["shard_size"])):
-            shard_path = art.embeddings(corpus.key, model_key, start, end)
-            vectors = np.load(shard_path, mmap_mode="r")
-            if vectors.shape[0] != end - start or (dim is not None and vectors.shape[1] != dim):
-                raise MinerError(f"{shard_path} has shape {vectors.shape}, expected ({end - start}, {dim or 'd'}); "
-                                 f"delete it and `miner retry {job_id}`")
-            dim = vectors.shape[1]
-            shards.append([start, end, str(shard_path.relative_to(art.root))])
         from miner.artifacts import atomic_path
 
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"kind": "flat", "n": corpus.n, "dim": dim, "shards": shards}))
+        shards = []
+        for start, end in spans:
+            shard_path = _embeddings(art, job, corpus, start, end)
+            vectors = np.load(shard_path, mmap_mode="r")
+            if vectors.shape != (end - start, dim):
+                raise MinerError(f"{shard_path} has shape {vectors.shape}, expected ({end - start}, {dim}); "
+                                 f"delete it and `miner retry {job_id}`")
+            shards.append([start, end, str(shard_path.relative_to(art.root))])
+        info = {"kind": spec.kind, "n": corpus.n, "dim": dim, "shards": shards}
+        if not spec.exact:
+            from miner import indexes
+
+            def load_all():
+                for start, end in spans:
+                    check_stop(job_id)
+                    yield np.load(_embeddings(art, job, corpus, start, end), mmap_mode="r")
+
+            train = indexes.training_sample(load_all(), corpus.n, indexes.train_size(spec, corpus.n))
+            index = indexes.build_ivf(spec, dim, train, load_all())
+            del train
+            index_path = art.index(corpus.key, model_key, spec.name)
+            import faiss
+
+            with atomic_path(index_path) as tmp:
+                faiss.write_index(index, str(tmp))
+            del index
+            info.update(nlist=spec.nlist, m=spec.m, index=str(index_path.relative_to(art.root)))
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps(info))
     record_step(cfg, job_id, "index", side, corpus.n, reused, seconds=time.monotonic() - started)
-    return str(path)
+    return str(manifest)
+
+
+_indexes: dict[str, object] = {}
+
+
+def _load_index(path: Path, nprobe: int):
+    """One built index per worker process at a time (kNN tasks of a direction share it)."""
+    from miner import indexes
+
+    key = f"{path}:{nprobe}"
+    if key not in _indexes:
+        _indexes.clear()
+        _indexes[key] = indexes.read_index(str(path), nprobe)
+    return _indexes[key]
 
 
 def _checked(job_id: int, blocks):
@@ -573,7 +641,8 @@ def _target_blocks(art: Artifacts, manifest_path: Path):
 
 
 def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
-    """k nearest neighbours of query shard [start, end) in the other side, streamed shard by shard."""
+    """k nearest neighbours of query shard [start, end) in the other side: its shards streamed
+    through an exact search, or its IVF index."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
@@ -581,25 +650,51 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     model_key = job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
     art = Artifacts(cfg.artifacts)
-    path = art.knn(query.key, target.key, model_key, k, start, end)
+    path = _knn_path(art, job, query, target, k, start, end)
     reused = path.exists()
     if not reused:
-        queries = np.load(art.embeddings(query.key, model_key, start, end))
-        manifest = art.index(target.key, model_key, "flat").with_suffix(".json")
-        sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
+        queries = np.asarray(np.load(_embeddings(art, job, query, start, end)), dtype=np.float32)
+        spec = side_index(job, target, queries.shape[1])
+        manifest = art.index(target.key, model_key, spec.name).with_suffix(f".{storage_dtype(job, target)}.json")
+        if spec.exact:
+            sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
+        else:
+            info = json.loads(manifest.read_text())
+            sims, ids = mining.knn_index(queries, _load_index(art.root / info["index"], spec.nprobe), k)
+            sims, ids = _fill_missing(sims, ids)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
+def _fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF search returns id -1 when the probed lists hold fewer than k vectors: repeat the
+    row's last real neighbour there (a query with none at all gets id 0 at similarity -1)."""
+    missing = ids < 0
+    if not missing.any():
+        return sims, ids
+    sims, ids = sims.copy(), ids.copy()
+    for row in np.nonzero(missing.any(axis=1))[0]:
+        found = ~missing[row]
+        last = np.nonzero(found)[0][-1] if found.any() else None
+        sims[row, ~found] = sims[row, last] if last is not None else -1.0
+        ids[row, ~found] = ids[row, last] if last is not None else 0
+    return sims, ids
+
+
+def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start: int, end: int) -> Path:
+    dim = None if side_index(job, target).kind != "ivfpq" else _shard_dim(art, job, target)
+    return art.knn(query.key, target.key, job.options["model_key"], k, start, end, knn_variant(job, target, dim))
+
+
 def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -> np.ndarray:
     """Mean kNN similarity of every sentence of the query side of ``direction``."""
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    model_key = job.options["model_key"]
+    job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
     art = Artifacts(cfg.artifacts)
     parts = [
-        mining.knn_mean(load_npz(art.knn(query.key, target.key, model_key, k, s, e))["sims"])
+        mining.knn_mean(load_npz(_knn_path(art, job, query, target, k, s, e))["sims"])
         for s, e in shard_spans(query.n, int(job.options["shard_size"]))
     ]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -611,13 +706,13 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    model_key = job.options["model_key"]
+    job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
     art = Artifacts(cfg.artifacts)
     path = art.scores(job_id, direction, start, end)
     reused = path.exists()
     if not reused:
-        shard = load_npz(art.knn(query.key, target.key, model_key, k, start, end))
+        shard = load_npz(_knn_path(art, job, query, target, k, start, end))
         other = "bwd" if direction == "fwd" else "fwd"
         target_mean = _side_means(cfg, job, other, sides)
         best, scores = mining.best_candidates(

@@ -13,6 +13,7 @@ from miner import mining, steps
 from miner.config import Config
 from miner.db import Candidate, Corpus, Sentence, session_scope
 from miner.encoders import encode, load_model, resolve_model
+from miner.artifacts import Artifacts
 from miner.export import export_tsv
 from miner.jobs import JobOptions, create_job, job_status
 from miner.migrate import ensure_schema
@@ -264,3 +265,24 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
         time.sleep(0.3)
         steps.check_stop(other)  # the other job is untouched
     steps.check_stop(doomed)  # outside a task nothing is checked
+
+
+@pytest.mark.parametrize("index", ["ivf", "ivfpq"])
+def test_ivf_jobs_find_the_pairs_exact_search_finds(cfg, tmp_path, muse, index):
+    """A job searched through an IVF (or IVF-PQ) index built from float16 shards finds at least 95%
+    of the pairs the exact float32 job finds; its artifacts do not collide with the exact job's."""
+    src, tgt = small_case(tmp_path)
+    exact = run_job(cfg, src, tgt, threshold=1.05, shard_size=128)
+    approx = run_job(cfg, src, tgt, threshold=1.05, shard_size=128, index=index, storage="auto")
+    a = {(s_, t) for s_, t, score in candidates(cfg, exact) if score >= 1.05}
+    b = {(s_, t) for s_, t, score in candidates(cfg, approx) if score >= 1.05}
+    assert len(a) > 250
+    assert len(a & b) >= 0.95 * len(a)
+    art = Artifacts(cfg.artifacts)
+    job = steps.load_job(cfg, approx)
+    side = steps.job_sides(cfg, job)["tgt"]
+    assert steps.storage_dtype(job, side) == "float16"
+    stored = np.load(art.embeddings(side.key, job.options["model_key"], 0, 128, "float16"))
+    assert stored.dtype == np.float16 and stored.shape == (128, 512)
+    spec = steps.side_index(job, side, 512)
+    assert spec.kind == index and art.index(side.key, job.options["model_key"], spec.name).exists()
