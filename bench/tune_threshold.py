@@ -118,37 +118,9 @@ def build_case(lang: str, data: Path, distractors: list[str], seed: int, workdir
 # threshold sweep
 
 
-class Curve:
-    """Precision/recall of one mined candidate list as a function of the threshold."""
-
-    def __init__(self, scores: np.ndarray, hits: np.ndarray, n_gold: int) -> None:
-        order = np.argsort(-scores, kind="stable")
-        self.desc = scores[order]
-        self.asc = self.desc[::-1].copy()
-        self.cum = np.concatenate(([0], np.cumsum(hits[order], dtype=np.int64)))
-        self.n_gold = n_gold
-        self.n = scores.shape[0]
-
-    def counts(self, thresholds) -> tuple[np.ndarray, np.ndarray]:
-        """(gold pairs exported, pairs exported) when keeping scores >= each threshold."""
-        t = np.asarray(thresholds, dtype=np.float64)
-        exported = self.n - np.searchsorted(self.asc, t, side="left")
-        return self.cum[exported], exported
-
-    def f1(self, thresholds) -> np.ndarray:
-        tp, exported = self.counts(thresholds)
-        return 2.0 * tp / (exported + self.n_gold)
-
-    def at(self, threshold: float) -> dict:
-        tp, exported = (int(v[0]) for v in self.counts([threshold]))
-        return prf(tp, exported, self.n_gold) | {"threshold": float(threshold)}
-
-
-def prf(tp: int, exported: int, n_gold: int) -> dict:
-    p = tp / exported if exported else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f, "gold_found": tp, "exported": exported}
+# Curve (P/R/F1 of a candidate list as a function of the threshold) and prf are the product's own
+# (miner.quality), so `miner eval`/`calibrate` and this script count the same way.
+from miner.quality import Curve  # noqa: E402
 
 
 def best_single(curve: Curve) -> dict:

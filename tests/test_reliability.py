@@ -56,6 +56,14 @@ class JobWatch:
         self.engine.dispose()
 
 
+def _start(tmp_path, cluster_env, deu_cluster):
+    """Submit the reference case on a fresh database and start one worker (stall sweep: 3 s)."""
+    assert deu_cluster["result"].returncode == 0
+    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL)
+    job_id = _submit(home, env, deu_cluster["case"])
+    return home, env, job_id, JobWatch(env, job_id), start_workers(tmp_path, home, env, 1)
+
+
 def _kill9(proc) -> None:
     """Kill a worker and its pool children at once, as a machine that dies would."""
     os.killpg(proc.pid, signal.SIGKILL)
@@ -73,11 +81,7 @@ def _check_same_export(tmp_path, home, env, job_id, reference) -> None:
 
 
 def test_kill9_workers_mid_embed_and_mid_knn(tmp_path, cluster_env, deu_cluster):
-    assert deu_cluster["result"].returncode == 0
-    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL)
-    job_id = _submit(home, env, deu_cluster["case"])
-    watch = JobWatch(env, job_id)
-    workers = start_workers(tmp_path, home, env, 1)
+    home, env, job_id, watch, workers = _start(tmp_path, cluster_env, deu_cluster)
     try:
         watch.wait(lambda: watch.done("embed") >= 5, 120, "5 embed shards")
         _kill9(workers[0])
@@ -97,11 +101,7 @@ def test_kill9_workers_mid_embed_and_mid_knn(tmp_path, cluster_env, deu_cluster)
 def test_redis_restart_mid_job(tmp_path, cluster_env, deu_cluster, redis_server):
     """The broker restarts without persistence: every queued task is gone; the workers reconnect
     and the stall sweep sends the missing tasks again."""
-    assert deu_cluster["result"].returncode == 0
-    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL)
-    job_id = _submit(home, env, deu_cluster["case"])
-    watch = JobWatch(env, job_id)
-    workers = start_workers(tmp_path, home, env, 1)
+    home, env, job_id, watch, workers = _start(tmp_path, cluster_env, deu_cluster)
     try:
         watch.wait(lambda: watch.done("embed") >= 5, 120, "5 embed shards")
         redis_server.stop()
