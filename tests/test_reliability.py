@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from miner.db import Job, JobStep
 
-from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, stop_workers, wait_for_workers
+from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, stop_workers
 
 pytestmark = pytest.mark.slow
 
