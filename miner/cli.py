@@ -224,7 +224,7 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
     started = []
     try:
         if not (existing and _status_dict(cfg, job_id)["state"] == "done") and not _workers_alive():
-            started = _start_workers(cfg, n_workers, concurrency)
+            started = _start_workers(cfg, n_workers, concurrency, model=opts.get("model"))
         if not existing:
             _send(cfg, job_id)
         status = _watch(cfg, job_id, quiet=quiet, workers=started)
@@ -292,15 +292,16 @@ def _workers_alive(timeout: float = 1.0) -> list:
         return []
 
 
-def _start_workers(cfg: Config, n: int, concurrency: int | None) -> list[subprocess.Popen]:
+def _start_workers(cfg: Config, n: int, concurrency: int | None, model: str | None = None) -> list[subprocess.Popen]:
     procs = []
+    env = dict(os.environ, MINER_PRELOAD_MODEL=model) if model else None
     cfg.log_folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         log = open(cfg.log_folder / f"worker-{os.getpid()}-{i}.log", "ab")
         cmd = [sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING"]
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         proc.log_path = log.name
         procs.append(proc)
     return procs

@@ -482,16 +482,24 @@ def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
 # --------------------------------------------------------------------------- embed / index / knn / score
 
 _models: dict[str, object] = {}
+_models_lock = threading.Lock()
+
+
+def model_for(cfg: Config, name: str):
+    """The loaded model ``name`` (one per worker process at a time; thread-safe, so a preload
+    thread and the first embed task never load it twice)."""
+    from miner.encoders import load_model, resolve_model
+
+    spec = resolve_model(name)
+    with _models_lock:
+        if spec.key not in _models:
+            _models.clear()
+            _models[spec.key] = load_model(spec, threads=cfg.threads or 1, device=cfg.device)
+        return _models[spec.key]
 
 
 def _model(cfg: Config, job: Job):
-    from miner.encoders import load_model, resolve_model
-
-    spec = resolve_model(job.model)
-    if spec.key not in _models:
-        _models.clear()  # one model per worker process at a time
-        _models[spec.key] = load_model(spec, threads=cfg.threads or 1, device=cfg.device)
-    return _models[spec.key]
+    return model_for(cfg, job.model)
 
 
 def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:

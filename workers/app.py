@@ -96,6 +96,21 @@ def _init_child(**kwargs) -> None:
 
     dispose_engines()  # never share pooled connections across fork
     limit_threads(int(os.environ.get("MINER_THREADS") or 1))
+    model = os.environ.get("MINER_PRELOAD_MODEL")
+    if model:
+        # `miner mine` knows its job's model: load it while the job is still being ingested.
+        import threading
+
+        def preload() -> None:
+            from miner import steps
+            from workers.tasks import config
+
+            try:
+                steps.model_for(config(), model)
+            except Exception as exc:  # the embed task will report it properly
+                log.warning("could not preload model %s: %s", model, exc)
+
+        threading.Thread(target=preload, name="miner-preload", daemon=True).start()
 
 
 def limit_threads(threads: int) -> None:
