@@ -228,20 +228,26 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
         if not existing:
             _send(cfg, job_id)
         status = _watch(cfg, job_id, quiet=quiet, workers=started)
+        _signal_workers(started)  # they shut down while the export runs
     except KeyboardInterrupt:
+        _stop_workers(started)
         click.echo(f"interrupted: job {job_id} is left as it is; `miner cancel {job_id}` or `miner retry {job_id}`",
                    err=True)
         sys.exit(130)
+    except BaseException:
+        _stop_workers(started)
+        raise
+    try:
+        _raise_if_failed(status)
+        if existing and min_score is None and opts.get("threshold") is not None:
+            min_score = opts["threshold"]  # the threshold asked for now, not the one of the earlier job
+        n = export_tsv(cfg, job_id, output, min_score=min_score, header=header)
+        _print_skips(status)
+        click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
+        if output != "-":
+            click.echo(job_id)
     finally:
         _stop_workers(started)
-    _raise_if_failed(status)
-    if existing and min_score is None and opts.get("threshold") is not None:
-        min_score = opts["threshold"]  # the threshold asked for now, not the one of the earlier job
-    n = export_tsv(cfg, job_id, output, min_score=min_score, header=header)
-    _print_skips(status)
-    click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
-    if output != "-":
-        click.echo(job_id)
 
 
 @main.command()
@@ -320,10 +326,14 @@ def _log_tail(path, lines: int = 15) -> str:
     return f"  == {path}\n" + "\n".join("  " + line for line in tail)
 
 
-def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+def _signal_workers(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+
+
+def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    _signal_workers(procs)
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:
