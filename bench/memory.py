@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import sqlite3
 import subprocess
