@@ -9,8 +9,8 @@ Data (generated once per setting under ``--workdir``, deterministic, reused by l
 
 Two sides of ``--n`` unit vectors of ``--dim`` dimensions, written shard by shard (10,000 rows, the
 product's default shard size) as ``.npy`` files named and typed as the product stores them
-(``emb/<side>/<start>-<end>[.float16].npy``: float16 when the automatic choice gives the side an IVF
-index, float32 when it searches it exactly -- ``steps.storage_dtype`` with ``--storage auto``):
+(``emb/<side>/<start>-<end>[.float16].npy``: float16 when the chosen index of the side is IVF,
+float32 when it is searched exactly -- ``steps.storage_dtype`` with ``--storage auto``):
 
 * ``--clusters`` random unit centres (default ``n / 100``, i.e. about 100 points per cluster and
   side) shared by both sides ("topics"); each cluster has a spread ``sigma_c ~ U(0.7, 1.3)``; a
@@ -187,20 +187,21 @@ class RssSampler:
 
 
 def data_settings(args) -> dict:
-    auto = {side: choose_index(args.n, args.dim) for side in SIDES}
+    specs = {side: choose_index(args.n, args.dim, args.index, args.nlist, args.nprobe, args.m) for side in SIDES}
     return {
         "version": DATA_VERSION, "n": args.n, "dim": args.dim, "planted": args.planted,
         "clusters": args.clusters, "seed": args.seed, "shard_size": args.shard_size,
         "spread": list(SPREAD), "noise": list(NOISE),
         # As the product stores a side with --storage auto: float16 for an IVF side, else float32.
-        "dtype": {side: ("float32" if spec.exact else "float16") for side, spec in auto.items()},
+        "dtype": {side: ("float32" if spec.exact else "float16") for side, spec in specs.items()},
     }
 
 
 def data_dir(args) -> Path:
     s = data_settings(args)
     return Path(args.workdir) / (f"synth-v{DATA_VERSION}-n{s['n']}-d{s['dim']}-p{s['planted']}"
-                                 f"-c{s['clusters']}-s{s['seed']}-sh{s['shard_size']}")
+                                 f"-c{s['clusters']}-s{s['seed']}-sh{s['shard_size']}"
+                                 + ("-f32" if "float32" in s["dtype"].values() else ""))
 
 
 def shard_path(folder: Path, side: str, start: int, end: int, dtype: str) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
-from miner import mining
+from miner import indexes, mining
 from miner.artifacts import Artifacts, load_npz, save_npy, save_npz
 from miner.config import Config
 from miner.db import (
@@ -598,8 +598,6 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
             shards.append([start, end, str(shard_path.relative_to(art.root))])
         info = {"kind": spec.kind, "n": corpus.n, "dim": dim, "shards": shards}
         if not spec.exact:
-            from miner import indexes
-
             def load_all():
                 for start, end in spans:
                     check_stop(job_id)
@@ -626,8 +624,6 @@ _indexes: dict[str, object] = {}
 
 def _load_index(path: Path, nprobe: int):
     """One built index per worker process at a time (kNN tasks of a direction share it)."""
-    from miner import indexes
-
     key = f"{path}:{nprobe}"
     if key not in _indexes:
         _indexes.clear()
@@ -668,7 +664,8 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
             sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
         else:
             info = json.loads(manifest.read_text())
-            sims, ids = mining.knn_index(queries, _load_index(art.root / info["index"], spec.nprobe), k)
+            index = _load_index(art.root / info["index"], spec.nprobe)
+            sims, ids = indexes.search(index, queries, k, spec.nprobe)
             sims, ids = _fill_missing(sims, ids)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)

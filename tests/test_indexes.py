@@ -1,0 +1,148 @@
+"""miner.indexes: the index choice, IVF building from shards, and the list-by-list IVF search,
+checked against FAISS's own search and exact search (real FAISS, no mocks)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from miner import indexes, mining
+from miner.errors import UsageError
+
+
+def unit(rng, n, dim):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng, n, dim, centres):
+    c = unit(rng, centres, dim)
+    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def shards_of(x, size):
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+@pytest.fixture(scope="module")
+def ivf_data():
+    rng = np.random.default_rng(7)
+    x = clustered(rng, 12_000, 32, 150)
+    q = clustered(rng, 2_500, 32, 150)
+    spec = indexes.choose_index(len(x), 32, "ivf", nlist=64, nprobe=6)
+    train = indexes.training_sample(shards_of(x, 1000), len(x), indexes.train_size(spec, len(x)))
+    index = indexes.build_ivf(spec, 32, train, shards_of(x, 1000))
+    return x, q, spec, index
+
+
+def test_auto_choice_by_size():
+    assert indexes.choose_index(indexes.FLAT_MAX).kind == "flat"
+    big = indexes.choose_index(1_000_000, 512)
+    assert (big.kind, big.nlist, big.nprobe) == ("ivf", 4096, 16)
+    assert indexes.choose_index(indexes.IVF_FLAT_MAX + 1, 512).kind == "ivfpq"
+    assert indexes.choose_index(200_000, 512).nlist == 2048
+    # nlist never exceeds what the side can train (39 points per list), nprobe never exceeds nlist
+    small = indexes.choose_index(500, 8, "ivf")
+    assert small.nlist <= 500 // indexes.TRAIN_PER_LIST and small.nprobe <= small.nlist
+    assert indexes.default_nprobe(1024) == 16 and indexes.default_nprobe(16384) == 64
+
+
+def test_choice_overrides_and_errors():
+    spec = indexes.choose_index(10, 64, "ivfpq", nlist=8, nprobe=3, m=16)
+    assert (spec.kind, spec.nlist, spec.nprobe, spec.m, spec.name) == ("ivfpq", 8, 3, 16, "ivf8pq16")
+    with pytest.raises(UsageError, match="unknown index"):
+        indexes.choose_index(10, 8, "hnsw")
+    with pytest.raises(UsageError, match="nprobe"):
+        indexes.choose_index(10, 8, "ivf", nprobe=0)
+    with pytest.raises(UsageError, match="divide"):
+        indexes.choose_index(10, 100, "ivfpq", m=64)
+
+
+def test_training_sample_reads_shards_and_is_deterministic():
+    x = np.arange(1000 * 4, dtype=np.float32).reshape(1000, 4)
+    a = indexes.training_sample(shards_of(x, 64), 1000, 100, seed=3)
+    b = indexes.training_sample(shards_of(x, 300), 1000, 100, seed=3)
+    assert a.shape == (100, 4) and np.array_equal(a, b)
+    rows = (a[:, 0] / 4).astype(int)
+    assert len(set(rows.tolist())) == 100 and np.array_equal(x[rows], a)
+    assert len(indexes.training_sample(shards_of(x, 64), 1000, 5000)) == 1000
+
+
+def test_built_index_holds_every_row_once(ivf_data):
+    x, _q, spec, index = ivf_data
+    ivf = faiss.extract_index_ivf(index)
+    assert index.ntotal == len(x) and ivf.nlist == spec.nlist
+    ids = np.concatenate([faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy()
+                          for i in range(ivf.nlist) if ivf.invlists.list_size(i)])
+    assert np.array_equal(np.sort(ids), np.arange(len(x)))
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 6, 20])
+def test_list_search_equals_faiss_search(ivf_data, nprobe):
+    _x, q, _spec, index = ivf_data
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    want_sims, want_ids = index.search(q, 5)
+    sims, ids = indexes.search(index, q, 5, nprobe)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+    # Same neighbours; only exact ties may be ordered differently.
+    same = ids == want_ids
+    tied = np.isclose(sims, want_sims, atol=1e-6)
+    assert same.mean() > 0.999 and np.all(same | tied)
+
+
+def test_list_search_probing_every_list_is_exact(ivf_data):
+    x, q, spec, index = ivf_data
+    sims, ids = indexes.search(index, q, 4, nprobe=spec.nlist)
+    want_sims, want_ids = mining.knn(q, x, 4)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+    assert (ids == want_ids).mean() > 0.999
+
+
+def test_recall_grows_with_nprobe(ivf_data):
+    x, q, _spec, index = ivf_data
+    _, exact = mining.knn(q, x, 1)
+    recall = [np.mean(indexes.search(index, q, 1, p)[1][:, 0] == exact[:, 0]) for p in (1, 4, 16, 64)]
+    assert recall[0] < recall[1] < recall[2] <= recall[3] == 1.0 and recall[2] > 0.95
+
+
+def test_search_of_memory_mapped_index_from_disk(ivf_data, tmp_path):
+    _x, q, spec, index = ivf_data
+    path = tmp_path / "side.faiss"
+    faiss.write_index(index, str(path))
+    loaded = indexes.read_index(str(path), spec.nprobe)
+    assert faiss.extract_index_ivf(loaded).nprobe == spec.nprobe
+    a = indexes.search(loaded, q[:300], 4)
+    b = indexes.search(index, q[:300], 4, spec.nprobe)
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+
+
+def test_short_lists_give_missing_neighbours():
+    rng = np.random.default_rng(1)
+    x = unit(rng, 200, 8)
+    spec = indexes.IndexSpec("ivf", 16, 0, 1)
+    index = indexes.build_ivf(spec, 8, x, [x])
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(16)])
+    k = int(sizes.max()) + 3  # more than any single list holds
+    sims, ids = indexes.search(index, x[:50], k, nprobe=1)
+    assert np.all(ids[:, -3:] == -1) and np.all(np.isneginf(sims[:, -3:]))
+    found = (ids >= 0).sum(axis=1)
+    _, lists = ivf.quantizer.search(x[:50], 1)
+    assert np.array_equal(found, sizes[lists[:, 0]])
+    assert np.all(ids[:, 0] == np.arange(50))  # each vector finds itself first
+
+
+def test_empty_queries_and_pq_fallback():
+    rng = np.random.default_rng(2)
+    x = unit(rng, 3000, 16)
+    spec = indexes.choose_index(len(x), 16, "ivfpq", nlist=8, nprobe=8, m=4)
+    index = indexes.build_ivf(spec, 16, x, [x])
+    sims, ids = indexes.search(index, np.empty((0, 16), np.float32), 3)
+    assert sims.shape == (0, 3) and ids.shape == (0, 3)
+    s, i = indexes.search(index, x[:100], 3, nprobe=8)  # IVF-PQ: FAISS's own search
+    assert faiss.extract_index_ivf(index).nprobe == 1  # the index's own setting is left alone
+    faiss.extract_index_ivf(index).nprobe = 8
+    assert np.array_equal(i, index.search(x[:100], 3)[1])
+    assert np.mean(i[:, 0] == np.arange(100)) > 0.8
