@@ -127,7 +127,7 @@ def job_options(fn):
         click.option("--nlist", type=click.IntRange(min=1), default=None,
                      help="IVF lists (default about 4*sqrt(sentences), a power of two)."),
         click.option("--nprobe", type=click.IntRange(min=1), default=None,
-                     help="IVF lists searched per query (default nlist/64, between 8 and 64)."),
+                     help="IVF lists searched per query (default 16; nlist/256 above 4096 lists, at most 64)."),
         click.option("--storage", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
                      help="Embeddings on disk: auto = float16 for sides searched by an IVF index, else float32."),
         click.option("--force", is_flag=True,
