@@ -101,7 +101,9 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 from miner import mining  # noqa: E402
 from miner.artifacts import load_npz, save_npz  # noqa: E402
 from miner.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
-from miner.indexes import build_ivf, choose_index, read_index, search, train_size, training_sample  # noqa: E402
+from miner.indexes import (  # noqa: E402
+    REFINE_FACTOR, build_ivf, choose_index, gather_rows, read_index, refine, search, train_size, training_sample,
+)
 
 DATA_VERSION = 1
 EXACT_VERSION = 1
@@ -403,7 +405,13 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
         if spec.exact:
             sims, ids = mining.knn_blocks(queries, target.blocks(), k)
         else:
-            sims, ids = search(index, queries, k, spec.nprobe, timings)
+            if spec.kind == "ivfpq":  # as steps.knn: re-score more candidates with the stored vectors
+                _, cand = search(index, queries, min(target.n, k * REFINE_FACTOR), spec.nprobe, timings)
+                t_refine = time.monotonic()
+                sims, ids = refine(queries, cand, lambda rows: gather_rows(target.blocks(), rows), k)
+                timings["refine"] = timings.get("refine", 0.0) + time.monotonic() - t_refine
+            else:
+                sims, ids = search(index, queries, k, spec.nprobe, timings)
             missing_rows += int((ids < 0).any(axis=1).sum())
             sims, ids = fill_missing(sims, ids)
         save_npz(out / f"{span(start, end)}.npz", sims=sims, ids=ids)

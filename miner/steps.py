@@ -533,6 +533,8 @@ def knn_variant(job: Job, target: Side, dim: int | None = None) -> str:
     spec = side_index(job, target, dim)
     dtype = storage_dtype(job, target)
     parts = ([] if spec.exact else [spec.name, f"p{spec.nprobe}"]) + ([] if dtype == "float32" else [dtype])
+    if spec.kind == "ivfpq":
+        parts.append(f"r{indexes.REFINE_FACTOR}")  # candidates re-scored with the stored vectors
     return "-".join(parts)
 
 
@@ -638,7 +640,8 @@ def _checked(job_id: int, blocks):
 
 
 def _target_blocks(art: Artifacts, manifest_path: Path):
-    """``(offset, vectors)`` of every shard of a flat index, memory-mapped one at a time."""
+    """``(offset, vectors)`` of every shard of a side (from its index manifest), memory-mapped one
+    at a time."""
     manifest = json.loads(manifest_path.read_text())
     for start, _end, relative in manifest["shards"]:
         yield start, np.load(art.root / relative, mmap_mode="r")
@@ -665,7 +668,12 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
         else:
             info = json.loads(manifest.read_text())
             index = _load_index(art.root / info["index"], spec.nprobe)
-            sims, ids = indexes.search(index, queries, k, spec.nprobe)
+            if spec.kind == "ivfpq":  # approximate codes: re-score more candidates exactly
+                _, cand = indexes.search(index, queries, min(target.n, k * indexes.REFINE_FACTOR), spec.nprobe)
+                sims, ids = indexes.refine(queries, cand, lambda rows: indexes.gather_rows(
+                    _checked(job_id, _target_blocks(art, manifest)), rows), k)
+            else:
+                sims, ids = indexes.search(index, queries, k, spec.nprobe)
             sims, ids = _fill_missing(sims, ids)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)

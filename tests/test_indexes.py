@@ -146,3 +146,38 @@ def test_empty_queries_and_pq_fallback():
     faiss.extract_index_ivf(index).nprobe = 8
     assert np.array_equal(i, index.search(x[:100], 3)[1])
     assert np.mean(i[:, 0] == np.arange(100)) > 0.8
+
+
+def test_gather_rows_reads_the_right_blocks():
+    x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    blocks = [(i, x[i:i + 7].astype(np.float16)) for i in range(0, 50, 7)]
+    ids = np.array([0, 6, 7, 20, 48, 49])
+    np.testing.assert_array_equal(indexes.gather_rows(iter(blocks), ids), x[ids])
+
+
+def test_refine_rescores_pq_candidates_exactly():
+    rng = np.random.default_rng(5)
+    x = clustered(rng, 20_000, 32, 200)
+    q = x[:1000] + 0.4 * rng.standard_normal((1000, 32)).astype(np.float32) / np.sqrt(32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)  # noisy copies: a clear best neighbour each
+    spec = indexes.choose_index(len(x), 32, "ivfpq", nlist=64, nprobe=64, m=8)
+    index = indexes.build_ivf(spec, 32, x[:10_000], shards_of(x, 5000))
+    exact_sims, exact_ids = mining.knn(q, x, 4)
+    pq_sims, pq_ids = indexes.search(index, q, 4)
+    _, cand = indexes.search(index, q, 4 * indexes.REFINE_FACTOR)
+    cand[:3, -2:] = -1  # missing candidates stay missing
+    sims, ids = indexes.refine(q, cand, lambda rows: x[rows], 4)
+    # re-scored similarities are the true inner products of the ids returned
+    np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", q, x[ids]), atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    def overlap(a):
+        return np.mean([len(set(r) & set(e)) / 4 for r, e in zip(a.tolist(), exact_ids.tolist())])
+    # wherever the true best is among the candidates, it comes first after re-scoring
+    has_best = (cand == exact_ids[:, :1]).any(axis=1)
+    assert has_best.mean() > 0.9 and np.all(ids[has_best, 0] == exact_ids[has_best, 0])
+    assert np.mean(ids[:, 0] == exact_ids[:, 0]) > np.mean(pq_ids[:, 0] == exact_ids[:, 0]) + 0.1
+    assert overlap(ids) > overlap(pq_ids) + 0.1
+    assert np.abs(sims - exact_sims).mean() < np.abs(pq_sims - exact_sims).mean()
+    # fewer candidates than k: the row ends with -1 / -inf
+    s2, i2 = indexes.refine(q[:2], np.array([[5, -1, -1], [-1, -1, -1]]), lambda rows: x[rows], 2)
+    assert i2[0, 0] == 5 and i2[0, 1] == -1 and np.isneginf(s2[1]).all()
