@@ -400,6 +400,7 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
     index = None if spec.exact else read_index(str(index_path), spec.nprobe)
     t_load = time.monotonic() - t0
     missing_rows = 0
+    mapped = list(target.blocks()) if spec.kind == "ivfpq" else None  # as steps._mapped_blocks: kept open
     for i, (start, end) in enumerate(query.spans):
         queries = np.asarray(np.load(query.paths[i]), dtype=np.float32)
         if spec.exact:
@@ -408,7 +409,7 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
             if spec.kind == "ivfpq":  # as steps.knn: re-score more candidates with the stored vectors
                 _, cand = search(index, queries, min(target.n, k * REFINE_FACTOR), spec.nprobe, timings)
                 t_refine = time.monotonic()
-                sims, ids = refine(queries, cand, lambda rows: gather_rows(target.blocks(), rows), k)
+                sims, ids = refine(queries, cand, lambda rows: gather_rows(mapped, rows), k)
                 timings["refine"] = timings.get("refine", 0.0) + time.monotonic() - t_refine
             else:
                 sims, ids = search(index, queries, k, spec.nprobe, timings)

@@ -647,6 +647,20 @@ def _target_blocks(art: Artifacts, manifest_path: Path):
         yield start, np.load(art.root / relative, mmap_mode="r")
 
 
+_maps: dict[str, list] = {}
+
+
+def _mapped_blocks(art: Artifacts, manifest_path: Path) -> list:
+    """Like :func:`_target_blocks`, but the memory maps stay open in this process for the next
+    kNN task of the direction (one side at a time): re-scoring IVF-PQ candidates reads rows all
+    over the side, and re-mapping the files for each query shard made every read a page fault."""
+    key = str(manifest_path)
+    if key not in _maps:
+        _maps.clear()
+        _maps[key] = list(_target_blocks(art, manifest_path))
+    return _maps[key]
+
+
 def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     """k nearest neighbours of query shard [start, end) in the other side: its shards streamed
     through an exact search, or its IVF index."""
@@ -670,8 +684,8 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
             index = _load_index(art.root / info["index"], spec.nprobe)
             if spec.kind == "ivfpq":  # approximate codes: re-score more candidates exactly
                 _, cand = indexes.search(index, queries, min(target.n, k * indexes.REFINE_FACTOR), spec.nprobe)
-                sims, ids = indexes.refine(queries, cand, lambda rows: indexes.gather_rows(
-                    _checked(job_id, _target_blocks(art, manifest)), rows), k)
+                blocks = _mapped_blocks(art, manifest)
+                sims, ids = indexes.refine(queries, cand, lambda rows: indexes.gather_rows(blocks, rows), k)
             else:
                 sims, ids = indexes.search(index, queries, k, spec.nprobe)
             sims, ids = _fill_missing(sims, ids)
