@@ -4,7 +4,9 @@
   (:func:`miner.mining.knn_blocks`), so memory does not grow with the corpus.
 * ``ivf``: ``IndexIVFFlat`` (inner product), ``nlist`` lists, trained by k-means on a sample;
   the vectors are stored uncompressed (float32): 4 * dim bytes per sentence.
-* ``ivfpq``: ``IndexIVFPQ``, ``m`` sub-quantizers of 8 bits: ``m`` bytes per sentence.
+* ``ivfpq``: ``IndexIVFPQ``, ``m`` sub-quantizers of 8 bits: ``m`` bytes per sentence. Its
+  similarities are approximate, so the kNN step asks it for ``REFINE_FACTOR * k`` candidates and
+  re-scores them with the side's stored vectors (:func:`refine`): margins use exact similarities.
 
 ``auto`` (the default) follows the habit of Meta's stopes pipeline: exact search while it is cheap,
 then IVF with ``nlist`` growing with the corpus (about 4 * sqrt(n), a power of two), compressed
