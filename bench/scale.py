@@ -32,8 +32,8 @@ The same functions the product's steps use, streaming shard by shard (``miner/st
 
 * index: an IVF side gets ``training_sample`` (from memory-mapped shards), ``build_ivf`` (trained on
   the sample, the shards added one at a time), ``faiss.write_index``; an exact side needs nothing;
-* kNN, both directions: per query shard, ``miner.indexes.search`` on the other side's index loaded with
-  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``steps._fill_missing``'s logic for IVF
+* kNN, both directions: per query shard, ``miner.indexes.search_side`` on the other side's index loaded with
+  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``miner.indexes.fill_missing`` for IVF
   ``-1`` ids, or ``knn_blocks`` over the other side's shard files for an exact side; each result is
   saved as ``.npz`` as the product does;
 * score: ``knn_mean`` per shard, then ``best_candidates`` per query shard with the other side's
@@ -102,7 +102,7 @@ from miner import mining  # noqa: E402
 from miner.artifacts import load_npz, save_npz  # noqa: E402
 from miner.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
 from miner.indexes import (  # noqa: E402
-    REFINE_FACTOR, build_ivf, choose_index, gather_rows, read_index, refine, search, train_size, training_sample,
+    build_ivf, choose_index, fill_missing, read_index, search_side, train_size, training_sample,
 )
 
 DATA_VERSION = 1
@@ -351,20 +351,6 @@ def planted_pairs(args) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- mining
 
 
-def fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A copy of ``miner.steps._fill_missing``: repeat a row's last real neighbour where IVF gave -1."""
-    missing = ids < 0
-    if not missing.any():
-        return sims, ids
-    sims, ids = sims.copy(), ids.copy()
-    for row in np.nonzero(missing.any(axis=1))[0]:
-        found = ~missing[row]
-        last = np.nonzero(found)[0][-1] if found.any() else None
-        sims[row, ~found] = sims[row, last] if last is not None else -1.0
-        ids[row, ~found] = ids[row, last] if last is not None else 0
-    return sims, ids
-
-
 def build_side_index(side: Side, spec, dim: int, path: Path) -> dict:
     """What steps.build_index does for one side; returns the seconds of its parts."""
     import faiss
@@ -406,13 +392,7 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
         if spec.exact:
             sims, ids = mining.knn_blocks(queries, target.blocks(), k)
         else:
-            if spec.kind == "ivfpq":  # as steps.knn: re-score more candidates with the stored vectors
-                _, cand = search(index, queries, min(target.n, k * REFINE_FACTOR), spec.nprobe, timings)
-                t_refine = time.monotonic()
-                sims, ids = refine(queries, cand, lambda rows: gather_rows(mapped, rows), k)
-                timings["refine"] = timings.get("refine", 0.0) + time.monotonic() - t_refine
-            else:
-                sims, ids = search(index, queries, k, spec.nprobe, timings)
+            sims, ids = search_side(index, spec, queries, k, mapped, timings)
             missing_rows += int((ids < 0).any(axis=1).sum())
             sims, ids = fill_missing(sims, ids)
         save_npz(out / f"{span(start, end)}.npz", sims=sims, ids=ids)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -177,8 +178,6 @@ def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
     ``-inf``. ``timings``, if given, accumulates the seconds of the ``coarse`` assignment, the
     list ``scan`` and the ``merge``.
     """
-    import time
-
     import faiss
 
     clock = time.perf_counter()
@@ -289,6 +288,37 @@ def refine(queries: np.ndarray, cand_ids: np.ndarray, rows_of, k: int,
             sims[lo:lo + chunk] = np.where(ok, block, -np.inf)
     order = np.lexsort((-cand_ids, -sims), axis=1)[:, :k]
     return np.take_along_axis(sims, order, 1), np.take_along_axis(cand_ids, order, 1)
+
+
+def search_side(index, spec: IndexSpec, queries: np.ndarray, k: int, blocks,
+                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN step's search of a side's IVF index: :func:`search` with the spec's ``nprobe``; for
+    IVF-PQ, ``REFINE_FACTOR * k`` candidates re-scored by :func:`refine` with the side's stored
+    vectors, ``blocks`` (``(offset, vectors)``, kept open by the caller). ``-1`` ids where fewer
+    than ``k`` were found (see :func:`fill_missing`)."""
+    if spec.kind != "ivfpq":
+        return search(index, queries, k, spec.nprobe, timings)
+    _, cand = search(index, queries, min(int(index.ntotal), k * REFINE_FACTOR), spec.nprobe, timings)
+    clock = time.perf_counter()
+    result = refine(queries, cand, lambda rows: gather_rows(blocks, rows), k)
+    if timings is not None:
+        timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - clock
+    return result
+
+
+def fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF search returns id -1 when the probed lists hold fewer than k vectors: repeat the
+    row's last real neighbour there (a query with none at all gets id 0 at similarity -1)."""
+    missing = ids < 0
+    if not missing.any():
+        return sims, ids
+    sims, ids = sims.copy(), ids.copy()
+    for row in np.nonzero(missing.any(axis=1))[0]:
+        found = ~missing[row]
+        last = np.nonzero(found)[0][-1] if found.any() else None
+        sims[row, ~found] = sims[row, last] if last is not None else -1.0
+        ids[row, ~found] = ids[row, last] if last is not None else 0
+    return sims, ids
 
 
 def read_index(path: str, nprobe: int):

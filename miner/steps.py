@@ -682,31 +682,12 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
         else:
             info = json.loads(manifest.read_text())
             index = _load_index(art.root / info["index"], spec.nprobe)
-            if spec.kind == "ivfpq":  # approximate codes: re-score more candidates exactly
-                _, cand = indexes.search(index, queries, min(target.n, k * indexes.REFINE_FACTOR), spec.nprobe)
-                blocks = _mapped_blocks(art, manifest)
-                sims, ids = indexes.refine(queries, cand, lambda rows: indexes.gather_rows(blocks, rows), k)
-            else:
-                sims, ids = indexes.search(index, queries, k, spec.nprobe)
-            sims, ids = _fill_missing(sims, ids)
+            blocks = _mapped_blocks(art, manifest) if spec.kind == "ivfpq" else None
+            sims, ids = indexes.search_side(index, spec, queries, k, blocks)
+            sims, ids = indexes.fill_missing(sims, ids)
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
-
-
-def _fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An IVF search returns id -1 when the probed lists hold fewer than k vectors: repeat the
-    row's last real neighbour there (a query with none at all gets id 0 at similarity -1)."""
-    missing = ids < 0
-    if not missing.any():
-        return sims, ids
-    sims, ids = sims.copy(), ids.copy()
-    for row in np.nonzero(missing.any(axis=1))[0]:
-        found = ~missing[row]
-        last = np.nonzero(found)[0][-1] if found.any() else None
-        sims[row, ~found] = sims[row, last] if last is not None else -1.0
-        ids[row, ~found] = ids[row, last] if last is not None else 0
-    return sims, ids
 
 
 def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start: int, end: int) -> Path:

@@ -181,3 +181,30 @@ def test_refine_rescores_pq_candidates_exactly():
     # fewer candidates than k: the row ends with -1 / -inf
     s2, i2 = indexes.refine(q[:2], np.array([[5, -1, -1], [-1, -1, -1]]), lambda rows: x[rows], 2)
     assert i2[0, 0] == 5 and i2[0, 1] == -1 and np.isneginf(s2[1]).all()
+
+
+def test_fill_missing_repeats_the_last_real_neighbour():
+    sims = np.array([[0.9, 0.5, -np.inf], [-np.inf, -np.inf, -np.inf], [0.8, 0.7, 0.6]], np.float32)
+    ids = np.array([[3, 7, -1], [-1, -1, -1], [1, 2, 4]])
+    s, i = indexes.fill_missing(sims, ids)
+    assert i.tolist() == [[3, 7, 7], [0, 0, 0], [1, 2, 4]]
+    np.testing.assert_array_equal(s, np.array([[0.9, 0.5, 0.5], [-1, -1, -1], [0.8, 0.7, 0.6]], np.float32))
+    assert ids[0, 2] == -1  # the inputs are left alone
+
+
+def test_search_side_refines_only_pq(ivf_data):
+    x, q, spec, index = ivf_data
+    timings: dict = {}
+    flat_side = indexes.search_side(index, spec, q[:200], 4, blocks=None, timings=timings)
+    assert np.array_equal(flat_side[1], indexes.search(index, q[:200], 4, spec.nprobe)[1])
+    assert "refine" not in timings and timings["scan"] > 0
+    pq = indexes.choose_index(len(x), 32, "ivfpq", nlist=16, nprobe=16, m=8)
+    pq_index = indexes.build_ivf(pq, 32, x, shards_of(x, 4000))
+    sims, ids = indexes.search_side(pq_index, pq, q[:200], 4, list(enumerate_blocks(x, 4000)), timings)
+    stored = x.astype(np.float16).astype(np.float32)  # re-scored with the stored (float16) rows
+    np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", q[:200], stored[ids]), atol=1e-5)
+    assert timings["refine"] > 0
+
+
+def enumerate_blocks(x, size):
+    return [(i, x[i:i + size].astype(np.float16)) for i in range(0, len(x), size)]
