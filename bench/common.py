@@ -254,3 +254,13 @@ def dump_json(obj, target: str | None) -> None:
     else:
         Path(target).write_text(text + "\n")
         log(f"JSON written to {target}")
+
+
+def emit(result: dict, target: str | None, print_table) -> None:
+    """``--json -`` prints only JSON; otherwise the table, and the JSON too when a path is given."""
+    if target == "-":
+        dump_json(result, "-")
+    else:
+        print_table(result)
+        if target:
+            dump_json(result, target)

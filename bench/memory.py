@@ -58,6 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procfs import proc_table  # noqa: E402
 from tiny_encoder import build_tiny_encoder, default_dir  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "out"
@@ -129,17 +130,8 @@ def make_corpus(n: int, folder: Path, *, seed: int = 0, overlap: float = 0.5,
 def _children_map() -> dict[int, list[int]]:
     """{ppid: [pid, ...]} of every process visible in /proc."""
     out: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # the command name is in parentheses and may hold spaces: split after the last ')'
-        fields = stat[stat.rindex(b")") + 2:].split()
-        out.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid, (ppid, _cpu) in proc_table().items():
+        out.setdefault(ppid, []).append(pid)
     return out
 
 

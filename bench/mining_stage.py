@@ -397,12 +397,7 @@ def main(argv=None) -> int:
               "ratios_cpu": ratios_cpu, "fastest_reference": fastest_ref, "target": TARGET,
               "agreement": agreement, "recall_pct": recall, "pass": passed}
 
-    if args.json == "-":
-        common.dump_json(result, "-")
-    else:
-        print_table(result)
-        if args.json:
-            common.dump_json(result, args.json)
+    common.emit(result, args.json, print_table)
     return 1 if args.check and not passed else 0
 
 

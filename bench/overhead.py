@@ -62,6 +62,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procfs import TICK, proc_table  # noqa: E402  (standard library only)
+
 TARGET = 1.10
 THRESHOLD = 1.05  # the product's default for muse with the ratio margin (miner.defaults)
 STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
@@ -168,25 +172,6 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """{pid: (ppid, cpu seconds)} of every process visible in /proc."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces
-        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
-    return out
-
-
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -204,7 +189,7 @@ def _system_busy() -> tuple[float, float]:
     with open("/proc/stat") as fh:
         values = [int(v) for v in fh.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+    return (sum(values) - idle) / TICK, sum(values) / TICK
 
 
 class TreeSampler:
@@ -218,7 +203,7 @@ class TreeSampler:
 
     def sample(self) -> None:
         now = time.perf_counter() - self.t0
-        table = _proc_table()
+        table = proc_table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
@@ -558,12 +543,7 @@ def main(argv=None) -> int:
     for n in sizes:
         result["sizes"].append(measure(n, args, common))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
-    if args.json == "-":
-        common.dump_json(result, "-")
-    else:
-        print_table(result)
-        if args.json:
-            common.dump_json(result, args.json)
+    common.emit(result, args.json, print_table)
     if args.check and not all(r["pass"] for r in result["sizes"]):
         return 1
     return 0
