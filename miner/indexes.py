@@ -181,7 +181,6 @@ def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
     import faiss
 
     clock = time.perf_counter()
-
     ivf = faiss.extract_index_ivf(index)
     probe = int(nprobe or ivf.nprobe)
     q = np.ascontiguousarray(queries, dtype=np.float32)
