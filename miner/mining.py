@@ -35,7 +35,8 @@ take and return plain arrays:
 * :func:`knn_mean` -- step 2;
 * :func:`apply_margin` -- the margin function of step 3;
 * :func:`best_candidates` -- steps 3 and 4 for any subset (shard) of query
-  rows, given the *full* other side's means;
+  rows, given the *full* other side's means; :func:`best_two_candidates` also
+  gives each query's second-best margin score (used by ``--threshold auto``);
 * :func:`retrieve` -- step 5;
 * :func:`mine` -- all of it on whole embedding matrices.
 
@@ -67,6 +68,7 @@ __all__ = [
     "knn_mean",
     "apply_margin",
     "best_candidates",
+    "best_two_candidates",
     "retrieve",
     "mine",
 ]
@@ -323,6 +325,47 @@ def best_candidates(
         UsageError: unknown margin, inconsistent shapes, ``k == 0`` with
             ``n > 0``, or ids outside ``[0, m)`` (e.g. faiss's ``-1`` padding).
     """
+    i, scores = _margin_matrix(sims, ids, query_mean, target_mean, margin)
+    n = scores.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    col = scores.argmax(axis=1)
+    rows = np.arange(n)
+    return i[rows, col], scores[rows, col]
+
+
+def best_two_candidates(
+    sims: np.ndarray,
+    ids: np.ndarray,
+    query_mean: np.ndarray,
+    target_mean: np.ndarray,
+    margin: Margin | str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`best_candidates` plus the second-best margin score of each query.
+
+    Same arguments and checks, and the same margin matrix: ``best_ids`` and ``best_scores`` are
+    identical to :func:`best_candidates`'; the second-best score is the highest score among the
+    *other* ``k' - 1`` neighbours (equal to the best one on a tie).
+
+    Returns:
+        ``(best_ids, best_scores, second_scores)``; ``second_scores`` is float64 ``(n,)``, ``nan``
+        for every query when ``k' == 1`` (a single neighbour has no runner-up).
+    """
+    i, scores = _margin_matrix(sims, ids, query_mean, target_mean, margin)
+    n, k = scores.shape
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
+    col = scores.argmax(axis=1)
+    rows = np.arange(n)
+    best, best_scores = i[rows, col], scores[rows, col]
+    if k == 1:
+        return best, best_scores, np.full(n, np.nan)
+    scores[rows, col] = -np.inf  # the matrix is ours: leave the best out, take the max of the rest
+    return best, best_scores, scores.max(axis=1)
+
+
+def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids as int64, (n, k) margin scores)`` of :func:`best_candidates`, with its checks."""
     m = _as_margin(margin)
     s = np.asarray(sims, dtype=np.float64)
     i = np.asarray(ids)
@@ -340,7 +383,7 @@ def best_candidates(
     if tm.ndim != 1:
         raise UsageError(f"target_mean must be 1-D, got shape {tm.shape}")
     if n == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float64)
     if k == 0:
         raise UsageError("no neighbours to choose from (k' = 0): the other side is empty")
     i = i.astype(np.int64, copy=False)
@@ -349,10 +392,7 @@ def best_candidates(
         raise UsageError(
             f"neighbour ids must lie in [0, {tm.shape[0]}), got range [{lo}, {hi}]"
         )
-    scores = apply_margin(s, (qm[:, None] + tm[i]) / 2.0, m)
-    col = scores.argmax(axis=1)
-    rows = np.arange(n)
-    return i[rows, col], scores[rows, col]
+    return i, apply_margin(s, (qm[:, None] + tm[i]) / 2.0, m)
 
 
 def _as_best(best: Any, scores: Any, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -387,6 +387,44 @@ def test_best_candidates_rejects_out_of_range_ids():
     assert best.shape == scores.shape == (0,)
 
 
+@pytest.mark.parametrize("margin", MARGINS)
+def test_best_two_candidates_second_best_from_the_same_matrix(margin):
+    """The best pick equals best_candidates'; the second best is the best of the other k' - 1
+    neighbours' margin scores (a plain Python loop), sharded or not; k' = 1 gives nan."""
+    rng = np.random.default_rng(21)
+    x, y = embeddings(rng, 37, 16, 0.3), embeddings(rng, 29, 16, 0.3)
+    k = 4
+    x2y_sim, x2y_ind = mining.knn(x, y, k)
+    y2x_sim, y2x_ind = mining.knn(y, x, k)
+    x2y_mean, y2x_mean = mining.knn_mean(x2y_sim), mining.knn_mean(y2x_sim)
+    best, scores, second = mining.best_two_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
+    want_best, want_scores = mining.best_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
+    np.testing.assert_array_equal(best, want_best)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert second.dtype == np.float64 and second.shape == (37,)
+    for q in range(37):
+        row = [float(mining.apply_margin(x2y_sim[q, c], (x2y_mean[q] + y2x_mean[x2y_ind[q, c]]) / 2, margin))
+               for c in range(k)]
+        top = int(np.argmax(row))
+        assert row[top] == pytest.approx(scores[q], abs=1e-12)
+        assert second[q] == pytest.approx(max(v for c, v in enumerate(row) if c != top), abs=1e-12)
+        assert second[q] <= scores[q]
+    parts = [mining.best_two_candidates(x2y_sim[a:b], x2y_ind[a:b], mining.knn_mean(x2y_sim[a:b]), y2x_mean, margin)
+             for a, b in ((0, 10), (10, 11), (11, 37))]
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), second)
+    # A tie: the second best equals the best; a single neighbour: nan.
+    _, tied, runner_up = mining.best_two_candidates(np.array([[0.5, 0.5, 0.1]]), np.array([[3, 1, 0]]),
+                                                    np.array([0.5]), np.ones(4) * 0.5, "absolute")
+    assert tied.tolist() == runner_up.tolist() == [0.5]
+    one = mining.best_two_candidates(x2y_sim[:, :1], x2y_ind[:, :1], mining.knn_mean(x2y_sim[:, :1]), y2x_mean, margin)
+    assert np.isnan(one[2]).all() and one[2].shape == (37,)
+    empty = mining.best_two_candidates(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), np.zeros(0), np.ones(3),
+                                       margin)
+    assert [a.shape for a in empty] == [(0,), (0,), (0,)]
+    with pytest.raises(UsageError, match="ids"):
+        mining.best_two_candidates(np.array([[0.5, 0.4]]), np.array([[0, 3]]), np.array([0.45]), np.ones(3), margin)
+
+
 # --------------------------------------------------------------------------- knn
 
 
