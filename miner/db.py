@@ -112,6 +112,9 @@ class Job(Base):
     swept_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     # Hash of both files' contents and the options that change results: finds duplicate submissions.
     request_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The cut the finished job uses: {"value", "method" (auto, fallback, fixed, calibrated), "reason",
+    # ...evidence} (miner.autocut.Decision.to_json); None until finish, and for jobs mined before it.
+    threshold_info: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -167,6 +170,8 @@ class Candidate(Base):
     tgt_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     score: Mapped[float] = mapped_column(Float)
     direction: Mapped[str] = mapped_column(String(8))  # fwd, bwd or both
+    # Estimated probability of being a translation (``--threshold auto`` jobs), else None.
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 _engines: dict[str, Engine] = {}
