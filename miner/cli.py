@@ -97,6 +97,35 @@ def main() -> None:
 # --------------------------------------------------------------------------- job options
 
 
+class ThresholdType(click.ParamType):
+    """``--threshold``: a number, or ``auto``."""
+
+    name = "NUMBER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value is None:
+            return value
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return "auto"
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'auto'", param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number; give a number or 'auto'", param, ctx)
+        return number
+
+
+THRESHOLD_HELP = (
+    "Keep pairs scoring >= this: a number, or auto (each job estimates its own cut from its score "
+    "distribution, no gold needed). Default: the threshold `miner calibrate` stored for the model and "
+    "margin, else auto. A number, a calibrated threshold and `export --min-score` take precedence over auto; "
+    "auto falls back to the model's fixed default (muse/ratio 1.05) when the scores allow no estimate, "
+    "with a warning."
+)
+
+
 def job_options(fn):
     """The options shared by ``mine`` and ``submit``."""
     decorators = [
@@ -112,9 +141,7 @@ def job_options(fn):
                      show_default=True, help="Margin function (Artetxe & Schwenk 2019)."),
         click.option("--retrieval", type=click.Choice(["max", "intersect", "fwd", "bwd"]), default=defaults.RETRIEVAL,
                      show_default=True, help="Which candidates to keep."),
-        click.option("--threshold", type=float, default=None,
-                     help="Keep pairs scoring at least this (default: `miner calibrate`d or bundled per model and margin; "
-                          "muse/ratio 1.05)."),
+        click.option("--threshold", type=ThresholdType(), default=None, help=THRESHOLD_HELP),
         click.option("--shard-size", type=click.IntRange(min=1), default=defaults.SHARD_SIZE, show_default=True,
                      help="Sentences per shard (unit of parallel work)."),
         click.option("--max-line-length", type=click.IntRange(min=1), default=defaults.MAX_LINE_LENGTH,
@@ -155,10 +182,7 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
     for side in ("src_lang", "tgt_lang"):
         for message in language_warnings(opts[side], spec.languages, opts["model"]):
             warn(message)
-    threshold = opts["threshold"]
-    if threshold is None:
-        threshold = defaults.default_threshold(spec.name if spec.kind == "alias" else "", opts["margin"],
-                                               model_key=spec.key, home=_config(ctx).home)
+    method, threshold, fallback = _threshold_choice(ctx, spec, opts["margin"], opts["threshold"])
     options = JobOptions(
         src_lang=normalise_code(opts["src_lang"]),
         tgt_lang=normalise_code(opts["tgt_lang"]),
@@ -168,6 +192,8 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
         margin=opts["margin"],
         retrieval=opts["retrieval"],
         threshold=threshold,
+        threshold_method=method,
+        fallback_threshold=fallback,
         shard_size=opts["shard_size"],
         max_line_length=opts["max_line_length"],
         on_decode_error=opts["on_decode_error"],
@@ -193,6 +219,21 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
     return create_job(cfg, src, tgt, options, request_key=key), False
 
 
+def _threshold_choice(ctx: click.Context, spec, margin: str, asked) -> tuple[str, float | None, float | None]:
+    """(method, threshold, fallback) of a new job from ``--threshold`` (a number, "auto" or None):
+    a number is "fixed"; none given is the threshold `miner calibrate` stored for the model and
+    margin ("calibrated"), else "auto"; "auto" is auto even when a calibration exists. An auto job
+    gets the model's fixed default (calibrated, else bundled) to fall back to."""
+    alias = spec.name if spec.kind == "alias" else ""
+    if isinstance(asked, float):
+        return "fixed", asked, None
+    calibrated = defaults.calibrated_default(alias, margin, model_key=spec.key, home=_config(ctx).home)
+    if asked is None and calibrated is not None:
+        return "calibrated", calibrated, None
+    fixed = calibrated if calibrated is not None else defaults.bundled_threshold(alias, margin)
+    return "auto", None, fixed
+
+
 def _send(cfg: Config, job_id: int) -> None:
     from workers.workflows import submit
 
@@ -202,15 +243,19 @@ def _send(cfg: Config, job_id: int) -> None:
 @main.command()
 @job_options
 @click.option("-o", "--output", "output", required=True, help="Where to write the TSV (.gz compresses, - for stdout).")
-@click.option("--min-score", type=float, default=None, help="Export pairs scoring at least this (default: --threshold).")
+@click.option("--min-score", type=float, default=None,
+              help="Export pairs scoring at least this (default: the job's threshold; wins over it).")
 @click.option("--header", is_flag=True, help="Write a header line.")
+@click.option("--with-probability", is_flag=True,
+              help="Add a 4th column: the estimated probability that the pair is a translation (auto jobs; "
+                   "empty otherwise).")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local worker processes to start when no worker is running.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Tasks in parallel per local worker (default: the number of cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt, **opts):
+def mine(ctx, output, min_score, header, with_probability, n_workers, concurrency, quiet, src, tgt, **opts):
     """Mine SRC against TGT and write the pairs to a TSV (blocking).
 
     Starts local worker processes when none is running, shows progress per stage, exports when
@@ -239,10 +284,17 @@ def mine(ctx, output, min_score, header, n_workers, concurrency, quiet, src, tgt
         raise
     try:
         _raise_if_failed(status)
-        if existing and min_score is None and opts.get("threshold") is not None:
-            min_score = opts["threshold"]  # the threshold asked for now, not the one of the earlier job
-        n = export_tsv(cfg, job_id, output, min_score=min_score, header=header)
+        asked = opts.get("threshold")
+        if existing and min_score is None and isinstance(asked, float):
+            min_score = asked  # the threshold asked for now, not the one of the earlier job
+        elif existing and min_score is None and asked == "auto" and status["threshold"]["method"] in ("fixed",
+                                                                                                      "calibrated"):
+            warn(f"job {job_id} was mined with a {status['threshold']['method']} threshold "
+                 f"{status['threshold']['value']:g}, which is used; --threshold auto applies to new jobs "
+                 f"(--force mines again)")
+        n = export_tsv(cfg, job_id, output, min_score=min_score, header=header, with_probability=with_probability)
         _print_skips(status)
+        _print_threshold(status, min_score)
         click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
         if output != "-":
             click.echo(job_id)
@@ -272,6 +324,20 @@ def _raise_if_failed(status: dict) -> None:
     if status["state"] == "failed" and status.get("exit_code"):
         error.exit_code = status["exit_code"]
     raise error
+
+
+def _print_threshold(status: dict, min_score: float | None = None) -> None:
+    """One line with the job's cut and how it was chosen (stderr); a fallback adds its warning line."""
+    from miner.jobs import fallback_warning, threshold_note
+
+    threshold = status.get("threshold") or {}
+    message = fallback_warning(status["id"], threshold)
+    if message:
+        warn(message)
+    if min_score is not None:
+        click.echo(f"job {status['id']}: exported at --min-score {min_score:g}", err=True)
+    elif threshold.get("value") is not None:
+        click.echo(f"job {status['id']}: threshold {threshold['value']:.4g} ({threshold_note(threshold)})", err=True)
 
 
 def _print_skips(status: dict) -> None:
@@ -442,11 +508,26 @@ def _print_status(status: dict) -> None:
         if units and status["state"] in ("failed", "cancelled"):
             shown = ", ".join(units[:10]) + (f" and {len(units) - 10} more" if len(units) > 10 else "")
             click.echo(f"  missing {stage} units: {shown} (`miner retry {status['id']}` runs them)")
+    threshold = status.get("threshold") or {}
     if status["pairs"] is not None:
-        click.echo(f"  pairs: {status['pairs']:,} at threshold {status['threshold']}"
-                   f" ({status['candidates_stored']:,} candidates stored)")
+        from miner.jobs import threshold_note
+
+        value = threshold.get("value")
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "none"
+        click.echo(f"  pairs: {status['pairs']:,} at threshold {shown} ({threshold_note(threshold)}); "
+                   f"{status['candidates_stored']:,} candidates stored")
+    elif threshold.get("method"):
+        value = threshold.get("value")
+        shown = f"{value:g} ({threshold['method']})" if isinstance(value, (int, float)) else (
+            "auto (chosen when the job finishes)" if threshold["method"] == "auto" else threshold["method"])
+        click.echo(f"  threshold: {shown}")
     if status.get("error"):
         click.echo(f"  error: {status['error']}")
+    from miner.jobs import fallback_warning
+
+    message = fallback_warning(status["id"], threshold)
+    if message:
+        warn(message)
 
 
 def _update_bars(bars: dict, status: dict) -> None:
@@ -559,8 +640,14 @@ def jobs(ctx, as_json, limit):
 @click.argument("job", type=int)
 @click.option("-o", "--output", "output", required=True,
               help="Output file (.gz compresses, - for stdout; the file name prefix with --format moses).")
-@click.option("--min-score", type=float, default=None, help="Keep pairs scoring at least this (default: the job's threshold).")
-@click.option("--header", is_flag=True, help="Write a header line (score, source, target).")
+@click.option("--min-score", type=float, default=None,
+              help="Keep pairs scoring at least this (default: the job's threshold, automatic or not; this wins).")
+@click.option("--header", is_flag=True, help="Write a header line (score, source, target[, probability]).")
+@click.option("--with-probability", is_flag=True,
+              help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "
+                   "(--threshold auto jobs; empty / null otherwise).")
+@click.option("--min-probability", type=click.FloatRange(min=0, max=1), default=None,
+              help="Drop pairs whose estimated probability is below P (--threshold auto jobs only).")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "moses"]), default=None,
               help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line; default for "
                    ".jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG).")
@@ -576,20 +663,24 @@ def jobs(ctx, as_json, limit):
 @click.option("--langid-min-share", type=click.FloatRange(min=0, max=1, min_open=True), default=0.25, show_default=True,
               help="A side passes when its language's probability is at least this share of the top language's.")
 @click.pass_context
-def export(ctx, job, output, min_score, header, fmt, max_score, min_length, max_length, max_length_ratio,
-           drop_identical, drop_digit_mismatch, dedup, langid, langid_min_share):
+def export(ctx, job, output, min_score, header, with_probability, min_probability, fmt, max_score, min_length,
+           max_length, max_length_ratio, drop_identical, drop_digit_mismatch, dedup, langid, langid_min_share):
     """Write JOB's pairs as score<TAB>source<TAB>target, best first.
 
-    Optional filters each count the pairs they remove in one summary line on stderr.
+    By default the pairs at or above the job's threshold (the cut it chose: automatic, a number, or
+    calibrated); --min-score replaces it. Optional filters each count the pairs they remove in one
+    summary line on stderr.
     """
     from miner.export import export_pairs
     from miner.filters import FilterOptions
 
-    filters = FilterOptions(min_score=min_score, max_score=max_score, min_length=min_length, max_length=max_length,
+    filters = FilterOptions(min_score=min_score, max_score=max_score, min_probability=min_probability,
+                            min_length=min_length, max_length=max_length,
                             max_length_ratio=max_length_ratio, drop_identical=drop_identical,
                             drop_digit_mismatch=drop_digit_mismatch, langid=langid, langid_min_share=langid_min_share,
                             dedup=dedup)
-    result = export_pairs(_db(ctx), job, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=True)
+    result = export_pairs(_db(ctx), job, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=True,
+                          with_probability=with_probability)
     if result.summary:
         click.echo(f"job {job} {result.summary}", err=True)
     where = " and ".join(result.paths)
@@ -684,7 +775,8 @@ def report(ctx, job, output, png, per_band, seed):
     summary = build_report(_db(ctx), job, output, png, per_band=per_band, seed=seed,
                            log=lambda message: click.echo(message, err=True))
     click.echo(f"job {job}: {summary['above_threshold']:,} of {summary['candidates']:,} candidates at or above "
-               f"{summary['threshold']:g}; wrote {summary['html']} and {summary['png']}", err=True)
+               f"{summary['threshold']:g} ({summary['threshold_method']}); wrote {summary['html']} and "
+               f"{summary['png']}", err=True)
     click.echo(summary["html"])
 
 
@@ -717,7 +809,9 @@ def retry(ctx, job, wait, force):
     _send(cfg, job)
     click.echo(f"job {job} queued again (was {state})")
     if wait:
-        _raise_if_failed(_watch(cfg, job))
+        status = _watch(cfg, job)
+        _raise_if_failed(status)
+        _print_threshold(status)
 
 
 @main.group()

@@ -2,7 +2,8 @@
 
 Bundled thresholds were tuned on the shared Tatoeba data only (see docs/quality.md). ``miner
 calibrate`` stores a recommended threshold per model and margin in ``$MINER_HOME/thresholds.json``;
-new jobs created with that MINER_HOME then use it when ``--threshold`` is not given. The value is
+new jobs created with that MINER_HOME then use it when ``--threshold`` is not given (instead of
+``--threshold auto``). The value -- and for auto jobs the fixed default they fall back to -- is
 resolved once, when a job is created, and stored in the job's options, so workers never read it.
 """
 
@@ -85,12 +86,19 @@ def bundled_threshold(model: str, margin: str) -> float:
     return THRESHOLDS.get(model, GENERIC_THRESHOLDS)[margin]
 
 
-def default_threshold(model: str, margin: str, *, model_key: str | None = None, home: Path | None = None) -> float:
-    """The threshold used when ``--threshold`` is not given: a threshold stored by ``miner calibrate``
-    for the model (its alias, else its ``model_key``) and margin, else the bundled value."""
+def calibrated_default(model: str, margin: str, *, model_key: str | None = None, home: Path | None = None) -> float | None:
+    """A threshold stored by ``miner calibrate`` for the model (its alias, else its ``model_key``)
+    and margin, else None. When there is one, jobs without ``--threshold`` use it instead of auto."""
     for name in (model, model_key):
         if name:
             value = calibrated_threshold(name, margin, home)
             if value is not None:
                 return value
-    return bundled_threshold(model, margin)
+    return None
+
+
+def default_threshold(model: str, margin: str, *, model_key: str | None = None, home: Path | None = None) -> float:
+    """The model's fixed default: a calibrated threshold (:func:`calibrated_default`), else the
+    bundled value. ``--threshold auto`` falls back to it when a job's scores allow no estimate."""
+    value = calibrated_default(model, margin, model_key=model_key, home=home)
+    return value if value is not None else bundled_threshold(model, margin)

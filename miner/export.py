@@ -4,9 +4,14 @@ Formats (``--format``; by default ``.jsonl``/``.jsonl.gz`` names give JSONL, any
 
 * ``tsv`` -- ``score<TAB>source<TAB>target`` with the score as ``%.6f``; ``--header`` adds
   ``score<TAB>source<TAB>target``; a name ending in ``.gz`` is gzip-compressed; ``-`` is stdout.
+  ``--with-probability`` adds a 4th column ``probability`` (``%.6f``; empty when the job has none).
 * ``jsonl`` -- one object per line: ``{"score", "src", "tgt", "src_line", "tgt_line"}``, the score
   at full precision, the line numbers 1-based in the original input files (as ``miner eval`` reads
-  BUCC ids); ``.gz`` compresses.
+  BUCC ids); ``.gz`` compresses. ``--with-probability`` adds ``"probability"`` (null when none).
+
+The score floor defaults to the job's threshold (:func:`miner.jobs.effective_threshold`: the cut the
+job chose, automatic or not); ``--min-score`` replaces it. Probabilities are estimated by
+``--threshold auto`` jobs only (``candidates.probability``); ``--min-probability`` needs them.
 * ``moses`` -- two line-aligned plain-text files ``OUT.SRC_LANG`` and ``OUT.TGT_LANG`` with the job's
   (normalised, ISO 639-1 where one exists) language codes as suffixes, e.g. ``-o corpus`` gives
   ``corpus.de`` and ``corpus.en``; ``-o corpus.gz`` gives ``corpus.de.gz`` and ``corpus.en.gz``.
@@ -37,6 +42,7 @@ from miner.errors import JobNotFound, UsageError
 from miner.filters import FilterChain, FilterOptions
 
 HEADER = "score\tsource\ttarget\n"
+HEADER_PROBABILITY = "score\tsource\ttarget\tprobability\n"
 FORMATS = ("tsv", "jsonl", "moses")
 
 
@@ -60,28 +66,66 @@ def iter_pairs(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tu
 def iter_records(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str, int, int]]:
     """(score, source, target, source line, target line) of a job, best first; line numbers are the
     0-based physical lines of the input files (``Sentence.line_no``)."""
+    for record in iter_rows(cfg, job_id, min_score):
+        yield record[:5]
+
+
+def iter_rows(cfg: Config, job_id: int, min_score: float | None, min_probability: float | None = None
+              ) -> Iterator[tuple[float, str, str, int, int, float | None]]:
+    """:func:`iter_records` plus each pair's estimated probability (None when the job has none),
+    optionally only pairs with ``probability >= min_probability``."""
     job = load_done_job(cfg, job_id)
     src, tgt = aliased(Sentence), aliased(Sentence)
     with session_scope(cfg.db_url) as s:
         query = (
-            select(Candidate.score, src.text, tgt.text, src.line_no, tgt.line_no)
+            select(Candidate.score, src.text, tgt.text, src.line_no, tgt.line_no, Candidate.probability)
             .join(src, (src.corpus_id == job.src_corpus_id) & (src.idx == Candidate.src_idx))
             .join(tgt, (tgt.corpus_id == job.tgt_corpus_id) & (tgt.idx == Candidate.tgt_idx))
-            .where(Candidate.job_id == job_id)
+            .where(*_floors(job_id, min_score, min_probability))
             .order_by(Candidate.score.desc(), Candidate.src_idx, Candidate.tgt_idx)
         )
-        if min_score is not None:
-            query = query.where(Candidate.score >= min_score)
         for row in s.execute(query.execution_options(yield_per=10000)):
-            yield float(row[0]), row[1], row[2], int(row[3]), int(row[4])
+            yield (float(row[0]), row[1], row[2], int(row[3]), int(row[4]),
+                   None if row[5] is None else float(row[5]))
 
 
-def count_candidates(cfg: Config, job_id: int, min_score: float | None = None) -> int:
+def _floors(job_id: int, min_score: float | None, min_probability: float | None = None) -> list:
+    conditions = [Candidate.job_id == job_id]
+    if min_score is not None:
+        conditions.append(Candidate.score >= min_score)
+    if min_probability is not None:
+        conditions.append(Candidate.probability >= min_probability)
+    return conditions
+
+
+def count_candidates(cfg: Config, job_id: int, min_score: float | None = None,
+                     min_probability: float | None = None) -> int:
     with session_scope(cfg.db_url) as s:
-        query = select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)
-        if min_score is not None:
-            query = query.where(Candidate.score >= min_score)
+        query = select(func.count()).select_from(Candidate).where(*_floors(job_id, min_score, min_probability))
         return int(s.scalar(query) or 0)
+
+
+def has_probabilities(cfg: Config, job_id: int) -> bool:
+    """True when the job stored an estimated probability for its candidates (``--threshold auto``)."""
+    with session_scope(cfg.db_url) as s:
+        found = s.scalar(select(Candidate.probability)
+                         .where(Candidate.job_id == job_id, Candidate.probability.is_not(None)).limit(1))
+    return found is not None
+
+
+def no_probabilities_reason(job: Job) -> str:
+    """Why a job has no probabilities, for the ``--min-probability`` error."""
+    from miner.jobs import threshold_status
+
+    threshold = threshold_status(job)
+    method = threshold.get("method")
+    if method in ("fixed", "calibrated"):
+        return f"its threshold is {method} ({threshold.get('value')}); only --threshold auto jobs estimate them"
+    if method == "fallback":
+        return f"its automatic threshold fell back to the fixed default: {threshold.get('reason')}"
+    if method == "auto":
+        return "it was mined before probabilities were stored; `miner retry --force` computes them"
+    return "only --threshold auto jobs estimate them"
 
 
 @contextmanager
@@ -136,17 +180,27 @@ def export_pairs(
     filters: FilterOptions | None = None,
     warn: Callable[[str], None] | None = None,
     progress: bool = False,
+    with_probability: bool = False,
 ) -> ExportResult:
-    """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold)."""
+    """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold,
+    :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability."""
+    from miner.jobs import effective_threshold
+
     fmt = fmt or infer_format(out)
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if header and fmt != "tsv":
         raise UsageError("--header applies to TSV output only")
+    if with_probability and fmt == "moses":
+        raise UsageError("--with-probability applies to TSV and JSONL output, not moses")
     job = load_done_job(cfg, job_id)
     filters = filters or FilterOptions()
-    if filters.min_score is None and job.options.get("threshold") is not None:
-        filters = dataclasses.replace(filters, min_score=job.options["threshold"])
+    if filters.min_probability is not None and not has_probabilities(cfg, job_id):
+        raise UsageError(f"job {job_id} has no estimated probabilities, so --min-probability cannot filter: "
+                         f"{no_probabilities_reason(job)}; use --min-score instead")
+    threshold = effective_threshold(job)
+    if filters.min_score is None and threshold is not None:
+        filters = dataclasses.replace(filters, min_score=threshold)
     chain = FilterChain(filters, job.src_lang, job.tgt_lang, warn=warn)
     paths = list(moses_paths(out, job.src_lang, job.tgt_lang)) if fmt == "moses" else [out]
     for path in paths:
@@ -158,7 +212,11 @@ def export_pairs(
         above = count_candidates(cfg, job_id, filters.min_score)
         if "min-score" in chain.counts:
             chain.counts["min-score"] = total - above
-    records = iter_records(cfg, job_id, filters.min_score)
+        if filters.min_probability is not None:
+            likely = count_candidates(cfg, job_id, filters.min_score, filters.min_probability)
+            chain.counts["min-probability"] = above - likely
+            above = likely
+    records = iter_rows(cfg, job_id, filters.min_score, filters.min_probability)
     first = next(records, None)  # raises before an output file is created
     bar = None
     if progress:
@@ -171,20 +229,24 @@ def export_pairs(
         with ExitStack() as stack:
             handles = [stack.enter_context(_open_out(path)) for path in paths]
             if header:
-                handles[0].write(HEADER)
+                handles[0].write(HEADER_PROBABILITY if with_probability else HEADER)
             if first is not None:
-                for score, source, target, src_line, tgt_line in _chain(first, records):
+                for score, source, target, src_line, tgt_line, probability in _chain(first, records):
                     if bar is not None:
                         bar.update(1)
                     if not chain.keep(source, target, score):
                         continue
-                    if fmt == "tsv":
+                    if fmt == "tsv" and with_probability:
+                        shown = "" if probability is None else f"{probability:.6f}"
+                        handles[0].write(f"{score:.6f}\t{source}\t{target}\t{shown}\n")
+                    elif fmt == "tsv":
                         handles[0].write(f"{score:.6f}\t{source}\t{target}\n")
                     elif fmt == "jsonl":
-                        handles[0].write(json.dumps(
-                            {"score": score, "src": source, "tgt": target,
-                             "src_line": src_line + 1, "tgt_line": tgt_line + 1},
-                            ensure_ascii=False) + "\n")
+                        record = {"score": score, "src": source, "tgt": target,
+                                  "src_line": src_line + 1, "tgt_line": tgt_line + 1}
+                        if with_probability:
+                            record["probability"] = probability
+                        handles[0].write(json.dumps(record, ensure_ascii=False) + "\n")
                     else:
                         handles[0].write(source + "\n")
                         handles[1].write(target + "\n")
@@ -198,13 +260,15 @@ def export_pairs(
     return ExportResult(written=n, paths=paths, candidates=total or 0, summary=summary, counts=dict(chain.counts))
 
 
-def export_tsv(cfg: Config, job_id: int, out: str, *, min_score: float | None = None, header: bool = False) -> int:
+def export_tsv(cfg: Config, job_id: int, out: str, *, min_score: float | None = None, header: bool = False,
+               with_probability: bool = False) -> int:
     """Write the job's pairs with ``score >= min_score`` (default: the job's threshold) to ``out``.
 
     ``out`` ending in ``.gz`` is gzip-compressed; ``-`` writes standard output. The file appears
     only when complete. Returns the number of pairs written.
     """
-    result = export_pairs(cfg, job_id, out, fmt="tsv", header=header, filters=FilterOptions(min_score=min_score))
+    result = export_pairs(cfg, job_id, out, fmt="tsv", header=header, filters=FilterOptions(min_score=min_score),
+                          with_probability=with_probability)
     return result.written
 
 

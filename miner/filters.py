@@ -3,19 +3,21 @@
 A pair is removed by the first filter that rejects it, in this order (cheap checks first), so the
 counts add up to the pairs removed:
 
-=================  ==========================================================================
-``min-score``      score below ``--min-score`` (default: the job's threshold; done in the query)
-``max-score``      score above ``--max-score`` (very high margins are often boilerplate)
-``min-length``     either side shorter than N characters
-``max-length``     either side longer than N characters
-``length-ratio``   longer side / shorter side above R (in characters)
-``identical``      both sides equal once case, spaces, punctuation and symbols are ignored
-``digits``         both sides have numbers in digits and they differ (``1,000`` = ``1.000`` =
-                   ``1000``; a side with no digits is not compared: numbers may be spelled out)
-``langid``         a side is not in the job's language for that side (py3langid, see miner.langid)
-``duplicates``     same source and target as a pair already written (same normalisation as
-                   ``identical``); the best scoring copy is kept
-=================  ==========================================================================
+==================  =========================================================================
+``min-score``       score below ``--min-score`` (default: the job's threshold; done in the query)
+``min-probability`` estimated probability of being a translation below ``--min-probability``
+                    (``--threshold auto`` jobs only; done in the query)
+``max-score``       score above ``--max-score`` (very high margins are often boilerplate)
+``min-length``      either side shorter than N characters
+``max-length``      either side longer than N characters
+``length-ratio``    longer side / shorter side above R (in characters)
+``identical``       both sides equal once case, spaces, punctuation and symbols are ignored
+``digits``          both sides have numbers in digits and they differ (``1,000`` = ``1.000`` =
+                    ``1000``; a side with no digits is not compared: numbers may be spelled out)
+``langid``          a side is not in the job's language for that side (py3langid, see miner.langid)
+``duplicates``      same source and target as a pair already written (same normalisation as
+                    ``identical``); the best scoring copy is kept
+==================  =========================================================================
 
 Lengths are Unicode characters of the stored (whitespace-normalised) text, so ratios between a
 language written with Han characters and one written with Latin letters are naturally far from 1.
@@ -31,7 +33,7 @@ from typing import Callable
 
 from miner.errors import UsageError
 
-ORDER = ("min-score", "max-score", "min-length", "max-length", "length-ratio", "identical", "digits",
+ORDER = ("min-score", "min-probability", "max-score", "min-length", "max-length", "length-ratio", "identical", "digits",
          "langid", "duplicates")
 
 # Digits joined by group, decimal or time separators form one number: 1,000 = 1.000 = 1 000 (no-break
@@ -45,6 +47,7 @@ class FilterOptions:
 
     min_score: float | None = None
     max_score: float | None = None
+    min_probability: float | None = None
     min_length: int | None = None
     max_length: int | None = None
     max_length_ratio: float | None = None
@@ -57,6 +60,8 @@ class FilterOptions:
     def __post_init__(self) -> None:
         if self.min_score is not None and self.max_score is not None and self.max_score < self.min_score:
             raise UsageError(f"--max-score {self.max_score} is below --min-score {self.min_score}: nothing would be kept")
+        if self.min_probability is not None and not 0 <= self.min_probability <= 1:
+            raise UsageError(f"--min-probability must be between 0 and 1, got {self.min_probability}")
         for name in ("min_length", "max_length"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -70,7 +75,7 @@ class FilterOptions:
     @property
     def any_beyond_min_score(self) -> bool:
         """True when a filter other than the score floor is on."""
-        return any((self.max_score is not None, self.min_length is not None, self.max_length is not None,
+        return any((self.max_score is not None, self.min_probability is not None, self.min_length is not None, self.max_length is not None,
                     self.max_length_ratio is not None, self.drop_identical, self.drop_digit_mismatch,
                     self.langid, self.dedup))
 
@@ -114,6 +119,8 @@ class FilterChain:
         o = options
         if o.min_score is not None:
             self.counts["min-score"] = 0  # filled in by the caller (done in the query)
+        if o.min_probability is not None:
+            self.counts["min-probability"] = 0  # likewise
         if o.max_score is not None:
             self._add("max-score", lambda s, t, score: score > o.max_score)
         if o.min_length is not None:
@@ -179,7 +186,7 @@ class FilterChain:
         """One line: every active filter with the pairs it removed, then what is left."""
         parts = []
         o = self.options
-        settings = {"min-score": o.min_score, "max-score": o.max_score, "min-length": o.min_length,
+        settings = {"min-score": o.min_score, "min-probability": o.min_probability, "max-score": o.max_score, "min-length": o.min_length,
                     "max-length": o.max_length, "length-ratio": o.max_length_ratio}
         for name in ORDER:
             if name not in self.counts:

@@ -28,6 +28,12 @@ class JobOptions:
     margin: str = Margin.RATIO.value
     retrieval: str = Retrieval.MAX.value
     threshold: float | None = None
+    # How the cut is chosen: "auto" (threshold None: the finish step estimates it from the job's
+    # scores), "fixed" (--threshold N) or "calibrated" (stored by `miner calibrate`). None (library
+    # callers, jobs mined before --threshold auto): a number is fixed, None keeps every candidate.
+    threshold_method: str | None = None
+    # The model's fixed default, resolved when the job is created: what "auto" falls back to.
+    fallback_threshold: float | None = None
     shard_size: int = 10000
     max_line_length: int = 2000
     on_decode_error: str = "skip"
@@ -45,6 +51,13 @@ class JobOptions:
             raise UsageError(f"max line length must be at least 1, got {self.max_line_length}")
         Margin(self.margin)
         Retrieval(self.retrieval)
+        if self.threshold_method not in (None, *THRESHOLD_METHODS):
+            raise UsageError(f"unknown threshold method {self.threshold_method!r}; "
+                             f"choose {', '.join(THRESHOLD_METHODS)}")
+        if self.threshold_method == "auto" and self.threshold is not None:
+            raise UsageError(f"an automatic threshold takes no value, got {self.threshold}")
+        if self.threshold_method in ("fixed", "calibrated") and self.threshold is None:
+            raise UsageError(f"a {self.threshold_method} threshold needs a value")
         from miner.indexes import choose_index
 
         choose_index(1000, 512, self.index, self.nlist, self.nprobe)  # raises UsageError when invalid
@@ -56,6 +69,71 @@ class JobOptions:
         for key in ("src_lang", "tgt_lang", "model"):
             data.pop(key)
         return data
+
+
+#: How a job's cut is chosen (``JobOptions.threshold_method``); a finished auto job whose scores do
+#: not allow an estimate records "fallback" in ``jobs.threshold_info``.
+THRESHOLD_METHODS = ("auto", "fixed", "calibrated")
+
+
+def threshold_method(options: dict) -> str | None:
+    """The method of a job's options; jobs without one (mined before ``--threshold auto``, or created
+    by library callers) are "fixed" when they have a number, None when they keep every candidate."""
+    method = options.get("threshold_method")
+    if method:
+        return method
+    return "fixed" if options.get("threshold") is not None else None
+
+
+def effective_threshold(job: Job) -> float | None:
+    """The cut a job uses: pairs with ``score >= value`` are its pairs (export default, report, eval,
+    status). The value the finish step chose (``threshold_info["value"]``), else the option's number
+    (None: an auto job not finished yet, or a job that keeps every candidate)."""
+    info = job.threshold_info
+    if isinstance(info, dict) and info.get("value") is not None:
+        return float(info["value"])
+    value = (job.options or {}).get("threshold")
+    return None if value is None else float(value)
+
+
+def threshold_status(job: Job) -> dict:
+    """``{"value", "method", ...evidence}`` for ``status``: the finish step's record without the
+    report's ``density`` grid; before finish ``{"value": None, "method": "auto"}`` for an auto job,
+    the option's number and method otherwise ("none" for a job that keeps every candidate)."""
+    info = job.threshold_info
+    if isinstance(info, dict) and info.get("method"):
+        out = {"value": info.get("value"), "method": info["method"]}
+        out.update({k: v for k, v in info.items() if k not in ("value", "method", "density")})
+        return out
+    options = job.options or {}
+    return {"value": options.get("threshold"), "method": threshold_method(options) or "none"}
+
+
+def threshold_note(threshold: dict) -> str:
+    """``auto: ~12% of candidates are translations, est. precision 95%``, ``fixed``, ``calibrated``,
+    ``fallback: REASON``: the method and the evidence that is there (any of it may be missing)."""
+    method = threshold.get("method") or "none"
+    if method == "fallback":
+        return f"fallback: {threshold.get('reason') or 'no reason recorded'}"
+    if method != "auto":
+        return method
+    parts = []
+    share, precision = threshold.get("share"), threshold.get("precision")
+    if isinstance(share, (int, float)) and share == share:
+        parts.append(f"~{100 * share:.0f}% of candidates are translations")
+    if isinstance(precision, (int, float)) and precision == precision:
+        parts.append(f"est. precision {100 * precision:.0f}%")
+    return "auto" + (": " + ", ".join(parts) if parts else "")
+
+
+def fallback_warning(job_id: int, info: dict | None) -> str | None:
+    """The one warning line of an auto job that fell back to the fixed default, else None."""
+    if not isinstance(info, dict) or info.get("method") != "fallback":
+        return None
+    value = info.get("value")
+    shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return (f"job {job_id}: automatic threshold fell back to the fixed default {shown}: "
+            f"{info.get('reason') or 'no reason recorded'}")
 
 
 #: Options that change the stored candidates (threshold and shard size do not).
@@ -255,7 +333,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
                 "parts": parts,
             }
         )
-    threshold = job.options.get("threshold")
+    threshold = threshold_status(job)
     return {
         "id": job.id,
         "state": job.state,

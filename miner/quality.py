@@ -348,7 +348,9 @@ def evaluate(cfg: Config, job_id: int, gold_path: str, *, fmt: str = "auto", id_
     job = load_done_job(cfg, job_id, "evaluate")
     resolved = resolve_gold(cfg, job, gold, warn)
     curve, scores = job_curve(cfg, job, resolved, sample)
-    threshold = job.options.get("threshold")
+    from miner.jobs import effective_threshold, threshold_method
+
+    threshold = effective_threshold(job)
     at_threshold = curve.at(threshold if threshold is not None else -math.inf)
     best = curve.best()
     hit_scores = curve.desc[np.diff(curve.cum) > 0]
@@ -372,6 +374,7 @@ def evaluate(cfg: Config, job_id: int, gold_path: str, *, fmt: str = "auto", id_
         },
         "candidates": curve.n,
         "threshold": threshold,
+        "threshold_method": (job.threshold_info or {}).get("method") or threshold_method(job.options or {}),
         "at_threshold": at_threshold,
         "best": best,
         "curve": [curve.at(t) for t in grid],
@@ -399,7 +402,8 @@ def format_eval(result: dict) -> str:
         lines.append(row(entry))
     lines.append("")
     if result["threshold"] is not None:
-        lines.append(row(result["at_threshold"], "  <- job threshold"))
+        method = result.get("threshold_method")
+        lines.append(row(result["at_threshold"], "  <- job threshold" + (f" ({method})" if method else "")))
     lines.append(row(result["best"], "  <- best threshold (highest F1)"))
     return "\n".join(lines)
 

@@ -1,8 +1,9 @@
 """``miner report``: one self-contained HTML page and a PNG to look at a job before exporting.
 
 The PNG (matplotlib, Agg, no display needed) has two panels: the histogram of the scores of all
-stored one-to-one candidates, split at the job's threshold, with the number of pairs at or above
-it; and a scatter of score against length ratio (source characters / target characters, log
+stored one-to-one candidates, split at the job's threshold (the cut it uses, labelled with how it
+was chosen: auto, fallback, fixed, calibrated), with the number of pairs at or above it and, for an
+automatic threshold, the two fitted parts (non-translations, translations) as curves; and a scatter of score against length ratio (source characters / target characters, log
 scale). The HTML embeds the same PNG as a data URI, a summary of the job, the pairs per score band
 and a random sample of pairs from each band (fixed seed). It loads nothing from anywhere and has
 no script.
@@ -33,6 +34,8 @@ from miner.quality import progress
 BELOW_COLOUR = "#8da0cb"  # histogram bars below the threshold
 ABOVE_COLOUR = "#1b9e77"  # histogram bars at or above the threshold
 THRESHOLD_COLOUR = "#d62728"
+NULL_FIT_COLOUR = "#3a3a3a"  # fitted non-translation part
+TRANSLATION_FIT_COLOUR = "#e6ab02"  # fitted translation part
 MAX_SCATTER_POINTS = 20_000
 
 
@@ -96,9 +99,27 @@ def _sample_pairs(cfg: Config, job, src_idx: np.ndarray, tgt_idx: np.ndarray, sc
     return out
 
 
+def fitted_curves(density) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(x, null, translation)`` float arrays from a threshold record's ``density`` (expected
+    candidates per unit score), or None when it is missing or malformed."""
+    if not isinstance(density, dict):
+        return None
+    try:
+        arrays = [np.array([np.nan if v is None else v for v in density[key]], dtype=np.float64)
+                  for key in ("x", "null", "translation")]
+    except (KeyError, TypeError, ValueError):
+        return None
+    x = arrays[0]
+    if x.ndim != 1 or len(x) < 2 or any(a.shape != x.shape for a in arrays):
+        return None
+    return arrays[0], arrays[1], arrays[2]
+
+
 def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold: float, title: str,
-         seed: int = 0) -> bytes:
-    """The two-panel PNG (histogram with threshold, length-ratio scatter) as bytes."""
+         seed: int = 0, method: str | None = None, density: dict | None = None) -> bytes:
+    """The two-panel PNG (histogram with threshold, length-ratio scatter) as bytes. ``method`` labels
+    the threshold line; ``density`` (``{"x", "null", "translation"}``, expected candidates per unit
+    score) adds the fitted parts, scaled by the bin width to candidates per bar."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
@@ -107,12 +128,21 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
     fig = Figure(figsize=(12, 4.6), dpi=100, layout="constrained")
     hist, scatter = fig.subplots(1, 2, width_ratios=[1.15, 1])
     bins = np.histogram_bin_edges(scores, bins=min(80, max(10, int(math.sqrt(len(scores))))))
+    width = float(bins[1] - bins[0]) if len(bins) > 1 else 1.0
     if threshold > scores.min() and threshold < scores.max():
         bins = np.unique(np.sort(np.append(bins, threshold)))  # a bar edge on the threshold: no mixed bar
     hist.hist(scores[~above], bins=bins, color=BELOW_COLOUR, label=f"below: {len(scores) - n_above:,}")
     hist.hist(scores[above], bins=bins, color=ABOVE_COLOUR, label=f"at or above: {n_above:,} pairs")
-    hist.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5, label=f"threshold {threshold:g}")
-    hist.set_title(f"Scores of {len(scores):,} candidates; {n_above:,} pairs \u2265 {threshold:g}")
+    curves = fitted_curves(density)
+    if curves is not None:
+        x, null, translation = curves
+        hist.plot(x, null * width, color=NULL_FIT_COLOUR, linewidth=1.4, label="non-translations (fitted)")
+        hist.plot(x, translation * width, color=TRANSLATION_FIT_COLOUR, linewidth=1.6, label="translations (fitted)")
+        hist.set_xlim(min(float(scores.min()), float(np.nanmin(x))), max(float(scores.max()), float(np.nanmax(x))))
+    how = f" ({method})" if method else ""
+    hist.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5,
+                 label=f"threshold {threshold:g}{how}")
+    hist.set_title(f"Scores of {len(scores):,} candidates; {n_above:,} pairs \u2265 {threshold:g}{how}")
     hist.set_xlabel("margin score")
     hist.set_ylabel("candidates")
     hist.legend(loc="upper right", frameon=False)
@@ -161,14 +191,19 @@ def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str 
     job = load_done_job(cfg, job_id, "report")
     log(f"report job {job_id}: reading the candidates")
     scores, src_len, tgt_len, src_idx, tgt_idx = _load(cfg, job)
-    threshold = job.options.get("threshold")
+    from miner.jobs import effective_threshold, threshold_status
+
+    threshold = effective_threshold(job)
+    info = threshold_status(job)
     if threshold is None:
         threshold = float(np.median(scores))
+        info = {"value": threshold, "method": "median (the job keeps every candidate)"}
     with session_scope(cfg.db_url) as s:
         corpora = {side: s.get(Corpus, cid) for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id))}
     log(f"report job {job_id}: drawing {len(scores):,} scores")
     title = f"job {job.id}: {job.src_lang}-{job.tgt_lang}, model {job.model}, margin {job.options.get('margin')}"
-    png = draw(scores, src_len, tgt_len, threshold, title, seed)
+    density = (job.threshold_info or {}).get("density") if isinstance(job.threshold_info, dict) else None
+    png = draw(scores, src_len, tgt_len, threshold, title, seed, method=info.get("method"), density=density)
     rng = np.random.default_rng(seed)
     bands = []
     for name, lo, hi in band_edges(scores, threshold):
@@ -182,6 +217,9 @@ def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str 
     summary = {
         "job": job.id,
         "threshold": threshold,
+        "threshold_method": info.get("method"),
+        "threshold_info": info,
+        "fitted": fitted_curves(density) is not None,
         "candidates": int(len(scores)),
         "above_threshold": n_above,
         "html": str(html_path),
@@ -219,6 +257,29 @@ code { background: #f4f4f4; padding: 0 .3em; }
 """
 
 
+def _percent(value) -> str | None:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _threshold_rows(info: dict) -> list[tuple[str, str]]:
+    """Summary rows about how the threshold was chosen: the method and, for auto, its evidence."""
+    method = info.get("method") or "none"
+    described = {"auto": "auto (estimated from this job's score distribution)",
+                 "fallback": "fallback (auto could not estimate; the model's fixed default)",
+                 "fixed": "fixed (--threshold)", "calibrated": "calibrated (`miner calibrate`)"}
+    rows = [("threshold method", described.get(method, method))]
+    if method == "fallback":
+        rows.append(("why auto fell back", str(info.get("reason") or "no reason recorded")))
+    if method == "auto":
+        rows.append(("estimated share of translations among the candidates",
+                     _percent(info.get("share")) or "not estimated"))
+        rows.append(("estimated precision at the threshold", _percent(info.get("precision")) or "not estimated"))
+        recall = _percent(info.get("recall"))
+        if recall:
+            rows.append(("estimated recall at the threshold", recall))
+    return rows
+
+
 def _html(job, corpora: dict, summary: dict, bands: list[Band], png: bytes, scores: np.ndarray) -> str:
     e = html.escape
     opts = job.options or {}
@@ -230,6 +291,7 @@ def _html(job, corpora: dict, summary: dict, bands: list[Band], png: bytes, scor
         ("model", job.model),
         ("margin / k / retrieval", f"{opts.get('margin')} / {opts.get('k')} / {opts.get('retrieval')}"),
         ("threshold", f"{threshold:g}"),
+        *_threshold_rows(summary["threshold_info"]),
         ("candidates stored", f"{summary['candidates']:,}"),
         ("pairs at or above the threshold", f"{summary['above_threshold']:,}"),
         ("scores (min / median / max)", f"{scores.min():.4f} / {np.median(scores):.4f} / {scores.max():.4f}"),

@@ -709,7 +709,8 @@ def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -
 
 
 def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
-    """Best margin candidate of each query in shard [start, end)."""
+    """Best margin candidate of each query in shard [start, end), and the second-best score (for
+    ``--threshold auto``)."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
@@ -723,10 +724,10 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
         shard = load_npz(_knn_path(art, job, query, target, k, start, end))
         other = "bwd" if direction == "fwd" else "fwd"
         target_mean = _side_means(cfg, job, other, sides)
-        best, scores = mining.best_candidates(
+        best, scores, second = mining.best_two_candidates(
             shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
         )
-        save_npz(path, ids=best, scores=scores)
+        save_npz(path, ids=best, scores=scores, second=second)
     record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
@@ -734,61 +735,135 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
 # --------------------------------------------------------------------------- finish
 
 
-def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray, np.ndarray]:
+def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(best ids, best scores, second-best scores) of every sentence of ``side``; the second-best are
+    None when a score artifact predates them."""
     art = Artifacts(cfg.artifacts)
     parts = [load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
-    return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts])
+    second = np.concatenate([p["second"] for p in parts]) if all("second" in p for p in parts) else None
+    return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), second
 
 
 CANDIDATE_BATCH = 20000
 
 
-def store_candidates(s, job_id: int, src: np.ndarray, tgt: np.ndarray, scores: np.ndarray, names: np.ndarray) -> None:
+def store_candidates(s, job_id: int, src: np.ndarray, tgt: np.ndarray, scores: np.ndarray, names: np.ndarray,
+                     probability: np.ndarray | None = None) -> None:
     """Insert candidate rows in the session's transaction: COPY on PostgreSQL, batched executemany
-    elsewhere; either way at most ``CANDIDATE_BATCH`` Python rows exist at a time."""
+    elsewhere; either way at most ``CANDIDATE_BATCH`` Python rows exist at a time. ``probability``
+    (one per candidate; nan stored as NULL) or None (all NULL)."""
+    def probabilities(lo: int, hi: int) -> list:
+        if probability is None:
+            return [None] * len(src[lo:hi])
+        return [None if p != p else p for p in probability[lo:hi].tolist()]  # nan -> NULL
+
     if s.get_bind().dialect.name == "postgresql":
         raw = s.connection().connection.driver_connection  # the psycopg connection of this transaction
         with raw.cursor() as cursor, cursor.copy(
-            "COPY candidates (job_id, src_idx, tgt_idx, score, direction) FROM STDIN"
+            "COPY candidates (job_id, src_idx, tgt_idx, score, direction, probability) FROM STDIN"
         ) as copy:
             for lo in range(0, len(src), CANDIDATE_BATCH):
                 hi = lo + CANDIDATE_BATCH
-                for row in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi].tolist()):
+                for row in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi].tolist(),
+                               probabilities(lo, hi)):
                     copy.write_row((job_id, *row))
         return
     for lo in range(0, len(src), CANDIDATE_BATCH):
         hi = lo + CANDIDATE_BATCH
         rows = [
-            {"job_id": job_id, "src_idx": int(a), "tgt_idx": int(b), "score": float(c), "direction": str(d)}
-            for a, b, c, d in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi])
+            {"job_id": job_id, "src_idx": int(a), "tgt_idx": int(b), "score": float(c), "direction": str(d),
+             "probability": p}
+            for a, b, c, d, p in zip(src[lo:hi].tolist(), tgt[lo:hi].tolist(), scores[lo:hi].tolist(), names[lo:hi],
+                                     probabilities(lo, hi))
         ]
         s.execute(insert(Candidate), rows)
 
 
+def json_ready(value):
+    """``value`` with numpy scalars and arrays as Python numbers and lists, and nan/inf as None
+    (PostgreSQL's JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_ready(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def choose_threshold(job: Job, inputs) -> tuple[float | None, dict | None, np.ndarray | None]:
+    """The cut of a finished job: (value, threshold_info, probability per candidate).
+
+    ``auto``: :func:`miner.autocut.decide` on the job's own scores, falling back to the fixed default
+    resolved when the job was created (``fallback_threshold``; for jobs without one, the model's
+    default as ``miner.defaults`` resolves it now). ``fixed`` / ``calibrated``: the job's number.
+    No method and no number (library callers): every candidate counts, nothing is recorded."""
+    from miner import autocut, defaults
+    from miner.jobs import threshold_method
+
+    options = job.options or {}
+    method = threshold_method(options)
+    if method in ("fixed", "calibrated"):
+        value = float(options["threshold"])
+        return value, {"value": value, "method": method}, None
+    if method != "auto":
+        return None, None, None
+    fixed = options.get("fallback_threshold")
+    if fixed is None:
+        from miner.encoders import ALIASES
+
+        alias = job.model if job.model in ALIASES else ""
+        fixed = defaults.default_threshold(alias, options["margin"], model_key=options.get("model_key"))
+    decision = autocut.decide(inputs, options["margin"], float(fixed))
+    info = json_ready(decision.to_json())
+    probability = None
+    if decision.probability is not None:
+        probability = np.asarray(decision.probability, dtype=np.float64)
+        if probability.shape != np.shape(inputs.scores):
+            raise MinerError(f"job {job.id}: the automatic threshold gave {probability.shape[0]} probabilities for "
+                             f"{len(inputs.scores)} candidates")
+    return float(decision.value), info, probability
+
+
 def finish(cfg: Config, job_id: int) -> int:
-    """Apply the retrieval mode and store the candidates (replacing any earlier ones)."""
+    """Apply the retrieval mode, choose the job's cut (:func:`choose_threshold`) and store the
+    candidates with their probabilities (replacing any earlier ones) and the cut's record."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
-    fwd_best, fwd_scores = _best(cfg, job, "fwd", sides["src"])
-    bwd_best, bwd_scores = _best(cfg, job, "bwd", sides["tgt"])
+    fwd_best, fwd_scores, fwd_second = _best(cfg, job, "fwd", sides["src"])
+    bwd_best, bwd_scores, bwd_second = _best(cfg, job, "bwd", sides["tgt"])
     src, tgt, scores, direction = mining.retrieve(
         fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
     )
-    threshold = job.options.get("threshold")
+    from miner.autocut import CutInputs
+
+    inputs = CutInputs(scores=scores, direction=direction, src=src, tgt=tgt, fwd_scores=fwd_scores,
+                       bwd_scores=bwd_scores, fwd_second=fwd_second, bwd_second=bwd_second)
+    threshold, info, probability = choose_threshold(job, inputs)
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]
     with session_scope(cfg.db_url) as s:
         # Lock the job row: a second delivery of this task waits, then replaces the same rows.
         job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
         s.execute(delete(Candidate).where(Candidate.job_id == job_id))
-        store_candidates(s, job_id, src, tgt, scores, names)
+        store_candidates(s, job_id, src, tgt, scores, names, probability)
         if job.state == JobState.CANCELLED.value:
             raise JobCancelled(f"job {job_id} was cancelled")
         job.n_candidates = above
+        job.threshold_info = info
         job.state = JobState.DONE.value
         job.finished_at = utcnow()
         job.error = None
+    from miner.jobs import fallback_warning
+
+    message = fallback_warning(job_id, info)
+    if message:
+        log.warning("%s", message)
     set_stage(cfg, job_id, "finish", {"all": (1, len(src))})
     record_step(cfg, job_id, "finish", "all", len(src), seconds=time.monotonic() - started)
     return above
