@@ -1,7 +1,5 @@
 """``--threshold auto``: a job picks its own cut from its own score distribution, with no gold.
 
-(Work in progress: the interface below is fixed; the estimator inside is being tuned.)
-
 Plain functions on arrays: no database, no Celery.  :func:`decide` takes what the finish step has
 in memory (the one-to-one candidates and the per-sentence best and second-best margin scores) and
 returns a :class:`Decision`: the cut, how it was found, the evidence, and a per-candidate estimated
@@ -72,42 +70,206 @@ class Decision:
 
 
 def fallback(inputs: CutInputs, value: float, reason: str) -> Decision:
+    """The fixed default, with the reason auto could not be used."""
     n = int(np.asarray(inputs.scores).size)
-    return Decision(float(value), "fallback", reason, {"candidates": n}, None)
+    return Decision(float(value), "fallback", reason, {"candidates": n, "fixed_default": float(value)}, None)
+
+
+#: At most this many scores enter the fit (evenly spaced quantiles of the scores: deterministic).
+MAX_FIT = 20_000
+#: The translations' location must lie at least this many standard deviations of all scores above
+#: the non-translations' (keeps the two parts in their roles; the ratio margin's bulk sd is ~0.15-0.25).
+MIN_SEPARATION = 0.5
+#: Fewer estimated translations than this: no second mode worth a cut.
+MIN_TRANSLATIONS = 3.0
+#: Ashman's D between the two fitted parts below this: one mode only.
+MIN_ASHMAN_D = 0.5
+#: Starting shares of translations for the fit; the best likelihood wins.
+START_SHARES = (0.05, 0.2, 0.5, 0.8, 0.95)
+GRID = 64
+
+
+def _skewnorm_pdf(z: np.ndarray, shape: float, loc: float, scale: float) -> np.ndarray:
+    from scipy import stats
+
+    return stats.skewnorm.pdf(z, shape, loc, scale)
+
+
+def _moments(shape: float, loc: float, scale: float) -> tuple[float, float]:
+    d = shape / math.sqrt(1 + shape * shape)
+    return loc + scale * d * math.sqrt(2 / math.pi), scale * math.sqrt(1 - 2 * d * d / math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """Two skew-normal parts on standardised scores ``z = (score - centre) / spread``."""
+
+    share: float  # weight of the translations' part
+    null: tuple[float, float, float]  # (shape, loc, scale) of the non-translations
+    trans: tuple[float, float, float]  # (shape, loc, scale) of the translations
+    centre: float
+    spread: float
+
+    def parts(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted densities (per unit score) of the two parts at ``scores``."""
+        z = (np.asarray(scores, dtype=np.float64) - self.centre) / self.spread
+        null = (1 - self.share) * _skewnorm_pdf(z, *self.null) / self.spread
+        trans = self.share * _skewnorm_pdf(z, *self.trans) / self.spread
+        return null, trans
+
+    def posterior(self, scores: np.ndarray) -> np.ndarray:
+        """P(translation | score), made non-decreasing in the score (a higher score never makes a
+        pair less likely to be a translation, whatever the tails of the fitted parts do)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        null, trans = self.parts(scores)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            post = np.where(null + trans > 0, trans / (null + trans), (scores > self.centre).astype(float))
+        # The density ratio of two fitted tails says little far from the data: below the
+        # non-translations' mean the probability may only fall, above it only rise.
+        order = np.argsort(scores, kind="stable")
+        ranked = post[order]
+        split = int(np.searchsorted(scores[order], self.mean("null")))
+        if split < ranked.size:
+            ranked[split:] = np.maximum.accumulate(ranked[split:])
+            ranked[:split] = np.minimum.accumulate(np.r_[ranked[:split], ranked[split]][::-1])[::-1][:-1]
+        else:
+            ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+        post[order] = ranked
+        return post
+
+    def mean(self, which: str) -> float:
+        """Mean score of a part (``null`` or ``trans``)."""
+        return self.centre + self.spread * _moments(*(self.null if which == "null" else self.trans))[0]
+
+    def component(self, which: str) -> dict:
+        shape, loc, scale = self.null if which == "null" else self.trans
+        mean, sd = _moments(shape, loc, scale)
+        return {
+            "name": "non-translations" if which == "null" else "translations",
+            "family": "skew-normal",
+            "weight": round(1 - self.share if which == "null" else self.share, 6),
+            "mean": round(self.centre + self.spread * mean, 6),
+            "sd": round(self.spread * sd, 6),
+            "shape": round(shape, 6),
+            "loc": round(self.centre + self.spread * loc, 6),
+            "scale": round(self.spread * scale, 6),
+        }
+
+    def ashman_d(self) -> float:
+        m0, s0 = _moments(*self.null)
+        m1, s1 = _moments(*self.trans)
+        return math.sqrt(2) * abs(m1 - m0) / math.sqrt(s0 * s0 + s1 * s1)
+
+
+def _fit_sample(scores: np.ndarray) -> np.ndarray:
+    x = np.sort(scores)
+    if x.size <= MAX_FIT:
+        return x
+    return x[np.linspace(0, x.size - 1, MAX_FIT).round().astype(np.int64)]
+
+
+def fit_mixture(scores: np.ndarray) -> Mixture:
+    """Maximum-likelihood fit of two skew-normal parts (non-translations low, translations high).
+
+    The scores are standardised by their median and standard deviation, so the same constraints
+    serve every margin; the translations' location is kept ``MIN_SEPARATION`` above the
+    non-translations'. Several starting shares are tried; the best likelihood wins (deterministic).
+    """
+    from scipy import optimize
+
+    x = _fit_sample(np.asarray(scores, dtype=np.float64))
+    centre = float(np.median(x))
+    spread = float(x.std()) or 1.0
+    z = (x - centre) / spread
+    lo, hi = float(z.min()), float(z.max())
+
+    def nll(p):
+        w, ln, sn, an, lt, st, at = p
+        f = (1 - w) * _skewnorm_pdf(z, an, ln, sn) + w * _skewnorm_pdf(z, at, lt, st)
+        penalty = 1e4 * max(0.0, ln + MIN_SEPARATION - lt) ** 2
+        return -float(np.sum(np.log(f + 1e-300))) + penalty
+
+    # Non-translations skew right (a maximum over many unrelated sentences: a long upper tail);
+    # translations skew left (their lower tail is the partial and poor translations).
+    bounds = [(0.002, 0.998), (lo - 2, hi), (0.1, 2.5), (0.0, 8.0), (lo, hi + 2), (0.1, 4.0), (-8.0, 0.0)]
+    best = None
+    for w0 in START_SHARES:
+        ln0 = float(np.quantile(z, max(0.02, (1 - w0) * 0.4)))
+        lt0 = float(np.quantile(z, min(0.98, 1 - w0 * 0.4)))
+        start = [w0, ln0, 0.5, 1.0, lt0, 1.0, -1.0]
+        result = optimize.minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+        if best is None or result.fun < best.fun:
+            best = result
+    w, ln, sn, an, lt, st, at = (float(v) for v in best.x)
+    return Mixture(w, (an, ln, sn), (at, lt, st), centre, spread)
+
+
+def best_cut(scores: np.ndarray, posterior: np.ndarray) -> tuple[float, dict]:
+    """The cut that maximises the expected F1 given each candidate's probability of being a
+    translation: expected true pairs above t / (pairs above t + expected translations)."""
+    order = np.argsort(-scores, kind="stable")
+    s, p = scores[order], posterior[order]
+    expected_tp = np.cumsum(p)
+    exported = np.arange(1, s.size + 1)
+    total = float(p.sum())
+    f1 = 2 * expected_tp / (exported + total)
+    # Ties: a cut keeps every candidate at its score, so only the last of a run of equal scores counts.
+    last = np.r_[s[1:] != s[:-1], True]
+    f1 = np.where(last, f1, -1.0)
+    i = int(np.argmax(f1))
+    tp = float(expected_tp[i])
+    return float(s[i]), {
+        "above": int(exported[i]),
+        "translations": round(total, 1),
+        "precision": round(tp / exported[i], 4),
+        "recall": round(tp / total, 4) if total else None,
+        "f1": round(float(f1[i]), 4),
+    }
 
 
 def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
     """Pick the cut of one job (deterministic: the same inputs give the same cut).
 
+    The scores of the one-to-one candidates are modelled as a mixture of two skew-normal parts,
+    non-translations (the low bulk with its right tail) and translations (the high part with its
+    left tail), fitted by maximum likelihood. Each candidate's probability of being a translation
+    follows, and the cut is the score that maximises the F1 expected under those probabilities;
+    it moves up as translations get rarer (sparse corpora) and down as they get commoner.
+
     Args:
         inputs: the job's candidates and per-sentence scores.
-        margin: ``ratio``, ``distance`` or ``absolute``.
+        margin: ``ratio``, ``distance`` or ``absolute`` (the fit is scale-free; recorded only).
         fixed: the model's fixed default threshold, used when the distribution does not allow an
             estimate (too few candidates, one mode only, all scores equal).
     """
     scores = np.asarray(inputs.scores, dtype=np.float64)
-    n = scores.size
+    n = int(scores.size)
     if n < MIN_CANDIDATES:
         return fallback(inputs, fixed, f"only {n} candidates (auto needs at least {MIN_CANDIDATES})")
     if not np.isfinite(scores).all():
-        return fallback(inputs, fixed, "scores are not all finite")
-    if float(scores.max() - scores.min()) < 1e-9:
+        return fallback(inputs, fixed, "some candidate scores are not finite")
+    if float(np.ptp(scores)) <= 1e-9 * max(1.0, float(np.abs(scores).max())):
         return fallback(inputs, fixed, "all candidate scores are equal")
-    # Placeholder estimator (replaced by the tuned one): cut at the median.
-    value = float(np.median(scores))
-    prob = (scores >= value).astype(np.float64)
+    mixture = fit_mixture(scores)
+    if mixture.share * n < MIN_TRANSLATIONS:
+        return fallback(inputs, fixed, f"no second mode: about {mixture.share * n:.1f} translations estimated")
+    if mixture.ashman_d() < MIN_ASHMAN_D:
+        return fallback(inputs, fixed, f"one mode only (the fitted parts overlap: Ashman's D "
+                                       f"{mixture.ashman_d():.2f} < {MIN_ASHMAN_D})")
+    posterior = mixture.posterior(scores)
+    value, at_cut = best_cut(scores, posterior)
     lo, hi = float(scores.min()), float(scores.max())
-    xs = np.linspace(lo, hi, 64)
+    xs = np.linspace(lo, hi, GRID)
+    null, trans = mixture.parts(xs)
     evidence = {
-        "candidates": int(n),
-        "above": int((scores >= value).sum()),
-        "share": 0.5,
-        "precision": None,
-        "recall": None,
-        "f1": None,
-        "components": [],
-        "density": {"x": xs.tolist(), "null": [0.0] * 64, "translation": [0.0] * 64},
+        "margin": margin,
+        "candidates": n,
+        **at_cut,
+        "share": round(mixture.share, 4),
+        "separation": round(mixture.ashman_d(), 3),
+        "components": [mixture.component("null"), mixture.component("trans")],
+        "density": {"x": xs.round(6).tolist(), "null": (n * null).round(4).tolist(),
+                    "translation": (n * trans).round(4).tolist()},
+        "fixed_default": fixed,
     }
-    if math.isnan(value):
-        return fallback(inputs, fixed, "no estimate")
-    return Decision(value, "auto", None, evidence, prob)
+    return Decision(value, "auto", None, evidence, posterior)
