@@ -141,7 +141,7 @@ def job_options(fn):
                      show_default=True, help="Margin function (Artetxe & Schwenk 2019)."),
         click.option("--retrieval", type=click.Choice(["max", "intersect", "fwd", "bwd"]), default=defaults.RETRIEVAL,
                      show_default=True, help="Which candidates to keep."),
-        click.option("--threshold", type=ThresholdType(), default=None, help=THRESHOLD_HELP),
+        click.option("--threshold", type=ThresholdType(), default=None, metavar="NUMBER|auto", help=THRESHOLD_HELP),
         click.option("--shard-size", type=click.IntRange(min=1), default=defaults.SHARD_SIZE, show_default=True,
                      help="Sentences per shard (unit of parallel work)."),
         click.option("--max-line-length", type=click.IntRange(min=1), default=defaults.MAX_LINE_LENGTH,
