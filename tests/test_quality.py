@@ -157,7 +157,8 @@ def test_calibrate_muse_within_two_points_of_oracle(tatoeba):
     submitted = invoke("submit", cases["deu"]["src"], cases["deu"]["tgt"], "--src-lang", "deu", "--tgt-lang", "eng")
     assert submitted.exit_code == 0, submitted.output
     status = json.loads(invoke("status", submitted.output.strip().splitlines()[-1], "--json").output)
-    assert status["threshold"] == deu_only and (status["src_lang"], status["tgt_lang"]) == ("de", "en")
+    assert status["threshold"] == {"value": deu_only, "method": "calibrated"}
+    assert (status["src_lang"], status["tgt_lang"]) == ("de", "en")
     assert defaults.default_threshold("muse", "distance") == defaults.bundled_threshold("muse", "distance")
 
     # All three languages: one threshold for muse/ratio.
