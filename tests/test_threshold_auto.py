@@ -68,6 +68,41 @@ def test_migration_0002_round_trip(home):
     assert current_revision(cfg.db_url) == "0002"
 
 
+@pytest.mark.slow
+def test_postgres_copy_stores_probabilities_and_threshold_info(postgres_server):
+    """On PostgreSQL the candidates go in by COPY: the probability column with them (nan and a missing
+    array as NULL); the threshold record is valid JSON there (no NaN: json_ready)."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from miner import steps
+    from miner.db import Candidate, Job, session_scope
+    from miner.migrate import current_revision, upgrade
+
+    url = postgres_server.create_database("threshold_auto_copy")
+    upgrade(url)
+    assert current_revision(url) == "0002"
+    src, tgt = np.array([0, 1, 2]), np.array([2, 0, 1])
+    scores, names = np.array([1.4, 1.2, 1.0]), np.array(["both", "fwd", "bwd"])
+    info = steps.json_ready({"value": np.float64(1.1), "method": "auto", "share": float("nan"),
+                             "density": {"x": np.array([1.0, 2.0]), "null": [np.float32(0.5), float("inf")]}})
+    assert info == {"value": 1.1, "method": "auto", "share": None, "density": {"x": [1.0, 2.0], "null": [0.5, None]}}
+    with session_scope(url) as s:
+        jobs = [Job(state="done", src_path="a", tgt_path="b", src_lang="de", tgt_lang="en", model="muse",
+                    options={}, threshold_info=info) for _ in range(2)]
+        s.add_all(jobs)
+        s.flush()
+        first, second = (job.id for job in jobs)
+        steps.store_candidates(s, first, src, tgt, scores, names, np.array([0.99, np.nan, 0.01]))
+        steps.store_candidates(s, second, src, tgt, scores, names, None)
+    with session_scope(url) as s:
+        got = {job: s.execute(select(Candidate.src_idx, Candidate.probability).where(Candidate.job_id == job)
+                              .order_by(Candidate.src_idx)).all() for job in (first, second)}
+        assert s.get(Job, first).threshold_info == info
+    assert [tuple(r) for r in got[first]] == [(0, 0.99), (1, None), (2, 0.01)]
+    assert [tuple(r) for r in got[second]] == [(0, None), (1, None), (2, None)]
+
+
 # --------------------------------------------------------------------------- how a new job's cut is chosen
 
 
