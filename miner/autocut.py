@@ -82,8 +82,10 @@ MAX_FIT = 20_000
 MIN_SEPARATION = 0.5
 #: Fewer estimated translations than this: no second mode worth a cut.
 MIN_TRANSLATIONS = 3.0
-#: Ashman's D between the two fitted parts below this: one mode only.
-MIN_ASHMAN_D = 0.5
+#: One mode only: the two parts overlap (Ashman's D below this) AND fit no better than one
+#: skew-normal (BIC gain below MIN_BIC_GAIN).
+MIN_ASHMAN_D = 1.0
+MIN_BIC_GAIN = 0.0
 #: Starting shares of translations for the fit; the best likelihood wins.
 START_SHARES = (0.05, 0.2, 0.5, 0.8, 0.95)
 GRID = 64
@@ -109,6 +111,7 @@ class Mixture:
     trans: tuple[float, float, float]  # (shape, loc, scale) of the translations
     centre: float
     spread: float
+    bic_gain: float = math.inf  # BIC of one skew-normal minus BIC of the two parts (> 0: two parts fit better)
 
     def parts(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weighted densities (per unit score) of the two parts at ``scores``."""
@@ -201,7 +204,13 @@ def fit_mixture(scores: np.ndarray) -> Mixture:
         if best is None or result.fun < best.fun:
             best = result
     w, ln, sn, an, lt, st, at = (float(v) for v in best.x)
-    return Mixture(w, (an, ln, sn), (at, lt, st), centre, spread)
+    # One skew-normal alone, for the test of a second mode (BIC of one part against two).
+    from scipy import stats
+
+    shape1, loc1, scale1 = stats.skewnorm.fit(z, 1.0, loc=float(np.median(z)), scale=1.0)
+    single = float(np.sum(stats.skewnorm.logpdf(z, shape1, loc1, scale1)))
+    bic_gain = 2 * (-float(best.fun) - single) - 4 * math.log(z.size)
+    return Mixture(w, (an, ln, sn), (at, lt, st), centre, spread, bic_gain)
 
 
 def best_cut(scores: np.ndarray, posterior: np.ndarray) -> tuple[float, dict]:
@@ -253,9 +262,9 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
     mixture = fit_mixture(scores)
     if mixture.share * n < MIN_TRANSLATIONS:
         return fallback(inputs, fixed, f"no second mode: about {mixture.share * n:.1f} translations estimated")
-    if mixture.ashman_d() < MIN_ASHMAN_D:
-        return fallback(inputs, fixed, f"one mode only (the fitted parts overlap: Ashman's D "
-                                       f"{mixture.ashman_d():.2f} < {MIN_ASHMAN_D})")
+    if mixture.bic_gain < MIN_BIC_GAIN and mixture.ashman_d() < MIN_ASHMAN_D:
+        return fallback(inputs, fixed, f"one mode only (two parts fit the scores no better than one, BIC gain "
+                                       f"{mixture.bic_gain:.1f}, and overlap, Ashman's D {mixture.ashman_d():.2f})")
     posterior = mixture.posterior(scores)
     value, at_cut = best_cut(scores, posterior)
     lo, hi = float(scores.min()), float(scores.max())
@@ -267,6 +276,7 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
         **at_cut,
         "share": round(mixture.share, 4),
         "separation": round(mixture.ashman_d(), 3),
+        "bic_gain": round(mixture.bic_gain, 1),
         "components": [mixture.component("null"), mixture.component("trans")],
         "density": {"x": xs.round(6).tolist(), "null": (n * null).round(4).tolist(),
                     "translation": (n * trans).round(4).tolist()},
