@@ -82,10 +82,11 @@ MAX_FIT = 20_000
 MIN_SEPARATION = 0.5
 #: Fewer estimated translations than this: no second mode worth a cut.
 MIN_TRANSLATIONS = 3.0
-#: One mode only: the two parts overlap (Ashman's D below this) AND fit no better than one
-#: skew-normal (BIC gain below MIN_BIC_GAIN).
-MIN_ASHMAN_D = 1.0
-MIN_BIC_GAIN = 0.0
+#: One mode only: two parts explain the scores no better than one skew-normal. BIC gain (BIC of one
+#: part minus BIC of two) measured: one-mode normal samples of 5,000 scores -25 to -34 (8 seeds);
+#: real jobs on the shared data -13 (Tatoeba deu dense, where 1.05 is within 2 F1 of the oracle)
+#: and -5 to +866 for the others.
+MIN_BIC_GAIN = -10.0
 #: Starting shares of translations for the fit; the best likelihood wins.
 START_SHARES = (0.05, 0.2, 0.5, 0.8, 0.95)
 GRID = 64
@@ -262,9 +263,9 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
     mixture = fit_mixture(scores)
     if mixture.share * n < MIN_TRANSLATIONS:
         return fallback(inputs, fixed, f"no second mode: about {mixture.share * n:.1f} translations estimated")
-    if mixture.bic_gain < MIN_BIC_GAIN and mixture.ashman_d() < MIN_ASHMAN_D:
-        return fallback(inputs, fixed, f"one mode only (two parts fit the scores no better than one, BIC gain "
-                                       f"{mixture.bic_gain:.1f}, and overlap, Ashman's D {mixture.ashman_d():.2f})")
+    if mixture.bic_gain < MIN_BIC_GAIN:
+        return fallback(inputs, fixed, f"one mode only (one skew-normal explains the scores as well as two parts: "
+                                       f"BIC gain {mixture.bic_gain:.1f} < {MIN_BIC_GAIN:g})")
     posterior = mixture.posterior(scores)
     value, at_cut = best_cut(scores, posterior)
     lo, hi = float(scores.min()), float(scores.max())

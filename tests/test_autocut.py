@@ -1,0 +1,146 @@
+"""The automatic threshold (miner.autocut) on arrays: synthetic mixtures, real score distributions,
+fallbacks, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from miner import autocut
+
+DATA = Path(__file__).parent / "data" / "un_es_scores.npz"
+
+
+def inputs(scores: np.ndarray) -> autocut.CutInputs:
+    n = len(scores)
+    ids = np.arange(n, dtype=np.int64)
+    return autocut.CutInputs(scores=np.asarray(scores, dtype=np.float64), direction=np.full(n, 3, np.int8),
+                             src=ids, tgt=ids, fwd_scores=scores, bwd_scores=scores)
+
+
+def mixture(share: float, n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Non-translations: right-skewed around 1.05-1.1; translations: normal at 1.5 (ratio margin)."""
+    n_t = int(round(n * share))
+    neg = stats.skewnorm.rvs(2, 1.0, 0.12, n - n_t, random_state=seed)
+    pos = stats.norm.rvs(1.5, 0.15, n_t, random_state=seed + 1)
+    return np.r_[neg, pos], np.r_[np.zeros(n - n_t, bool), np.ones(n_t, bool)]
+
+
+def f1(scores: np.ndarray, gold: np.ndarray, n_gold: int, cut: float) -> float:
+    keep = scores >= cut
+    return 2 * int(gold[keep].sum()) / (int(keep.sum()) + n_gold)
+
+
+def oracle(scores: np.ndarray, gold: np.ndarray, n_gold: int) -> tuple[float, float]:
+    order = np.argsort(-scores)
+    f = 2 * np.cumsum(gold[order]) / (np.arange(1, len(scores) + 1) + n_gold)
+    i = int(np.argmax(f))
+    return float(f[i]), float(scores[order][i])
+
+
+def test_cut_lies_in_the_valley_of_a_bimodal_distribution():
+    scores, gold = mixture(0.1)
+    decision = autocut.decide(inputs(scores), "ratio", 1.05)
+    assert decision.method == "auto" and decision.reason is None
+    # Between the two modes, where the histogram is lowest.
+    assert 1.2 < decision.value < 1.45
+    best, _ = oracle(scores, gold, int(gold.sum()))
+    assert f1(scores, gold, int(gold.sum()), decision.value) >= best - 0.01
+    assert decision.evidence["share"] == pytest.approx(0.1, abs=0.02)
+    assert 0.9 < decision.evidence["precision"] <= 1.0
+
+
+def test_cut_moves_with_the_share_of_translations():
+    cuts = {share: autocut.decide(inputs(mixture(share)[0]), "ratio", 1.05).value for share in (0.03, 0.2, 0.5, 0.9)}
+    # Rare translations need a higher cut (precision), common ones a lower cut (recall).
+    assert cuts[0.03] > cuts[0.2] > cuts[0.5] > cuts[0.9]
+    for share in (0.03, 0.5, 0.9):
+        scores, gold = mixture(share)
+        best, _ = oracle(scores, gold, int(gold.sum()))
+        assert f1(scores, gold, int(gold.sum()), cuts[share]) >= best - 0.03, share
+
+
+@pytest.mark.parametrize("case", ["un_es_sparse", "un_es_dense"])
+def test_real_scores_dense_and_sparse(case):
+    data = np.load(DATA)
+    scores, gold, n_gold = data[f"{case}_scores"], data[f"{case}_gold"], int(data[f"{case}_ngold"])
+    decision = autocut.decide(inputs(scores), "ratio", 1.05)
+    assert decision.method == "auto"
+    best, best_cut = oracle(scores, gold, n_gold)
+    got = f1(scores, gold, n_gold, decision.value)
+    fixed = f1(scores, gold, n_gold, 1.05)
+    print(f"{case}: auto {decision.value:.3f} F1 {got:.3f}, oracle {best:.3f} at {best_cut:.3f}, fixed 1.05 {fixed:.3f}")
+    assert got >= best - 0.04
+    true_share = gold.mean()
+    assert decision.evidence["share"] == pytest.approx(true_share, abs=0.1)
+    if case == "un_es_sparse":
+        assert got > fixed + 0.4  # 1.05 exports mostly non-translations on a sparse corpus
+        assert decision.value > 1.25
+    else:
+        assert decision.value < 1.25
+
+
+def test_probability_is_monotone_in_the_score_and_matches_the_cut():
+    scores, gold = mixture(0.2, seed=3)
+    decision = autocut.decide(inputs(scores), "ratio", 1.05)
+    p = decision.probability
+    assert p.shape == scores.shape and np.all((p >= 0) & (p <= 1))
+    order = np.argsort(scores)
+    assert np.all(np.diff(p[order]) >= -1e-12)
+    # Translations get high probabilities, non-translations low ones.
+    assert p[gold].mean() > 0.8 and p[~gold].mean() < 0.1
+    density = decision.evidence["density"]
+    assert len(density["x"]) == len(density["null"]) == len(density["translation"]) == autocut.GRID
+    # The fitted parts' expected counts add up to about the number of candidates.
+    width = density["x"][1] - density["x"][0]
+    total = (np.sum(density["null"]) + np.sum(density["translation"])) * width
+    assert total == pytest.approx(len(scores), rel=0.05)
+    names = [c["name"] for c in decision.evidence["components"]]
+    assert names == ["non-translations", "translations"]
+
+
+def test_deterministic_and_independent_of_order():
+    scores, _ = mixture(0.15, seed=5)
+    first = autocut.decide(inputs(scores), "ratio", 1.05)
+    again = autocut.decide(inputs(scores.copy()), "ratio", 1.05)
+    shuffled = autocut.decide(inputs(np.random.default_rng(1).permutation(scores)), "ratio", 1.05)
+    assert first.value == again.value == shuffled.value
+    assert first.to_json() == again.to_json()
+
+
+def test_scale_free_across_margins():
+    """The same distribution on another scale (distance margin ~0-0.1) gives the same cut, rescaled."""
+    scores, _ = mixture(0.2, seed=7)
+    ratio = autocut.decide(inputs(scores), "ratio", 1.05).value
+    distance = autocut.decide(inputs((scores - 1.0) / 10), "distance", 0.034).value
+    assert distance == pytest.approx((ratio - 1.0) / 10, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    "scores, reason",
+    [
+        (np.linspace(1.0, 1.5, 20), "only 20 candidates"),
+        (np.full(500, 1.2), "all candidate scores are equal"),
+        (stats.norm.rvs(1.1, 0.1, 5000, random_state=11), "one mode only"),
+        (np.r_[np.linspace(1.0, 1.2, 99), np.inf], "not finite"),
+    ],
+    ids=["few", "equal", "one-mode", "inf"],
+)
+def test_degenerate_jobs_fall_back_to_the_fixed_default(scores, reason):
+    decision = autocut.decide(inputs(scores), "ratio", 1.07)
+    assert decision.method == "fallback"
+    assert decision.value == 1.07
+    assert reason in decision.reason
+    assert decision.probability is None
+    assert decision.to_json()["reason"] == decision.reason
+
+
+def test_large_jobs_fit_on_a_deterministic_sample():
+    scores, gold = mixture(0.1, n=60_000, seed=9)
+    decision = autocut.decide(inputs(scores), "ratio", 1.05)
+    assert decision.method == "auto" and decision.evidence["candidates"] == 60_000
+    best, _ = oracle(scores, gold, int(gold.sum()))
+    assert f1(scores, gold, int(gold.sum()), decision.value) >= best - 0.01
