@@ -35,8 +35,9 @@ take and return plain arrays:
 * :func:`knn_mean` -- step 2;
 * :func:`apply_margin` -- the margin function of step 3;
 * :func:`best_candidates` -- steps 3 and 4 for any subset (shard) of query
-  rows, given the *full* other side's means; :func:`best_two_candidates` also
-  gives each query's second-best margin score (used by ``--threshold auto``);
+  rows, given the *full* other side's means; :func:`best_candidates_with_decoy`
+  also gives each query's decoy score, its best score without its best candidate
+  (used by ``--threshold auto``);
 * :func:`retrieve` -- step 5;
 * :func:`mine` -- all of it on whole embedding matrices.
 
@@ -68,7 +69,7 @@ __all__ = [
     "knn_mean",
     "apply_margin",
     "best_candidates",
-    "best_two_candidates",
+    "best_candidates_with_decoy",
     "retrieve",
     "mine",
 ]
@@ -334,22 +335,28 @@ def best_candidates(
     return i[rows, col], scores[rows, col]
 
 
-def best_two_candidates(
+def best_candidates_with_decoy(
     sims: np.ndarray,
     ids: np.ndarray,
     query_mean: np.ndarray,
     target_mean: np.ndarray,
     margin: Margin | str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`best_candidates` plus the second-best margin score of each query.
+    """:func:`best_candidates` plus each query's *decoy* score: its best score had its best
+    candidate not been there.
 
-    Same arguments and checks, and the same margin matrix: ``best_ids`` and ``best_scores`` are
-    identical to :func:`best_candidates`'; the second-best score is the highest score among the
-    *other* ``k' - 1`` neighbours (equal to the best one on a tie).
+    The decoy leaves the best candidate out of the query's neighbourhood: the query's mean is taken
+    over the other ``k' - 1`` neighbours, and the decoy is the best margin score among them (each
+    target's own mean unchanged). For a sentence whose best candidate is its translation, this is
+    a draw from the scores of sentences that have no translation, measured in the same job; the
+    automatic threshold (:mod:`miner.autocut`) uses it to anchor the non-translations' part.
+
+    Same arguments and checks as :func:`best_candidates`; ``best_ids`` and ``best_scores`` are
+    identical to its.
 
     Returns:
-        ``(best_ids, best_scores, second_scores)``; ``second_scores`` is float64 ``(n,)``, ``nan``
-        for every query when ``k' == 1`` (a single neighbour has no runner-up).
+        ``(best_ids, best_scores, decoy_scores)``; ``decoy_scores`` is float64 ``(n,)``, ``nan``
+        for every query when ``k' == 1`` (no other neighbour).
     """
     i, scores = _margin_matrix(sims, ids, query_mean, target_mean, margin)
     n, k = scores.shape
@@ -360,8 +367,14 @@ def best_two_candidates(
     best, best_scores = i[rows, col], scores[rows, col]
     if k == 1:
         return best, best_scores, np.full(n, np.nan)
-    scores[rows, col] = -np.inf  # the matrix is ours: leave the best out, take the max of the rest
-    return best, best_scores, scores.max(axis=1)
+    keep = np.ones((n, k), dtype=bool)
+    keep[rows, col] = False
+    other_sims = np.asarray(sims, dtype=np.float64)[keep].reshape(n, k - 1)
+    other_ids = i[keep].reshape(n, k - 1)
+    other_mean = other_sims.mean(axis=1)
+    tm = np.asarray(target_mean, dtype=np.float64)
+    decoy = apply_margin(other_sims, (other_mean[:, None] + tm[other_ids]) / 2.0, margin).max(axis=1)
+    return best, best_scores, decoy
 
 
 def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarray, np.ndarray]:

@@ -709,7 +709,8 @@ def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -
 
 
 def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
-    """Best margin candidate of each query in shard [start, end), and the second-best score (for
+    """Best margin candidate of each query in shard [start, end), and its decoy score (the best
+    score without that candidate; :func:`miner.mining.best_candidates_with_decoy`, for
     ``--threshold auto``)."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
@@ -724,10 +725,10 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
         shard = load_npz(_knn_path(art, job, query, target, k, start, end))
         other = "bwd" if direction == "fwd" else "fwd"
         target_mean = _side_means(cfg, job, other, sides)
-        best, scores, second = mining.best_two_candidates(
+        best, scores, decoy = mining.best_candidates_with_decoy(
             shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
         )
-        save_npz(path, ids=best, scores=scores, second=second)
+        save_npz(path, ids=best, scores=scores, decoy=decoy)
     record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
@@ -736,12 +737,12 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
 
 
 def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(best ids, best scores, second-best scores) of every sentence of ``side``; the second-best are
-    None when a score artifact predates them."""
+    """(best ids, best scores, decoy scores) of every sentence of ``side``; the decoys are None
+    when a score artifact predates them."""
     art = Artifacts(cfg.artifacts)
     parts = [load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
-    second = np.concatenate([p["second"] for p in parts]) if all("second" in p for p in parts) else None
-    return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), second
+    decoy = np.concatenate([p["decoy"] for p in parts]) if all("decoy" in p for p in parts) else None
+    return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), decoy
 
 
 CANDIDATE_BATCH = 20000
@@ -835,15 +836,15 @@ def finish(cfg: Config, job_id: int) -> int:
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
-    fwd_best, fwd_scores, fwd_second = _best(cfg, job, "fwd", sides["src"])
-    bwd_best, bwd_scores, bwd_second = _best(cfg, job, "bwd", sides["tgt"])
+    fwd_best, fwd_scores, fwd_decoy = _best(cfg, job, "fwd", sides["src"])
+    bwd_best, bwd_scores, bwd_decoy = _best(cfg, job, "bwd", sides["tgt"])
     src, tgt, scores, direction = mining.retrieve(
         fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
     )
     from miner.autocut import CutInputs
 
     inputs = CutInputs(scores=scores, direction=direction, src=src, tgt=tgt, fwd_scores=fwd_scores,
-                       bwd_scores=bwd_scores, fwd_second=fwd_second, bwd_second=bwd_second)
+                       bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy)
     threshold, info, probability = choose_threshold(job, inputs)
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]

@@ -388,41 +388,64 @@ def test_best_candidates_rejects_out_of_range_ids():
 
 
 @pytest.mark.parametrize("margin", MARGINS)
-def test_best_two_candidates_second_best_from_the_same_matrix(margin):
-    """The best pick equals best_candidates'; the second best is the best of the other k' - 1
-    neighbours' margin scores (a plain Python loop), sharded or not; k' = 1 gives nan."""
+def test_best_candidates_with_decoy_leaves_the_best_out(margin):
+    """The best pick equals best_candidates'; the decoy is the best margin score among the other
+    k' - 1 neighbours with the query's mean taken over those k' - 1 only (a plain Python loop),
+    sharded or not; k' = 1 gives nan."""
     rng = np.random.default_rng(21)
     x, y = embeddings(rng, 37, 16, 0.3), embeddings(rng, 29, 16, 0.3)
     k = 4
     x2y_sim, x2y_ind = mining.knn(x, y, k)
     y2x_sim, y2x_ind = mining.knn(y, x, k)
     x2y_mean, y2x_mean = mining.knn_mean(x2y_sim), mining.knn_mean(y2x_sim)
-    best, scores, second = mining.best_two_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
+    best, scores, decoy = mining.best_candidates_with_decoy(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
     want_best, want_scores = mining.best_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
     np.testing.assert_array_equal(best, want_best)
     np.testing.assert_array_equal(scores, want_scores)
-    assert second.dtype == np.float64 and second.shape == (37,)
+    assert decoy.dtype == np.float64 and decoy.shape == (37,)
     for q in range(37):
         row = [float(mining.apply_margin(x2y_sim[q, c], (x2y_mean[q] + y2x_mean[x2y_ind[q, c]]) / 2, margin))
                for c in range(k)]
         top = int(np.argmax(row))
         assert row[top] == pytest.approx(scores[q], abs=1e-12)
-        assert second[q] == pytest.approx(max(v for c, v in enumerate(row) if c != top), abs=1e-12)
-        assert second[q] <= scores[q]
-    parts = [mining.best_two_candidates(x2y_sim[a:b], x2y_ind[a:b], mining.knn_mean(x2y_sim[a:b]), y2x_mean, margin)
+        others = [c for c in range(k) if c != top]
+        mean = sum(float(x2y_sim[q, c]) for c in others) / len(others)
+        want = max(float(mining.apply_margin(x2y_sim[q, c], (mean + y2x_mean[x2y_ind[q, c]]) / 2, margin))
+                   for c in others)
+        assert decoy[q] == pytest.approx(want, abs=1e-9)
+    parts = [mining.best_candidates_with_decoy(x2y_sim[a:b], x2y_ind[a:b], mining.knn_mean(x2y_sim[a:b]), y2x_mean,
+                                               margin)
              for a, b in ((0, 10), (10, 11), (11, 37))]
-    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), second)
-    # A tie: the second best equals the best; a single neighbour: nan.
-    _, tied, runner_up = mining.best_two_candidates(np.array([[0.5, 0.5, 0.1]]), np.array([[3, 1, 0]]),
-                                                    np.array([0.5]), np.ones(4) * 0.5, "absolute")
-    assert tied.tolist() == runner_up.tolist() == [0.5]
-    one = mining.best_two_candidates(x2y_sim[:, :1], x2y_ind[:, :1], mining.knn_mean(x2y_sim[:, :1]), y2x_mean, margin)
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), decoy)
+    one = mining.best_candidates_with_decoy(x2y_sim[:, :1], x2y_ind[:, :1], mining.knn_mean(x2y_sim[:, :1]), y2x_mean,
+                                            margin)
     assert np.isnan(one[2]).all() and one[2].shape == (37,)
-    empty = mining.best_two_candidates(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), np.zeros(0), np.ones(3),
-                                       margin)
+    empty = mining.best_candidates_with_decoy(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), np.zeros(0),
+                                              np.ones(3), margin)
     assert [a.shape for a in empty] == [(0,), (0,), (0,)]
     with pytest.raises(UsageError, match="ids"):
-        mining.best_two_candidates(np.array([[0.5, 0.4]]), np.array([[0, 3]]), np.array([0.45]), np.ones(3), margin)
+        mining.best_candidates_with_decoy(np.array([[0.5, 0.4]]), np.array([[0, 3]]), np.array([0.45]), np.ones(3),
+                                          margin)
+
+
+def test_decoy_of_a_translation_is_a_non_translation_score():
+    """A query whose best neighbour is its translation: the decoy is what it would score without
+    it, i.e. its best score once the translation is removed from the other side."""
+    rng = np.random.default_rng(5)
+    y = embeddings(rng, 200, 32, 0.0)
+    x = y[:20] + 0.05 * rng.standard_normal((20, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = 4
+    x2y_sim, x2y_ind = mining.knn(x, y, k + 1)
+    y2x_sim, _ = mining.knn(y, x, k)
+    y2x_mean = mining.knn_mean(y2x_sim)
+    best, _, decoy = mining.best_candidates_with_decoy(x2y_sim[:, :k], x2y_ind[:, :k], mining.knn_mean(x2y_sim[:, :k]),
+                                                       y2x_mean, "ratio")
+    assert (best == np.arange(20)).all()
+    # Without the translation the neighbourhood is ranks 2..k (k-1 of them, as the decoy uses).
+    sims, ids = x2y_sim[:, 1:k], x2y_ind[:, 1:k]
+    want = mining.apply_margin(sims, (sims.mean(axis=1)[:, None] + y2x_mean[ids]) / 2, "ratio").max(axis=1)
+    np.testing.assert_allclose(decoy, want, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- knn

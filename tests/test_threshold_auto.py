@@ -265,15 +265,16 @@ def test_default_job_is_auto_and_coherent(sample_jobs):
     assert {k: v for k, v in info.items() if k != "density"} == threshold
     text = run_miner(home, "status", job).stdout
     assert f"pairs: {status['pairs']:,} at threshold {value:.4g} ({threshold['method']}" in text
-    # The score step stored each sentence's second-best margin score next to its best one.
+    # The score step stored each sentence's decoy score (its best without its best candidate).
     import numpy as np
 
     from miner.artifacts import Artifacts, load_npz
 
     for direction, n in (("fwd", 300), ("bwd", 400)):
         scores = load_npz(Artifacts(home / "artifacts").scores(job, direction, 0, n))
-        assert scores["second"].shape == scores["scores"].shape == (n,)
-        assert (scores["second"] <= scores["scores"]).all() and (scores["second"] < scores["scores"]).any()
+        assert scores["decoy"].shape == scores["scores"].shape == (n,) and np.isfinite(scores["decoy"]).all()
+        assert np.median(scores["decoy"]) < np.median(scores["scores"])
+    assert threshold["method"] != "auto" or threshold["decoys"]["iqr"] > 0
 
     probabilities = [p for _, p in candidates]
     with_p = export_rows(home, job, folder / "p.jsonl", "--with-probability", "--min-score", "-1e9")
