@@ -195,12 +195,39 @@ class Config:
         return out
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z0-9+.\-]+://)(?P<user>[^:/@]*):(?P<password>[^@/]*)@", re.I)
+# userinfo: scheme://user:password@host -- the password may hold (unencoded) '@' or '/': it runs to
+# the last '@' that is followed by a host (no '@' before the next '/', '?', '#' or the end), without
+# crossing into a next URL (Celery's ``a://...;b://...``). When in doubt it hides too much, never a
+# part of the password.
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@?#\s]*):(?P<password>(?:(?!://)\S)*)@(?=[^@/?#\s]*(?:[/?#\s]|$))",
+    re.I,
+)
+# query-string parameters (``?a=1&b=2``, also ``;`` separated)
+_PARAMETER = re.compile(r"(?P<pre>[?&;])(?P<name>[^=&;#\s]+)=(?P<value>[^&;#\s]*)")
+# a parameter holds a secret when its name contains one of these ...
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey", "api_key", "private_key")
+# ... or one of its parts (split at ``_``, ``-``, ``.``) is one of these
+_SECRET_PARTS = frozenset({"pass", "pwd", "pw", "key", "sig", "signature", "auth", "sas", "session"})
+
+
+def _secret_name(name: str) -> bool:
+    lower = name.lower()
+    if any(word in lower for word in _SECRET_WORDS):
+        return True
+    return any(part in _SECRET_PARTS for part in re.split(r"[_\-.]", lower))
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL: ``redis://:secret@host`` -> ``redis://:***@host``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """Hide the credentials in a URL (or in text holding URLs): the password of the userinfo
+    (``redis://:secret@host`` -> ``redis://:***@host``, the user name stays) and the values of
+    query-string parameters named like secrets (``password``, ``pass``, ``pwd``, ``secret``,
+    ``token``, ``key``, ``access_key``, ``secret_key``, ``sig``, ``X-Amz-Signature``,
+    ``sslpassword``, ...: ``?password=x`` -> ``?password=***``)."""
+    masked = _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _PARAMETER.sub(
+        lambda m: f"{m['pre']}{m['name']}=***" if m["value"] and _secret_name(m["name"]) else m[0], masked
+    )
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -294,7 +294,7 @@ def search_side(index, spec: IndexSpec, queries: np.ndarray, k: int, blocks,
     """The kNN step's search of a side's IVF index: :func:`search` with the spec's ``nprobe``; for
     IVF-PQ, ``REFINE_FACTOR * k`` candidates re-scored by :func:`refine` with the side's stored
     vectors, ``blocks`` (``(offset, vectors)``, kept open by the caller). ``-1`` ids where fewer
-    than ``k`` were found (see :func:`fill_missing`)."""
+    than ``k`` were found (see :func:`mark_missing`)."""
     if spec.kind != "ivfpq":
         return search(index, queries, k, spec.nprobe, timings)
     _, cand = search(index, queries, min(int(index.ntotal), k * REFINE_FACTOR), spec.nprobe, timings)
@@ -305,19 +305,24 @@ def search_side(index, spec: IndexSpec, queries: np.ndarray, k: int, blocks,
     return result
 
 
-def fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An IVF search returns id -1 when the probed lists hold fewer than k vectors: repeat the
-    row's last real neighbour there (a query with none at all gets id 0 at similarity -1)."""
+def mark_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An IVF search returns id -1 where the probed lists hold fewer than k vectors (FAISS may put
+    ``-FLT_MAX`` or anything else beside it): mark every such slot as missing, id -1 and
+    similarity ``-inf``, which :func:`miner.mining.knn_mean` leaves out of the neighbourhood mean
+    and :func:`miner.mining.best_candidates` never picks (a query with no neighbour at all gets no
+    candidate). Nothing is made up: a missing neighbour is never replaced by a real id."""
+    ids = np.asarray(ids, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float32)
     missing = ids < 0
     if not missing.any():
         return sims, ids
     sims, ids = sims.copy(), ids.copy()
-    for row in np.nonzero(missing.any(axis=1))[0]:
-        found = ~missing[row]
-        last = np.nonzero(found)[0][-1] if found.any() else None
-        sims[row, ~found] = sims[row, last] if last is not None else -1.0
-        ids[row, ~found] = ids[row, last] if last is not None else 0
+    sims[missing] = -np.inf
+    ids[missing] = -1
     return sims, ids
+
+
+fill_missing = mark_missing  # its former name (it used to invent placeholder neighbours)
 
 
 def read_index(path: str, nprobe: int):

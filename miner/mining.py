@@ -250,10 +250,13 @@ def knn_mean(sims: np.ndarray) -> np.ndarray:
     """Mean similarity of each query to its neighbours (``x2y_mean`` / ``y2x_mean``).
 
     Args:
-        sims: ``(n, k)`` similarities from :func:`knn`, ``k >= 1``.
+        sims: ``(n, k)`` similarities from :func:`knn`, ``k >= 1``.  ``-inf`` marks a missing
+            neighbour (an approximate index found fewer than ``k``;
+            :func:`miner.indexes.mark_missing`): it is left out, so the mean is over the present
+            neighbours only.
 
     Returns:
-        float64 array of shape ``(n,)``.
+        float64 array of shape ``(n,)``; ``nan`` for a query with no neighbour at all.
 
     Raises:
         UsageError: ``sims`` is not 2-D, or has no columns while having rows.
@@ -265,7 +268,14 @@ def knn_mean(sims: np.ndarray) -> np.ndarray:
         if s.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         raise UsageError("sims has no neighbours (k' = 0): the other side is empty")
-    return s.astype(np.float64, copy=False).mean(axis=1)
+    s = s.astype(np.float64, copy=False)
+    present = ~np.isneginf(s)
+    if present.all():
+        return s.mean(axis=1)
+    count = present.sum(axis=1)
+    total = np.where(present, s, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def apply_margin(cos: np.ndarray, mean_avg: np.ndarray, margin: Margin | str) -> np.ndarray:
@@ -309,30 +319,55 @@ def best_candidates(
 
     Args:
         sims: ``(n, k)`` similarities of the queries to their neighbours.
-        ids: ``(n, k)`` neighbour ids into the other side.
+        ids: ``(n, k)`` neighbour ids into the other side; id ``-1`` with
+            similarity ``-inf`` is a missing neighbour (an approximate index found
+            fewer than ``k``), never a candidate.
         query_mean: ``(n,)`` mean neighbour similarity of these queries
             (``knn_mean(sims)``).
         target_mean: ``(m,)`` mean neighbour similarity of every sentence of
-            the other side, indexed by ``ids``.
+            the other side, indexed by ``ids``; ``nan`` for a sentence that has
+            no neighbour itself (its pairs then use the query's mean alone).
         margin: a :class:`Margin` member or its value.
 
     Returns:
         ``(best_ids, best_scores)``: int64 ``(n,)`` id of the best-scoring
         neighbour of each query (first one on ties, like ``numpy.argmax``),
         and its float64 score
-        ``margin(sim, (query_mean[i] + target_mean[id]) / 2)``.
+        ``margin(sim, (query_mean[i] + target_mean[id]) / 2)``.  A query with
+        no neighbour present gets id ``-1`` and score ``nan`` (no candidate;
+        :func:`retrieve` skips it).
 
     Raises:
         UsageError: unknown margin, inconsistent shapes, ``k == 0`` with
-            ``n > 0``, or ids outside ``[0, m)`` (e.g. faiss's ``-1`` padding).
+            ``n > 0``, or ids outside ``[0, m)`` other than missing neighbours
+            (``-1`` with a finite similarity is an error).
     """
-    i, scores = _margin_matrix(sims, ids, query_mean, target_mean, margin)
+    i, scores, missing = _margin_matrix(sims, ids, query_mean, target_mean, margin)
     n = scores.shape[0]
     if n == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    col = scores.argmax(axis=1)
+    col, found = _best_columns(scores, missing)
     rows = np.arange(n)
-    return i[rows, col], scores[rows, col]
+    best, best_scores = i[rows, col], scores[rows, col]
+    if found is not None:
+        best, best_scores = np.where(found, best, -1), np.where(found, best_scores, np.nan)
+    return best, best_scores
+
+
+def _best_columns(scores: np.ndarray, missing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Column of each row's best score among its present neighbours (first on ties, as
+    ``numpy.argmax``), and which rows have a neighbour at all (None: every row has all of them)."""
+    if missing is None:
+        return scores.argmax(axis=1), None
+    present = ~missing
+    col = np.where(present, scores, -np.inf).argmax(axis=1)
+    found = present.any(axis=1)
+    rows = np.arange(scores.shape[0])
+    # every present score -inf (ratio over a zero mean): argmax may have landed on a missing slot
+    wrong = found & missing[rows, col]
+    if wrong.any():
+        col[wrong] = present[wrong].argmax(axis=1)
+    return col, found
 
 
 def best_candidates_with_decoy(
@@ -356,29 +391,46 @@ def best_candidates_with_decoy(
 
     Returns:
         ``(best_ids, best_scores, decoy_scores)``; ``decoy_scores`` is float64 ``(n,)``, ``nan``
-        for every query when ``k' == 1`` (no other neighbour).
+        for every query when ``k' == 1`` (no other neighbour), and for a query with fewer than two
+        neighbours present (missing neighbours, id ``-1``, are left out of its mean and its
+        candidates, as in :func:`best_candidates`).
     """
-    i, scores = _margin_matrix(sims, ids, query_mean, target_mean, margin)
+    i, scores, missing = _margin_matrix(sims, ids, query_mean, target_mean, margin)
     n, k = scores.shape
     if n == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
-    col = scores.argmax(axis=1)
+    col, found = _best_columns(scores, missing)
     rows = np.arange(n)
     best, best_scores = i[rows, col], scores[rows, col]
+    if found is not None:
+        best, best_scores = np.where(found, best, -1), np.where(found, best_scores, np.nan)
     if k == 1:
         return best, best_scores, np.full(n, np.nan)
+    if missing is not None:
+        s = np.asarray(sims, dtype=np.float64)
+        others = ~missing
+        others[rows, col] = False
+        count = others.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            other_mean = np.where(others, s, 0.0).sum(axis=1) / count
+            tm = np.asarray(target_mean, dtype=np.float64)
+            cand = apply_margin(s, _pair_mean(other_mean[:, None], tm[np.where(others, i, 0)]), margin)
+        decoy = np.where(others, cand, -np.inf).max(axis=1)
+        return best, best_scores, np.where(count > 0, decoy, np.nan)
     keep = np.ones((n, k), dtype=bool)
     keep[rows, col] = False
     other_sims = np.asarray(sims, dtype=np.float64)[keep].reshape(n, k - 1)
     other_ids = i[keep].reshape(n, k - 1)
     other_mean = other_sims.mean(axis=1)
     tm = np.asarray(target_mean, dtype=np.float64)
-    decoy = apply_margin(other_sims, (other_mean[:, None] + tm[other_ids]) / 2.0, margin).max(axis=1)
+    decoy = apply_margin(other_sims, _pair_mean(other_mean[:, None], tm[other_ids]), margin).max(axis=1)
     return best, best_scores, decoy
 
 
-def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids as int64, (n, k) margin scores)`` of :func:`best_candidates`, with its checks."""
+def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(ids as int64, (n, k) margin scores, missing)`` of :func:`best_candidates`, with its
+    checks. ``missing`` marks the missing neighbours (id -1, similarity -inf; their scores are
+    meaningless), or is None when every neighbour is present."""
     m = _as_margin(margin)
     s = np.asarray(sims, dtype=np.float64)
     i = np.asarray(ids)
@@ -396,16 +448,32 @@ def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarr
     if tm.ndim != 1:
         raise UsageError(f"target_mean must be 1-D, got shape {tm.shape}")
     if n == 0:
-        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float64)
+        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float64), None
     if k == 0:
         raise UsageError("no neighbours to choose from (k' = 0): the other side is empty")
     i = i.astype(np.int64, copy=False)
-    lo, hi = int(i.min()), int(i.max())
+    missing = (i == -1) & np.isneginf(s)
+    if missing.any():
+        lookup = np.where(missing, 0, i)
+    else:
+        missing, lookup = None, i
+    lo, hi = int(lookup.min()), int(lookup.max())
     if lo < 0 or hi >= tm.shape[0]:
         raise UsageError(
-            f"neighbour ids must lie in [0, {tm.shape[0]}), got range [{lo}, {hi}]"
+            f"neighbour ids must lie in [0, {tm.shape[0]}), got range [{int(i.min())}, {int(i.max())}]"
         )
-    return i, apply_margin(s, (qm[:, None] + tm[i]) / 2.0, m)
+    with np.errstate(invalid="ignore"):
+        scores = apply_margin(s, _pair_mean(qm[:, None], tm[lookup]), m)
+    return i, scores, missing
+
+
+def _pair_mean(query_mean: np.ndarray, target_mean: np.ndarray) -> np.ndarray:
+    """``(query_mean + target_mean) / 2``; where one of them is ``nan`` (a sentence for which an
+    approximate index found no neighbour: its neighbourhood is unknown) the other one alone."""
+    both = (query_mean + target_mean) / 2.0
+    if not np.isnan(both).any():
+        return both
+    return np.where(np.isnan(target_mean), query_mean, np.where(np.isnan(query_mean), target_mean, both))
 
 
 def _as_best(best: Any, scores: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -422,9 +490,10 @@ def _as_best(best: Any, scores: Any, name: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def _check_range(ids: np.ndarray, size: int, what: str) -> None:
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= size):
+    """``ids`` lie in ``[0, size)``, or are -1 (the sentence has no candidate)."""
+    if ids.size and (int(ids.min()) < -1 or int(ids.max()) >= size):
         raise UsageError(
-            f"{what} must lie in [0, {size}), got range [{int(ids.min())}, {int(ids.max())}]"
+            f"{what} must lie in [0, {size}) (or be -1: no candidate), got range [{int(ids.min())}, {int(ids.max())}]"
         )
 
 
@@ -489,7 +558,9 @@ def retrieve(
     """Turn per-sentence best candidates into mined pairs.
 
     Args:
-        fwd_best: int ``(n_x,)`` best target of each source sentence.
+        fwd_best: int ``(n_x,)`` best target of each source sentence, ``-1``
+            where it has none (no neighbour found; :func:`best_candidates`):
+            such a sentence proposes no pair, in any mode.
         fwd_scores: ``(n_x,)`` its margin score.
         bwd_best: int ``(n_y,)`` best source of each target sentence.
         bwd_scores: ``(n_y,)`` its margin score.
@@ -523,24 +594,27 @@ def retrieve(
 
     if mode is Retrieval.FWD:
         src = np.arange(n_x, dtype=np.int64)
-        return _finish(src, fb, fs, np.full(n_x, DIRECTION_FWD, np.int8), thr)
+        has = fb >= 0
+        return _finish(src[has], fb[has], fs[has], np.full(int(has.sum()), DIRECTION_FWD, np.int8), thr)
     if mode is Retrieval.BWD:
         tgt = np.arange(n_y, dtype=np.int64)
-        return _finish(bb, tgt, bs, np.full(n_y, DIRECTION_BWD, np.int8), thr)
+        has = bb >= 0
+        return _finish(bb[has], tgt[has], bs[has], np.full(int(has.sum()), DIRECTION_BWD, np.int8), thr)
 
     _check_range(fb, n_y, "fwd_best ids (targets)")
     _check_range(bb, n_x, "bwd_best ids (sources)")
+    fwd_has, bwd_has = fb >= 0, bb >= 0
 
     if mode is Retrieval.INTERSECT:
         src = np.arange(n_x, dtype=np.int64)
-        mutual = bb[fb] == src if n_x else np.zeros(0, dtype=bool)
+        mutual = fwd_has & (bb[np.where(fwd_has, fb, 0)] == src) if n_x and n_y else np.zeros(n_x, dtype=bool)
         src, tgt, sc = src[mutual], fb[mutual], fs[mutual]
         return _finish(src, tgt, sc, np.full(src.shape[0], DIRECTION_BOTH, np.int8), thr)
 
     # MAX: pool candidates, order deterministically, greedy one-to-one walk.
-    src = np.concatenate((np.arange(n_x, dtype=np.int64), bb))
-    tgt = np.concatenate((fb, np.arange(n_y, dtype=np.int64)))
-    sc = np.concatenate((fs, bs))
+    src = np.concatenate((np.arange(n_x, dtype=np.int64)[fwd_has], bb[bwd_has]))
+    tgt = np.concatenate((fb[fwd_has], np.arange(n_y, dtype=np.int64)[bwd_has]))
+    sc = np.concatenate((fs[fwd_has], bs[bwd_has]))
     order = _order(src, tgt, sc)
     src_l = src[order].tolist()
     tgt_l = tgt[order].tolist()

@@ -532,7 +532,8 @@ def knn_variant(job: Job, target: Side, dim: int | None = None) -> str:
     """What the kNN of a query shard depends on beyond k: the target's index and storage."""
     spec = side_index(job, target, dim)
     dtype = storage_dtype(job, target)
-    parts = ([] if spec.exact else [spec.name, f"p{spec.nprobe}"]) + ([] if dtype == "float32" else [dtype])
+    # "gaps": missing IVF neighbours are stored as id -1 / -inf (older files held placeholders)
+    parts = ([] if spec.exact else [spec.name, f"p{spec.nprobe}", "gaps"]) + ([] if dtype == "float32" else [dtype])
     if spec.kind == "ivfpq":
         parts.append(f"r{indexes.REFINE_FACTOR}")  # candidates re-scored with the stored vectors
     return "-".join(parts)
@@ -684,7 +685,7 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
             index = _load_index(art.root / info["index"], spec.nprobe)
             blocks = _mapped_blocks(art, manifest) if spec.kind == "ivfpq" else None
             sims, ids = indexes.search_side(index, spec, queries, k, blocks)
-            sims, ids = indexes.fill_missing(sims, ids)
+            sims, ids = indexes.mark_missing(sims, ids)  # missing neighbours: id -1, similarity -inf
         save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)

@@ -131,3 +131,37 @@ def test_config_masks_passwords(runner, home, monkeypatch):
     result = runner.invoke(main, ["config"])
     assert result.exit_code == 0
     assert "s3cret" not in result.output and "miner:***@db" in result.output
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg://miner:s3cret@db:5432/miner", "postgresql+psycopg://miner:***@db:5432/miner"),
+    ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+    ("postgresql://miner@db/miner?password=s3cret&sslmode=require",
+     "postgresql://miner@db/miner?password=***&sslmode=require"),
+    ("postgresql+psycopg://miner@db/miner?sslmode=require&PASSWORD=s3cret#x",
+     "postgresql+psycopg://miner@db/miner?sslmode=require&PASSWORD=***#x"),
+    ("redis://redis:6379/0?pass=s3cret;db=1", "redis://redis:6379/0?pass=***;db=1"),
+    ("sqs://?access_key=s3cret&secret_key=s3cret2&region=eu", "sqs://?access_key=***&secret_key=***&region=eu"),
+    ("https://h/b?X-Amz-Credential=s3cret&X-Amz-Signature=s3cret2&X-Amz-Date=1",
+     "https://h/b?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Date=1"),
+    ("https://h/?sig=s3cret&key=s3cret2&token=s3cret3&pwd=s3cret4&secret=s3cret5&sslpassword=s3cret6&keyword=ok",
+     "https://h/?sig=***&key=***&token=***&pwd=***&secret=***&sslpassword=***&keyword=ok"),
+    ("redis://:s3c@ret/x@redis/0", "redis://:***@redis/0"),  # unencoded '@' and '/' in the password
+    ("amqp://u:s3cret@h1;amqp://u:s3cret2@h2//", "amqp://u:***@h1;amqp://u:***@h2//"),
+    ("sqlite:////tmp/a@b/miner.db", "sqlite:////tmp/a@b/miner.db"),
+    ("redis://localhost:6379/0?db=1", "redis://localhost:6379/0?db=1"),
+])
+def test_mask_url_hides_every_credential_form(url, shown):
+    from miner.config import mask_url
+
+    assert mask_url(url) == shown
+    assert "s3c" not in mask_url(f"cannot connect to {url}: refused")
+
+
+def test_config_masks_query_string_passwords(runner, home, monkeypatch):
+    monkeypatch.setenv("MINER_DB_URL", "postgresql+psycopg://miner@db:5432/miner?password=s3cret")
+    monkeypatch.setenv("MINER_BROKER_URL", "redis://redis:6379/0?password=s3cret2")
+    result = runner.invoke(main, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    assert "miner?password=***" in result.output and "0?password=***" in result.output

@@ -183,13 +183,77 @@ def test_refine_rescores_pq_candidates_exactly():
     assert i2[0, 0] == 5 and i2[0, 1] == -1 and np.isneginf(s2[1]).all()
 
 
-def test_fill_missing_repeats_the_last_real_neighbour():
-    sims = np.array([[0.9, 0.5, -np.inf], [-np.inf, -np.inf, -np.inf], [0.8, 0.7, 0.6]], np.float32)
+def test_mark_missing_invents_no_neighbour():
+    sims = np.array([[0.9, 0.5, -3.4e38], [-np.inf, -np.inf, -np.inf], [0.8, 0.7, 0.6]], np.float32)
     ids = np.array([[3, 7, -1], [-1, -1, -1], [1, 2, 4]])
-    s, i = indexes.fill_missing(sims, ids)
-    assert i.tolist() == [[3, 7, 7], [0, 0, 0], [1, 2, 4]]
-    np.testing.assert_array_equal(s, np.array([[0.9, 0.5, 0.5], [-1, -1, -1], [0.8, 0.7, 0.6]], np.float32))
-    assert ids[0, 2] == -1  # the inputs are left alone
+    s, i = indexes.mark_missing(sims, ids)
+    assert i.tolist() == [[3, 7, -1], [-1, -1, -1], [1, 2, 4]]
+    assert np.isneginf(s[0, 2]) and np.isneginf(s[1]).all() and s[0, :2].tolist() == sims[0, :2].tolist()
+    assert sims[0, 2] == np.float32(-3.4e38)  # the inputs are left alone
+    assert indexes.fill_missing is indexes.mark_missing  # the former name does the same
+
+
+def near(rng, centre, n, spread=0.05):
+    x = centre + spread * rng.standard_normal((n, len(centre))).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("margin", ["ratio", "distance", "absolute"])
+def test_ivf_missing_neighbours_are_never_candidates(margin):
+    """Real IVF index with two lists, one of them empty: the target side holds three sentences,
+    all in list A. Sources 0-2 are their translations (near them, in list A), source 3 lies in
+    list B. With nprobe 1 and k 4, sources 0-2 find 3 of 4 neighbours and source 3 none at all.
+    The steps' sequence (search_side, mark_missing, knn_mean, best_candidates_with_decoy,
+    retrieve) must give source 3 no candidate, and means over the present neighbours only."""
+    rng = np.random.default_rng(3)
+    dim = 8
+    a, b = np.eye(dim, dtype=np.float32)[0], -np.eye(dim, dtype=np.float32)[0]
+    train = np.concatenate([near(rng, a, 100, 0.3), near(rng, b, 100, 0.3)])
+    y = near(rng, a, 3, 0.3)
+    x = np.concatenate([y + 0.02 * rng.standard_normal(y.shape).astype(np.float32), near(rng, b, 1)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    spec = indexes.IndexSpec("ivf", 2, 0, 1)
+    index = indexes.build_ivf(spec, dim, train, [y])
+    ivf = faiss.extract_index_ivf(index)
+    assert sorted(ivf.invlists.list_size(i) for i in range(2)) == [0, 3]  # one list is empty
+    k = 4
+    sims, ids = indexes.mark_missing(*indexes.search_side(index, spec, x, k, None))
+    assert (ids[:3] >= 0).sum(axis=1).tolist() == [3, 3, 3] and (ids[3] == -1).all()
+    assert np.isneginf(sims[ids < 0]).all()
+    # the backward direction (target -> source), exact, as a flat side would be searched
+    y2x_sim, y2x_ind = mining.knn(y, x, k)
+    x2y_mean, y2x_mean = mining.knn_mean(sims), mining.knn_mean(y2x_sim)
+    # means over the present neighbours only: the exact 3 neighbours of sources 0-2
+    exact_sims, _ = mining.knn(x[:3], y, 3)
+    np.testing.assert_allclose(x2y_mean[:3], exact_sims.astype(np.float64).mean(axis=1), rtol=1e-6)
+    assert np.isnan(x2y_mean[3])
+    fwd_best, fwd_scores, fwd_decoy = mining.best_candidates_with_decoy(sims, ids, x2y_mean, y2x_mean, margin)
+    assert fwd_best[3] == -1 and np.isnan(fwd_scores[3]) and np.isnan(fwd_decoy[3])
+    assert fwd_best[:3].tolist() == [0, 1, 2] and np.isfinite(fwd_scores[:3]).all()
+    plain_best, plain_scores = mining.best_candidates(sims, ids, x2y_mean, y2x_mean, margin)
+    assert plain_best.tolist() == fwd_best.tolist()
+    np.testing.assert_array_equal(plain_scores, fwd_scores)
+    # each decoy: the best margin among the 2 other present neighbours, with their own mean
+    for row in range(3):
+        others = [c for c in range(3) if ids[row, c] != fwd_best[row]]
+        o_sims = sims[row, others].astype(np.float64)
+        want = mining.apply_margin(o_sims, (o_sims.mean() + y2x_mean[ids[row, others]]) / 2, margin).max()
+        assert fwd_decoy[row] == pytest.approx(want)
+    # source 3 is every target's 4th neighbour: its unknown (nan) mean must not poison their scores
+    bwd_best, bwd_scores = mining.best_candidates(y2x_sim, y2x_ind, y2x_mean, x2y_mean, margin)
+    assert 3 in y2x_ind and np.isfinite(bwd_scores).all() and bwd_best.tolist() == [0, 1, 2]
+    for mode in ("max", "intersect", "fwd", "bwd"):
+        src, tgt, scores, _ = mining.retrieve(fwd_best, fwd_scores, bwd_best, bwd_scores, mode)
+        assert np.isfinite(scores).all(), mode
+        if mode != "bwd":
+            assert 3 not in src.tolist(), mode  # no pair made up for the query without neighbours
+        if mode in ("max", "intersect"):
+            assert sorted(zip(src.tolist(), tgt.tolist())) == [(0, 0), (1, 1), (2, 2)], mode
+
+
+def test_missing_neighbour_id_with_a_real_similarity_is_an_error():
+    with pytest.raises(UsageError, match="ids"):
+        mining.best_candidates(np.array([[0.5, -1.0]]), np.array([[0, -1]]), np.array([0.45]), np.ones(3), "ratio")
 
 
 def test_search_side_refines_only_pq(ivf_data):
