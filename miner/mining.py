@@ -11,6 +11,9 @@ similarity, the method works as follows:
 2. **Neighbourhood means.**  ``x2y_mean[i]`` is the mean similarity of ``x_i``
    to its ``k'`` neighbours, ``y2x_mean[j]`` that of ``y_j`` to its
    neighbours.  A sentence in a "dense" region (a hub) has a high mean.
+   An approximate (IVF) index may find fewer than ``k'`` neighbours: the missing
+   ones (id ``-1``, similarity ``-inf``) are left out of the mean and are never
+   candidates, and a sentence with none at all proposes no pair.
 3. **Margin scoring.**  A candidate pair is scored relative to the
    neighbourhoods of both of its sentences::
 
