@@ -19,7 +19,7 @@ import click
 
 from miner import defaults
 from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, available_cores, mask_url
-from miner.errors import JobFailed, MinerError, UsageError
+from miner.errors import JobFailed, MinerError, OutputClosed, UsageError
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -36,6 +36,8 @@ class MinerGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except OutputClosed:
+            _quiet_exit(ctx)
         except MinerError as exc:
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
@@ -46,6 +48,8 @@ class MinerGroup(click.Group):
             detail = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
             raise click.ClickException(f"database error{where}: {detail}") from None
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_gone():
+                _quiet_exit(ctx)  # e.g. `miner jobs | head`: click.echo met a closed pipe
             if exc.filename is None:
                 raise
             where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
@@ -66,6 +70,33 @@ class MinerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        events = poll.poll(0)
+    except (AttributeError, ValueError, OSError):  # not a real file (CliRunner), or no poll
+        return False
+    return any(event & select.POLLERR for _, event in events)
+
+
+def _quiet_exit(ctx: click.Context):
+    """End with status 0 and no message: the reader of standard output went away (``| head``), as
+    Unix tools do. Standard output is pointed at /dev/null first, so that the interpreter's final
+    flush of what is still buffered does not complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, ValueError, OSError):
+        pass
+    ctx.exit(0)
 
 
 def _config(ctx: click.Context) -> Config:

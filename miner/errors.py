@@ -5,7 +5,9 @@ Every error carries an ``exit_code`` so the CLI maps it in one place:
 * 2 -- bad options or arguments (click's own usage errors use 2 as well);
 * 3 -- bad input data (missing, empty, unreadable or non-text files);
 * 4 -- a model that cannot be resolved or loaded;
-* 1 -- anything else (a failed job, a database problem).
+* 1 -- anything else (a failed job, a database problem);
+* 0 -- :class:`OutputClosed`: the reader of standard output went away (``miner export ... | head``),
+  which ends the command quietly, as Unix tools do.
 """
 
 from __future__ import annotations
@@ -51,3 +53,9 @@ class JobCancelled(MinerError):
     """The job was cancelled, or failed in another task; its remaining tasks stop."""
 
     exit_code = 1
+
+
+class OutputClosed(MinerError):
+    """Standard output is a pipe whose reader has gone (``| head``): the command ends quietly."""
+
+    exit_code = 0

@@ -38,7 +38,7 @@ from sqlalchemy.orm import aliased
 from miner.artifacts import atomic_path
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, session_scope
-from miner.errors import JobNotFound, UsageError
+from miner.errors import JobNotFound, OutputClosed, UsageError
 from miner.filters import FilterChain, FilterOptions
 
 HEADER = "score\tsource\ttarget\n"
@@ -251,6 +251,10 @@ def export_pairs(
                         handles[0].write(source + "\n")
                         handles[1].write(target + "\n")
                     n += 1
+    except BrokenPipeError:
+        if "-" not in paths:
+            raise
+        raise OutputClosed(f"standard output was closed after {n} pairs") from None
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:

@@ -277,3 +277,50 @@ def test_langid_codes_and_warnings():
 def test_help(command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0 and "Usage: " in result.output
+
+
+# --------------------------------------------------------------------------- closed pipes
+
+
+def _miner_process(job, *args, stdout):
+    """A real `miner ARGS` process on the job's MINER_HOME, its standard output going to ``stdout``."""
+    import subprocess
+    import sys
+
+    from .conftest import miner_env
+
+    env = miner_env(job["folder"] / "home", MINER_THREADS="2")
+    return subprocess.Popen([sys.executable, "-m", "miner", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
+                            env=env, cwd=str(job["folder"]))
+
+
+@pytest.mark.parametrize("command", ["export", "jobs"])
+def test_writing_into_a_closed_pipe_ends_quietly(job, command):
+    """`miner export JOB -o - | head`: the reader goes away; the command ends with 0 and says nothing.
+    Here the pipe's read end is closed before the command writes, so every write meets a closed pipe."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    args = ["export", job["id"], "-o", "-"] if command == "export" else ["jobs"]
+    proc = _miner_process(job, *args, stdout=write_end)
+    os.close(write_end)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, stderr
+    assert "Error" not in stderr and "Traceback" not in stderr and "Exception" not in stderr, stderr
+
+
+def test_export_into_head_ends_quietly(job):
+    """A reader that takes one line and exits (as `head -n 1`): exit 0, no message, the line is a pair."""
+    import subprocess
+
+    proc = _miner_process(job, "export", job["id"], "-o", "-", stdout=subprocess.PIPE)
+    first = proc.stdout.readline().decode("utf-8")
+    proc.stdout.close()
+    proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode("utf-8", "replace")
+    assert proc.returncode == 0, stderr
+    assert "Error" not in stderr and "Traceback" not in stderr and "Exception" not in stderr, stderr
+    score, source, target = first.rstrip("\n").split("\t")
+    assert (float(score), source, target) == job["base"][0]
