@@ -265,6 +265,60 @@ def _threshold_choice(ctx: click.Context, spec, margin: str, asked) -> tuple[str
     return "auto", None, fixed
 
 
+def export_options(fn):
+    """The output options shared by ``export`` and ``mine``: where (``-o``, the format from the name or
+    ``--format``), the score floor, the header, probabilities and the filters (:mod:`miner.filters`)."""
+    decorators = [
+        click.option("-o", "--output", "output", required=True,
+                     help="Output file (.gz compresses, - for stdout; the file name prefix with --format moses)."),
+        click.option("--min-score", type=float, default=None,
+                     help="Keep pairs scoring at least this (default: the job's threshold, automatic or not; this wins)."),
+        click.option("--header", is_flag=True, help="Write a header line (score, source, target[, probability])."),
+        click.option("--with-probability", is_flag=True,
+                     help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "
+                          "(--threshold auto jobs; empty / null otherwise)."),
+        click.option("--min-probability", type=click.FloatRange(min=0, max=1), default=None,
+                     help="Drop pairs whose estimated probability is below P (--threshold auto jobs only)."),
+        click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "moses"]), default=None,
+                     help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line; default for "
+                          ".jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG)."),
+        click.option("--max-score", type=float, default=None, help="Drop pairs scoring above this (likely boilerplate)."),
+        click.option("--min-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side shorter than N characters."),
+        click.option("--max-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side longer than N characters."),
+        click.option("--max-length-ratio", type=click.FloatRange(min=1), default=None,
+                     help="Drop pairs whose longer side has more than R times the characters of the shorter."),
+        click.option("--drop-identical", is_flag=True, help="Drop pairs whose sides are equal ignoring case, spaces and punctuation."),
+        click.option("--drop-digit-mismatch", is_flag=True, help="Drop pairs whose numbers differ between the sides."),
+        click.option("--dedup", is_flag=True, help="Drop pairs equal to a better-scoring pair (ignoring case, spaces, punctuation)."),
+        click.option("--langid", is_flag=True, help="Drop pairs with a side not in the job's language for it (py3langid)."),
+        click.option("--langid-min-share", type=click.FloatRange(min=0, max=1, min_open=True), default=0.25, show_default=True,
+                     help="A side passes when its language's probability is at least this share of the top language's."),
+    ]
+    for decorator in reversed(decorators):
+        fn = decorator(fn)
+    return fn
+
+
+def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_probability, min_probability, fmt,
+            max_score, min_length, max_length, max_length_ratio, drop_identical, drop_digit_mismatch, dedup, langid,
+            langid_min_share, progress: bool = True) -> None:
+    """Write the job's pairs as ``export`` does (:func:`miner.export.export_pairs`), with its summary lines."""
+    from miner.export import export_pairs
+    from miner.filters import FilterOptions
+
+    filters = FilterOptions(min_score=min_score, max_score=max_score, min_probability=min_probability,
+                            min_length=min_length, max_length=max_length,
+                            max_length_ratio=max_length_ratio, drop_identical=drop_identical,
+                            drop_digit_mismatch=drop_digit_mismatch, langid=langid, langid_min_share=langid_min_share,
+                            dedup=dedup)
+    result = export_pairs(cfg, job_id, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=progress,
+                          with_probability=with_probability)
+    if result.summary:
+        click.echo(f"job {job_id} {result.summary}", err=True)
+    where = " and ".join(result.paths)
+    click.echo(f"job {job_id}: {result.written} pairs written to {where}", err=True)
+
+
 def _send(cfg: Config, job_id: int) -> None:
     from workers.workflows import submit
 
@@ -273,27 +327,27 @@ def _send(cfg: Config, job_id: int) -> None:
 
 @main.command()
 @job_options
-@click.option("-o", "--output", "output", required=True, help="Where to write the TSV (.gz compresses, - for stdout).")
-@click.option("--min-score", type=float, default=None,
-              help="Export pairs scoring at least this (default: the job's threshold; wins over it).")
-@click.option("--header", is_flag=True, help="Write a header line.")
-@click.option("--with-probability", is_flag=True,
-              help="Add a 4th column: the estimated probability that the pair is a translation (auto jobs; "
-                   "empty otherwise).")
+@export_options
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local worker processes to start when no worker is running.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Tasks in parallel per local worker (default: the number of cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def mine(ctx, output, min_score, header, with_probability, n_workers, concurrency, quiet, src, tgt, **opts):
-    """Mine SRC against TGT and write the pairs to a TSV (blocking).
+def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
+    """Mine SRC against TGT and write the pairs (blocking).
 
     Starts local worker processes when none is running, shows progress per stage, exports when
-    done. Output lines: score<TAB>source<TAB>target, best first.
+    done, as `miner export` does: TSV lines score<TAB>source<TAB>target, best first (JSONL for
+    .jsonl names, or --format), with the same filters.
     """
-    from miner.export import export_tsv
+    export_names = ("min_score", "header", "with_probability", "min_probability", "fmt", "max_score", "min_length",
+                    "max_length", "max_length_ratio", "drop_identical", "drop_digit_mismatch", "dedup", "langid",
+                    "langid_min_share")
+    export_opts = {name: opts.pop(name) for name in export_names}
+    from miner.export import check_output
 
+    check_output(output, export_opts["fmt"], export_opts["header"], export_opts["with_probability"])  # before mining
     job_id, existing = _prepare_job(ctx, src, tgt, **opts)
     cfg = _db(ctx)
     click.echo(f"job {job_id}", err=True)
@@ -316,17 +370,16 @@ def mine(ctx, output, min_score, header, with_probability, n_workers, concurrenc
     try:
         _raise_if_failed(status)
         asked = opts.get("threshold")
-        if existing and min_score is None and isinstance(asked, float):
-            min_score = asked  # the threshold asked for now, not the one of the earlier job
-        elif existing and min_score is None and asked == "auto" and status["threshold"]["method"] in ("fixed",
-                                                                                                      "calibrated"):
+        if existing and export_opts["min_score"] is None and isinstance(asked, float):
+            export_opts["min_score"] = asked  # the threshold asked for now, not the one of the earlier job
+        elif (existing and export_opts["min_score"] is None and asked == "auto"
+              and status["threshold"]["method"] in ("fixed", "calibrated")):
             warn(f"job {job_id} was mined with a {status['threshold']['method']} threshold "
                  f"{status['threshold']['value']:g}, which is used; --threshold auto applies to new jobs "
                  f"(--force mines again)")
-        n = export_tsv(cfg, job_id, output, min_score=min_score, header=header, with_probability=with_probability)
         _print_skips(status)
-        _print_threshold(status, min_score)
-        click.echo(f"job {job_id}: {n} pairs written to {output}", err=True)
+        _print_threshold(status, export_opts["min_score"])
+        _export(cfg, job_id, output, progress=not quiet, **export_opts)
         if output != "-":
             click.echo(job_id)
     finally:
@@ -669,53 +722,16 @@ def jobs(ctx, as_json, limit):
 
 @main.command()
 @click.argument("job", type=int)
-@click.option("-o", "--output", "output", required=True,
-              help="Output file (.gz compresses, - for stdout; the file name prefix with --format moses).")
-@click.option("--min-score", type=float, default=None,
-              help="Keep pairs scoring at least this (default: the job's threshold, automatic or not; this wins).")
-@click.option("--header", is_flag=True, help="Write a header line (score, source, target[, probability]).")
-@click.option("--with-probability", is_flag=True,
-              help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "
-                   "(--threshold auto jobs; empty / null otherwise).")
-@click.option("--min-probability", type=click.FloatRange(min=0, max=1), default=None,
-              help="Drop pairs whose estimated probability is below P (--threshold auto jobs only).")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "moses"]), default=None,
-              help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line; default for "
-                   ".jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG).")
-@click.option("--max-score", type=float, default=None, help="Drop pairs scoring above this (likely boilerplate).")
-@click.option("--min-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side shorter than N characters.")
-@click.option("--max-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side longer than N characters.")
-@click.option("--max-length-ratio", type=click.FloatRange(min=1), default=None,
-              help="Drop pairs whose longer side has more than R times the characters of the shorter.")
-@click.option("--drop-identical", is_flag=True, help="Drop pairs whose sides are equal ignoring case, spaces and punctuation.")
-@click.option("--drop-digit-mismatch", is_flag=True, help="Drop pairs whose numbers differ between the sides.")
-@click.option("--dedup", is_flag=True, help="Drop pairs equal to a better-scoring pair (ignoring case, spaces, punctuation).")
-@click.option("--langid", is_flag=True, help="Drop pairs with a side not in the job's language for it (py3langid).")
-@click.option("--langid-min-share", type=click.FloatRange(min=0, max=1, min_open=True), default=0.25, show_default=True,
-              help="A side passes when its language's probability is at least this share of the top language's.")
+@export_options
 @click.pass_context
-def export(ctx, job, output, min_score, header, with_probability, min_probability, fmt, max_score, min_length,
-           max_length, max_length_ratio, drop_identical, drop_digit_mismatch, dedup, langid, langid_min_share):
+def export(ctx, job, output, **options):
     """Write JOB's pairs as score<TAB>source<TAB>target, best first.
 
     By default the pairs at or above the job's threshold (the cut it chose: automatic, a number, or
     calibrated); --min-score replaces it. Optional filters each count the pairs they remove in one
     summary line on stderr.
     """
-    from miner.export import export_pairs
-    from miner.filters import FilterOptions
-
-    filters = FilterOptions(min_score=min_score, max_score=max_score, min_probability=min_probability,
-                            min_length=min_length, max_length=max_length,
-                            max_length_ratio=max_length_ratio, drop_identical=drop_identical,
-                            drop_digit_mismatch=drop_digit_mismatch, langid=langid, langid_min_share=langid_min_share,
-                            dedup=dedup)
-    result = export_pairs(_db(ctx), job, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=True,
-                          with_probability=with_probability)
-    if result.summary:
-        click.echo(f"job {job} {result.summary}", err=True)
-    where = " and ".join(result.paths)
-    click.echo(f"job {job}: {result.written} pairs written to {where}", err=True)
+    _export(_db(ctx), job, output, **options)
 
 
 def _gold_options(fn):

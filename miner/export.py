@@ -161,6 +161,23 @@ def moses_paths(out: str, src_lang: str, tgt_lang: str) -> tuple[str, str]:
     return f"{base}.{a}{gz}", f"{base}.{b}{gz}"
 
 
+def check_output(out: str, fmt: str | None = None, header: bool = False, with_probability: bool = False) -> str:
+    """The output format (``fmt``, else from the name: :func:`infer_format`), or a UsageError when the
+    options do not fit it or the output's folder does not exist. ``miner mine`` calls it before mining."""
+    fmt = fmt or infer_format(out)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if header and fmt != "tsv":
+        raise UsageError("--header applies to TSV output only")
+    if with_probability and fmt == "moses":
+        raise UsageError("--with-probability applies to TSV and JSONL output, not moses")
+    if fmt == "moses" and out == "-":
+        moses_paths(out, "src", "tgt")  # raises: moses writes two files
+    if out != "-" and not Path(out).parent.exists():
+        raise UsageError(f"cannot write {out}: folder {Path(out).parent} does not exist")
+    return fmt
+
+
 @dataclass
 class ExportResult:
     written: int
@@ -186,13 +203,7 @@ def export_pairs(
     :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability."""
     from miner.jobs import effective_threshold
 
-    fmt = fmt or infer_format(out)
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if header and fmt != "tsv":
-        raise UsageError("--header applies to TSV output only")
-    if with_probability and fmt == "moses":
-        raise UsageError("--with-probability applies to TSV and JSONL output, not moses")
+    fmt = check_output(out, fmt, header, with_probability)
     job = load_done_job(cfg, job_id)
     filters = filters or FilterOptions()
     if filters.min_probability is not None and not has_probabilities(cfg, job_id):

@@ -324,3 +324,60 @@ def test_export_into_head_ends_quietly(job):
     assert "Error" not in stderr and "Traceback" not in stderr and "Exception" not in stderr, stderr
     score, source, target = first.rstrip("\n").split("\t")
     assert (float(score), source, target) == job["base"][0]
+
+
+# --------------------------------------------------------------------------- mine writes as export does
+
+
+@pytest.fixture
+def mined_again(job):
+    """Make `miner mine` on the job's files and options find the job (as it finds a job it mined
+    itself: same request key), so that `mine` only exports, with no worker to start."""
+    from sqlalchemy import update
+
+    from miner.db import Job, session_scope
+    from miner.encoders import resolve_model
+    from miner.jobs import JobOptions, request_key
+    from miner.reader import file_digest
+
+    options = JobOptions(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key)
+    key = request_key(file_digest(job["src"]), file_digest(job["tgt"]), options)
+    with session_scope(job["cfg"].db_url) as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(request_key=key))
+
+    def mine(*args):
+        result = CliRunner().invoke(main, ["mine", str(job["src"]), str(job["tgt"]), "--src-lang", "de", "--tgt-lang",
+                                           "en", "--threshold", "1.05", "-q", *map(str, args)])
+        assert f"job {job['id']} (done) already mines these files" in result.output, result.output
+        return result
+
+    return mine
+
+
+def test_mine_writes_what_export_writes(job, mined_again):
+    folder = job["folder"]
+    # A .jsonl name gives JSONL, as with export.
+    result = mined_again("-o", folder / "mined.jsonl")
+    assert result.exit_code == 0, result.output
+    exported, _ = export(job, name="exported.jsonl")
+    records = [json.loads(line) for line in (folder / "mined.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["src"], r["tgt"]) for r in records] == pairs(job["base"])
+    assert (folder / "mined.jsonl").read_bytes() == exported.read_bytes()
+    # --format moses: two files named by the languages
+    result = mined_again("-o", folder / "mined", "--format", "moses")
+    assert result.exit_code == 0, result.output
+    assert f"written to {folder / 'mined'}.de and {folder / 'mined'}.en" in result.output
+    assert list(zip(read_lines(folder / "mined.de"), read_lines(folder / "mined.en"))) == pairs(job["base"])
+    # A filter: --drop-identical removes the identical pair, with export's summary line
+    result = mined_again("-o", folder / "mined.tsv", "--drop-identical")
+    assert result.exit_code == 0, result.output
+    kept = read_tsv(folder / "mined.tsv")
+    assert IDENTICAL in pairs(job["base"]) and IDENTICAL not in pairs(kept)
+    assert pairs(kept) == [p for p in pairs(job["base"]) if p != IDENTICAL]
+    assert "filters:" in result.output and "identical: -1" in result.output
+    # Bad output options are refused before anything is mined.
+    for args in (["-o", "-", "--format", "moses"], ["-o", folder / "x.jsonl", "--header"]):
+        result = CliRunner().invoke(main, ["mine", str(job["src"]), str(job["tgt"]), "--src-lang", "de",
+                                           "--tgt-lang", "en", "--threshold", "1.05", *map(str, args)])
+        assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+        assert "already mines" not in result.output
