@@ -149,7 +149,7 @@ class ThresholdType(click.ParamType):
 
 
 THRESHOLD_HELP = (
-    "Keep pairs scoring >= this: a number, or auto (each job estimates its own cut from its score "
+    "Keep pairs scoring >= this (equal scores are kept; LASER keeps > only): a number, or auto (each job estimates its own cut from its score "
     "distribution, no gold needed). Default: the threshold `miner calibrate` stored for the model and "
     "margin, else auto. A number, a calibrated threshold and `export --min-score` take precedence over auto; "
     "auto falls back to the model's fixed default (muse/ratio 1.05) when the scores allow no estimate, "
@@ -272,7 +272,8 @@ def export_options(fn):
         click.option("-o", "--output", "output", required=True,
                      help="Output file (.gz compresses, - for stdout; the file name prefix with --format moses)."),
         click.option("--min-score", type=float, default=None,
-                     help="Keep pairs scoring at least this (default: the job's threshold, automatic or not; this wins)."),
+                     help="Keep pairs scoring >= this (equal scores are kept; LASER keeps > only). Default: the job's "
+                          "threshold, automatic or not; this wins."),
         click.option("--header", is_flag=True, help="Write a header line (score, source, target[, probability])."),
         click.option("--with-probability", is_flag=True,
                      help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "

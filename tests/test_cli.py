@@ -165,3 +165,25 @@ def test_config_masks_query_string_passwords(runner, home, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output
     assert "miner?password=***" in result.output and "0?password=***" in result.output
+
+
+def test_threshold_semantics_are_documented(runner):
+    """Scores equal to the threshold are kept (>=), unlike LASER's mine_bitexts.py (>): the help of
+    --threshold and --min-score and the README's options table say so, and retrieve does it."""
+    import numpy as np
+
+    from miner import mining
+
+    from .conftest import ROOT
+
+    for command, option in (("mine", "--threshold NUMBER|auto"), ("submit", "--threshold NUMBER|auto"),
+                            ("mine", "--min-score FLOAT"), ("export", "--min-score FLOAT")):
+        text = " ".join(runner.invoke(main, [command, "--help"]).output.split())
+        described = text[text.index(option):]
+        assert "scoring >= this (equal scores are kept; LASER keeps > only)" in described[:200], (command, option)
+    row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `--threshold`"))
+    assert "score >= threshold (a score equal to it is kept; LASER's `mine_bitexts.py` keeps only scores > threshold)" in row
+    src, _, scores, _ = mining.retrieve(np.array([0, 1]), np.array([1.25, 1.0]), np.zeros(0, int), np.zeros(0), "fwd",
+                                        threshold=1.25)
+    assert src.tolist() == [0] and scores.tolist() == [1.25]
