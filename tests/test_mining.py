@@ -320,14 +320,19 @@ def test_mine_accepts_float64_and_noncontiguous_input():
 # --------------------------------------------------------------------------- sharding
 
 
+def knn_both_ways(x: np.ndarray, y: np.ndarray, k: int):
+    """(x2y_sim, x2y_ind, y2x_sim, y2x_ind, x2y_mean, y2x_mean) by exact search."""
+    x2y_sim, x2y_ind = mining.knn(x, y, k)
+    y2x_sim, y2x_ind = mining.knn(y, x, k)
+    return x2y_sim, x2y_ind, y2x_sim, y2x_ind, mining.knn_mean(x2y_sim), mining.knn_mean(y2x_sim)
+
+
 @pytest.mark.parametrize("margin", MARGINS)
 def test_sharded_best_candidates_equal_unsharded(margin):
     rng = np.random.default_rng(20)
     x, y = embeddings(rng, 53, 32, 0.2), embeddings(rng, 41, 32, 0.2)
     k = 5
-    x2y_sim, x2y_ind = mining.knn(x, y, k)
-    y2x_sim, y2x_ind = mining.knn(y, x, k)
-    x2y_mean, y2x_mean = mining.knn_mean(x2y_sim), mining.knn_mean(y2x_sim)
+    x2y_sim, x2y_ind, y2x_sim, y2x_ind, x2y_mean, y2x_mean = knn_both_ways(x, y, k)
     full_fwd = mining.best_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
     full_bwd = mining.best_candidates(y2x_sim, y2x_ind, y2x_mean, x2y_mean, margin)
 
@@ -395,9 +400,7 @@ def test_best_candidates_with_decoy_leaves_the_best_out(margin):
     rng = np.random.default_rng(21)
     x, y = embeddings(rng, 37, 16, 0.3), embeddings(rng, 29, 16, 0.3)
     k = 4
-    x2y_sim, x2y_ind = mining.knn(x, y, k)
-    y2x_sim, y2x_ind = mining.knn(y, x, k)
-    x2y_mean, y2x_mean = mining.knn_mean(x2y_sim), mining.knn_mean(y2x_sim)
+    x2y_sim, x2y_ind, y2x_sim, y2x_ind, x2y_mean, y2x_mean = knn_both_ways(x, y, k)
     best, scores, decoy = mining.best_candidates_with_decoy(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
     want_best, want_scores = mining.best_candidates(x2y_sim, x2y_ind, x2y_mean, y2x_mean, margin)
     np.testing.assert_array_equal(best, want_best)
