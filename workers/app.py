@@ -101,12 +101,16 @@ def _init_child(**kwargs) -> None:
         # `miner mine` knows its job's model: load it while the job is still being ingested.
         import threading
 
+        trust = os.environ.get("MINER_PRELOAD_TRUST_REMOTE_CODE") == "1"  # the job's --trust-remote-code
+
         def preload() -> None:
             from miner import steps
+            from miner.encoders import trusting
             from workers.tasks import config
 
             try:
-                steps.model_for(config(), model)
+                with trusting(trust):
+                    steps.model_for(config(), model)
             except Exception as exc:  # the embed task will report it properly
                 log.warning("could not preload model %s: %s", model, exc)
 

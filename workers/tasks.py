@@ -50,13 +50,23 @@ def is_transient(exc: BaseException) -> bool:
         return False
 
 
+def _trusts_remote_code(cfg: Config, job_id: int) -> bool:
+    """The job's --trust-remote-code: whether its model may run code of its own when loaded here."""
+    from miner.jobs import get_job
+
+    return bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
+
+
 def _run(task, fn, stage: str, job_id: int, *args):
     from workers.workflows import advance
+
+    from miner.encoders import trusting
 
     cfg = config()
     try:
         beat = max(0.5, min(steps.HEARTBEAT_SECONDS, cfg.stall_seconds / 3))
-        with steps.leased(cfg, job_id, stage, steps.unit_name(stage, args), interval=beat):
+        trust = stage == "embed" and _trusts_remote_code(cfg, job_id)
+        with trusting(trust), steps.leased(cfg, job_id, stage, steps.unit_name(stage, args), interval=beat):
             result = fn(cfg, job_id, *args)
         advance(cfg, job_id, stage)
         return result

@@ -1,0 +1,103 @@
+"""--trust-remote-code is opt-in: a local model directory never runs code of its own unless asked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from miner.cli import main
+from miner.config import Config
+from miner.encoders import encode, load_kwargs, load_model, resolve_model, trusting
+from miner.errors import ModelError
+from miner.jobs import get_job
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+CUSTOM_MODULE = '''
+from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+
+class MarkedStatic(StaticEmbedding):
+    """A custom module class: importing and building it is the model running its own code."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from tiny_encoder import build_tiny_encoder
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return build_tiny_encoder(tmp_path_factory.mktemp("models") / "tiny", dim=16, check=False)
+
+
+@pytest.fixture
+def custom(tiny, tmp_path) -> Path:
+    """The tiny model, with its module replaced by a class that lives in the model directory."""
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny, folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["type"] = "custom_static.MarkedStatic"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "custom_static.py").write_text(CUSTOM_MODULE)
+    return folder
+
+
+def test_local_directory_loads_without_trusting_its_code(tiny):
+    spec = resolve_model(str(tiny))
+    assert load_kwargs(spec)["trust_remote_code"] is False
+    assert load_kwargs(spec, trust_remote_code=True)["trust_remote_code"] is True
+    model = load_model(spec)  # a plain sentence-transformers directory needs no remote code
+    vectors = encode(model, ["Hallo Welt", "Hello world"])
+    assert vectors.shape == (2, 16)
+
+
+def test_custom_code_needs_the_flag(custom):
+    spec = resolve_model(str(custom))
+    with pytest.raises(ModelError, match="--trust-remote-code") as caught:
+        load_model(spec)
+    assert "custom_static.MarkedStatic" in str(caught.value)
+    with trusting(False), pytest.raises(ModelError, match="--trust-remote-code"):
+        load_model(spec)
+
+
+def test_submit_refuses_custom_code_without_the_flag(home, custom):
+    runner = CliRunner()
+    args = ["submit", str(EXAMPLES / "sample.de"), str(EXAMPLES / "sample.en"), "--src-lang", "de",
+            "--tgt-lang", "en", "--model", str(custom)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 4, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--trust-remote-code" in errors[0], result.output
+    listed = runner.invoke(main, ["jobs", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.output) == []  # no job was created
+
+    result = runner.invoke(main, [*args, "--trust-remote-code"])
+    assert result.exit_code == 0, result.output
+    job_id = int(result.output.strip().splitlines()[-1])
+    assert get_job(Config.from_env(), job_id).options["trust_remote_code"] is True
+
+
+def test_submit_records_no_trust_by_default(home, tiny):
+    result = CliRunner().invoke(main, ["submit", str(EXAMPLES / "sample.de"), str(EXAMPLES / "sample.en"),
+                                       "--src-lang", "de", "--tgt-lang", "en", "--model", str(tiny)])
+    assert result.exit_code == 0, result.output
+    job_id = int(result.output.strip().splitlines()[-1])
+    assert get_job(Config.from_env(), job_id).options["trust_remote_code"] is False
+
+
+def test_help_mentions_the_flag():
+    for command in ("mine", "submit"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert "--trust-remote-code" in result.output
