@@ -123,6 +123,13 @@ def main() -> None:
     Configuration comes from MINER_HOME, MINER_DB_URL, MINER_BROKER_URL, MINER_RESULT_BACKEND and
     MINER_ARTIFACTS; with none set, everything lives under one folder and no server is needed.
     """
+    private_files()
+
+
+def private_files() -> None:
+    """Files and folders this process creates (database, logs, artifacts, broker messages, outputs)
+    are for its user only: 0600 / 0700. The database holds whole corpora."""
+    os.umask(0o077)
 
 
 # --------------------------------------------------------------------------- job options

@@ -53,6 +53,7 @@ class CelerySettings:
 
 
 def make_app(cfg: Config | None = None) -> Celery:
+    os.umask(0o077)  # database, logs, artifacts: for this user only (also under `celery -A workers.app`)
     cfg = cfg or Config.from_env()
     cfg.ensure_dirs()
     celery_app = Celery("miner", include=["workers.tasks"])
