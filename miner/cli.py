@@ -335,9 +335,22 @@ def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_pr
 
 
 def _send(cfg: Config, job_id: int) -> None:
+    """Send the job's first tasks. When the broker cannot be reached, the job is marked failed (not
+    left queued, where nothing would ever pick it up and a new submit would call it a duplicate),
+    and ``miner retry JOB`` sends it again."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from miner.steps import mark_failed
     from workers.workflows import submit
 
-    submit(job_id, cfg)
+    try:
+        submit(job_id, cfg)
+    except (BrokerError, ConnectionError, TimeoutError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = (f"could not reach the broker at {mask_url(cfg.broker_url)}: {detail}; "
+                   f"`miner retry {job_id}` sends it again once the broker is up")
+        mark_failed(cfg, job_id, message)
+        raise JobFailed(f"job {job_id}: {message}") from None
 
 
 @main.command()
