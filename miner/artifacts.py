@@ -50,6 +50,26 @@ class Artifacts:
         return self.root / "jobs" / f"{job_id:08d}" / f"{direction}-{_span(start, end)}.npz"
 
 
+#: The umask this process had before :func:`make_private` (None when it was never called).
+_user_umask: int | None = None
+
+
+def make_private() -> None:
+    """Files and folders this process creates from now on (database, logs, artifacts, broker
+    messages) are for its user only: 0600 / 0700. The database holds whole corpora. Outputs the user
+    names (export, report) get the user's own mode back through :func:`as_user_file`."""
+    global _user_umask
+    previous = os.umask(0o077)
+    if _user_umask is None:
+        _user_umask = previous
+
+
+def as_user_file(path: Path) -> None:
+    """Give a file the user asked for (``-o``) the mode the user's umask gives, not miner's own 0600."""
+    if _user_umask is not None:
+        os.chmod(path, 0o666 & ~_user_umask)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds."""

@@ -127,9 +127,11 @@ def main() -> None:
 
 
 def private_files() -> None:
-    """Files and folders this process creates (database, logs, artifacts, broker messages, outputs)
-    are for its user only: 0600 / 0700. The database holds whole corpora."""
-    os.umask(0o077)
+    """Files and folders this process creates (database, logs, artifacts, broker messages) are for
+    its user only: 0600 / 0700; outputs named with -o keep the user's usual mode."""
+    from miner.artifacts import make_private
+
+    make_private()
 
 
 # --------------------------------------------------------------------------- job options

@@ -35,7 +35,7 @@ from typing import IO, Callable, Iterator
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from miner.artifacts import atomic_path
+from miner.artifacts import as_user_file, atomic_path
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, session_scope
 from miner.errors import JobNotFound, OutputClosed, UsageError
@@ -144,6 +144,7 @@ def _open_out(out: str) -> Iterator[IO[str]]:
         else:
             with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                 yield fh
+        as_user_file(tmp)
 
 
 def infer_format(out: str) -> str:

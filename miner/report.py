@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from miner.artifacts import atomic_path
+from miner.artifacts import as_user_file, atomic_path
 from miner.config import Config
 from miner.db import Candidate, Corpus, Sentence, session_scope
 from miner.errors import UsageError
@@ -230,8 +230,10 @@ def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str 
     page = _html(job, corpora, summary, bands, png, scores)
     with atomic_path(png_path) as tmp:
         tmp.write_bytes(png)
+        as_user_file(tmp)
     with atomic_path(html_path) as tmp:
         tmp.write_text(page, encoding="utf-8")
+        as_user_file(tmp)
     return summary
 
 

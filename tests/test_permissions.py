@@ -27,3 +27,5 @@ def test_mine_creates_private_files_and_folders(tmp_path):
     exposed = [f"{p.relative_to(home.parent)} {stat.filemode(p.stat().st_mode)}" for p in paths
                if not p.is_symlink() and p.stat().st_mode & 0o077]
     assert exposed == []
+    # What the user asked for with -o keeps the user's own umask (022 here): 0644, as any tool writes.
+    assert stat.S_IMODE((tmp_path / "pairs.tsv").stat().st_mode) == 0o644
