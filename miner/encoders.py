@@ -37,6 +37,11 @@ ALIASES = ("muse", "minilm")
 _TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("miner_trust_remote_code", default=False)
 
 
+def trust_in_effect() -> bool:
+    """The --trust-remote-code value that :func:`load_model` uses here (see :func:`trusting`)."""
+    return _TRUST_REMOTE_CODE.get()
+
+
 @contextlib.contextmanager
 def trusting(flag: bool):
     """Within the block, :func:`load_model` (called without ``trust_remote_code``) uses ``flag``."""

@@ -481,21 +481,24 @@ def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
 
 # --------------------------------------------------------------------------- embed / index / knn / score
 
-_models: dict[str, object] = {}
+_models: dict[tuple[str, bool], object] = {}
 _models_lock = threading.Lock()
 
 
 def model_for(cfg: Config, name: str):
     """The loaded model ``name`` (one per worker process at a time; thread-safe, so a preload
-    thread and the first embed task never load it twice)."""
-    from miner.encoders import load_model, resolve_model
+    thread and the first embed task never load it twice). Keyed by the trust in effect too
+    (:func:`miner.encoders.trusting`), so a model loaded for a job that trusts its code is never
+    reused for a job that does not."""
+    from miner.encoders import load_model, resolve_model, trust_in_effect
 
     spec = resolve_model(name)
+    key = (spec.key, trust_in_effect())
     with _models_lock:
-        if spec.key not in _models:
+        if key not in _models:
             _models.clear()
-            _models[spec.key] = load_model(spec, threads=cfg.threads or 1, device=cfg.device)
-        return _models[spec.key]
+            _models[key] = load_model(spec, threads=cfg.threads or 1, device=cfg.device)
+        return _models[key]
 
 
 def _model(cfg: Config, job: Job):

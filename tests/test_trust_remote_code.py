@@ -101,3 +101,16 @@ def test_help_mentions_the_flag():
     for command in ("mine", "submit"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert "--trust-remote-code" in result.output
+
+
+def test_a_worker_never_reuses_a_trusted_load_for_a_job_without_trust(custom, tmp_path):
+    """The worker's model cache is keyed by the trust in effect: a model loaded for a job that passed
+    --trust-remote-code is not handed to a job that did not; that job gets the clear error."""
+    from miner import steps
+
+    cfg = Config.from_env()
+    with trusting(True):
+        trusted = steps.model_for(cfg, str(custom))
+        assert steps.model_for(cfg, str(custom)) is trusted  # the same job's next task reuses it
+    with trusting(False), pytest.raises(ModelError, match="--trust-remote-code"):
+        steps.model_for(cfg, str(custom))
