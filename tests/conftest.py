@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated MINER_HOME folders, the shared Tatoeba data, running the real CLI."""
+"""Shared fixtures: isolated MINER_HOME folders, the Tatoeba test data (tests/data), running the real CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TATOEBA = SHARED / "data" / "tatoeba"
-DISTRACTORS = SHARED / "data" / "distractors.eng"
+# Test data inside the repository (tests/data/README.md: source and licence), so a clone alone passes.
+TATOEBA = ROOT / "tests" / "data" / "tatoeba"
+DISTRACTORS = TATOEBA / "distractors.eng"  # the first 5,000 lines of the shared distractors
 
 MINER_VARS = ("MINER_HOME", "MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND", "MINER_ARTIFACTS", "MINER_THREADS")
 

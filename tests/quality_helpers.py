@@ -1,5 +1,5 @@
 """Helpers of the quality-tool tests: mine a job in-process (no Celery) and build BUCC-style cases
-from the shared Tatoeba data with their gold files."""
+from the Tatoeba test data (tests/data) with their gold files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`miner eval`, `miner calibrate` and `miner report` on the shared Tatoeba deu/fra/spa cases with
+"""`miner eval`, `miner calibrate` and `miner report` on the Tatoeba deu/fra/spa cases (tests/data) with
 5,000 English distractors each, mined once per language in-process with the real MUSE model.
 
 Every figure `miner eval` prints is recomputed here from `miner export` output and the Tatoeba
