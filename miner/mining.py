@@ -346,15 +346,21 @@ def best_candidates(
             (``-1`` with a finite similarity is an error).
     """
     i, scores, missing = _margin_matrix(sims, ids, query_mean, target_mean, margin)
-    n = scores.shape[0]
-    if n == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    _, best, best_scores = _pick_best(i, scores, missing)
+    return best, best_scores
+
+
+def _pick_best(i: np.ndarray, scores: np.ndarray, missing: np.ndarray | None):
+    """``(column, id, score)`` of each row's best present neighbour; id -1 and score ``nan`` for a
+    row with no neighbour present."""
+    if scores.shape[0] == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     col, found = _best_columns(scores, missing)
-    rows = np.arange(n)
+    rows = np.arange(scores.shape[0])
     best, best_scores = i[rows, col], scores[rows, col]
     if found is not None:
         best, best_scores = np.where(found, best, -1), np.where(found, best_scores, np.nan)
-    return best, best_scores
+    return col, best, best_scores
 
 
 def _best_columns(scores: np.ndarray, missing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -400,34 +406,19 @@ def best_candidates_with_decoy(
     """
     i, scores, missing = _margin_matrix(sims, ids, query_mean, target_mean, margin)
     n, k = scores.shape
-    if n == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
-    col, found = _best_columns(scores, missing)
-    rows = np.arange(n)
-    best, best_scores = i[rows, col], scores[rows, col]
-    if found is not None:
-        best, best_scores = np.where(found, best, -1), np.where(found, best_scores, np.nan)
-    if k == 1:
+    col, best, best_scores = _pick_best(i, scores, missing)
+    if n == 0 or k == 1:
         return best, best_scores, np.full(n, np.nan)
-    if missing is not None:
-        s = np.asarray(sims, dtype=np.float64)
-        others = ~missing
-        others[rows, col] = False
-        count = others.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            other_mean = np.where(others, s, 0.0).sum(axis=1) / count
-            tm = np.asarray(target_mean, dtype=np.float64)
-            cand = apply_margin(s, _pair_mean(other_mean[:, None], tm[np.where(others, i, 0)]), margin)
-        decoy = np.where(others, cand, -np.inf).max(axis=1)
-        return best, best_scores, np.where(count > 0, decoy, np.nan)
-    keep = np.ones((n, k), dtype=bool)
-    keep[rows, col] = False
-    other_sims = np.asarray(sims, dtype=np.float64)[keep].reshape(n, k - 1)
-    other_ids = i[keep].reshape(n, k - 1)
-    other_mean = other_sims.mean(axis=1)
-    tm = np.asarray(target_mean, dtype=np.float64)
-    decoy = apply_margin(other_sims, _pair_mean(other_mean[:, None], tm[other_ids]), margin).max(axis=1)
-    return best, best_scores, decoy
+    others = np.ones((n, k), dtype=bool) if missing is None else ~missing
+    others[np.arange(n), col] = False
+    s = np.asarray(sims, dtype=np.float64)
+    count = others.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        other_mean = np.where(others, s, 0.0).sum(axis=1) / count
+        tm = np.asarray(target_mean, dtype=np.float64)
+        cand = apply_margin(s, _pair_mean(other_mean[:, None], tm[np.where(others, i, 0)]), margin)
+    decoy = np.where(others, cand, -np.inf).max(axis=1)
+    return best, best_scores, np.where(count > 0, decoy, np.nan)
 
 
 def _margin_matrix(sims, ids, query_mean, target_mean, margin) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
