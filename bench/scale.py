@@ -33,7 +33,7 @@ The same functions the product's steps use, streaming shard by shard (``miner/st
 * index: an IVF side gets ``training_sample`` (from memory-mapped shards), ``build_ivf`` (trained on
   the sample, the shards added one at a time), ``faiss.write_index``; an exact side needs nothing;
 * kNN, both directions: per query shard, ``miner.indexes.search_side`` on the other side's index loaded with
-  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``miner.indexes.fill_missing`` for IVF
+  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``miner.indexes.mark_missing`` for IVF
   ``-1`` ids, or ``knn_blocks`` over the other side's shard files for an exact side; each result is
   saved as ``.npz`` as the product does;
 * score: ``knn_mean`` per shard, then ``best_candidates`` per query shard with the other side's
@@ -102,7 +102,7 @@ from miner import mining  # noqa: E402
 from miner.artifacts import load_npz, save_npz  # noqa: E402
 from miner.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
 from miner.indexes import (  # noqa: E402
-    build_ivf, choose_index, fill_missing, read_index, search_side, train_size, training_sample,
+    build_ivf, choose_index, mark_missing, read_index, search_side, train_size, training_sample,
 )
 
 DATA_VERSION = 1
@@ -394,7 +394,7 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
         else:
             sims, ids = search_side(index, spec, queries, k, mapped, timings)
             missing_rows += int((ids < 0).any(axis=1).sum())
-            sims, ids = fill_missing(sims, ids)
+            sims, ids = mark_missing(sims, ids)
         save_npz(out / f"{span(start, end)}.npz", sims=sims, ids=ids)
         results.append((sims, ids))
     del index

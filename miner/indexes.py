@@ -322,8 +322,6 @@ def mark_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
     return sims, ids
 
 
-fill_missing = mark_missing  # its former name (it used to invent placeholder neighbours)
-
 
 def read_index(path: str, nprobe: int):
     """Load a built index, memory-mapped where FAISS allows (its inverted lists stay on disk)."""

@@ -190,7 +190,6 @@ def test_mark_missing_invents_no_neighbour():
     assert i.tolist() == [[3, 7, -1], [-1, -1, -1], [1, 2, 4]]
     assert np.isneginf(s[0, 2]) and np.isneginf(s[1]).all() and s[0, :2].tolist() == sims[0, :2].tolist()
     assert sims[0, 2] == np.float32(-3.4e38)  # the inputs are left alone
-    assert indexes.fill_missing is indexes.mark_missing  # the former name does the same
 
 
 def near(rng, centre, n, spread=0.05):
