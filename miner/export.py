@@ -9,13 +9,14 @@ Formats (``--format``; by default ``.jsonl``/``.jsonl.gz`` names give JSONL, any
   at full precision, the line numbers 1-based in the original input files (as ``miner eval`` reads
   BUCC ids); ``.gz`` compresses. ``--with-probability`` adds ``"probability"`` (null when none).
 
-The score floor defaults to the job's threshold (:func:`miner.jobs.effective_threshold`: the cut the
-job chose, automatic or not); ``--min-score`` replaces it. Probabilities are estimated by
-``--threshold auto`` jobs only (``candidates.probability``); ``--min-probability`` needs them.
 * ``moses`` -- two line-aligned plain-text files ``OUT.SRC_LANG`` and ``OUT.TGT_LANG`` with the job's
   (normalised, ISO 639-1 where one exists) language codes as suffixes, e.g. ``-o corpus`` gives
   ``corpus.de`` and ``corpus.en``; ``-o corpus.gz`` gives ``corpus.de.gz`` and ``corpus.en.gz``.
   When both languages are the same, the suffixes are ``src`` and ``tgt``.
+
+The score floor defaults to the job's threshold (:func:`miner.jobs.effective_threshold`: the cut the
+job chose, automatic or not); ``--min-score`` replaces it. Probabilities are estimated by
+``--threshold auto`` jobs only (``candidates.probability``); ``--min-probability`` needs them.
 
 Files appear only when complete (written to a temporary name, then renamed). Filters: see
 :mod:`miner.filters`.
