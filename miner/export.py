@@ -8,7 +8,6 @@ Formats (``--format``; by default ``.jsonl``/``.jsonl.gz`` names give JSONL, any
 * ``jsonl`` -- one object per line: ``{"score", "src", "tgt", "src_line", "tgt_line"}``, the score
   at full precision, the line numbers 1-based in the original input files (as ``miner eval`` reads
   BUCC ids); ``.gz`` compresses. ``--with-probability`` adds ``"probability"`` (null when none).
-
 * ``moses`` -- two line-aligned plain-text files ``OUT.SRC_LANG`` and ``OUT.TGT_LANG`` with the job's
   (normalised, ISO 639-1 where one exists) language codes as suffixes, e.g. ``-o corpus`` gives
   ``corpus.de`` and ``corpus.en``; ``-o corpus.gz`` gives ``corpus.de.gz`` and ``corpus.en.gz``.
