@@ -383,14 +383,20 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
     click.echo(f"job {job_id}", err=True)
     started = []
     try:
-        if not (existing and _status_dict(cfg, job_id)["state"] == "done") and not _workers_alive():
-            from miner.jobs import get_job
+        from miner.jobs import get_job
 
-            trust = bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
-            started = _start_workers(cfg, n_workers, concurrency, model=opts.get("model"), trust_remote_code=trust)
+        trust = bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
+
+        def start_local() -> list:
+            return _start_workers(cfg, n_workers, concurrency, model=opts.get("model"), trust_remote_code=trust)
+
+        if not (existing and _status_dict(cfg, job_id)["state"] == "done") and not _workers_alive(cfg=cfg):
+            started = start_local()
         if not existing:
             _send(cfg, job_id)
-        status = _watch(cfg, job_id, quiet=quiet, workers=started)
+        # Without workers of its own, `mine` relies on others (`miner worker`, another `mine`): when
+        # they go away before the job is done, it starts its own.
+        status = _watch(cfg, job_id, quiet=quiet, workers=started, start_local=None if started else start_local)
         _signal_workers(started)  # they shut down while the export runs
     except KeyboardInterrupt:
         _stop_workers(started)
@@ -429,7 +435,7 @@ def submit(ctx, src, tgt, **opts):
         click.echo(job_id)
         return
     _send(_config(ctx), job_id)
-    if not _workers_alive():
+    if not _workers_alive(cfg=_config(ctx)):
         warn("no worker answered; the job waits in the queue until you start one with `miner worker`")
     click.echo(job_id)
 
@@ -470,11 +476,13 @@ def _print_skips(status: dict) -> None:
 # --------------------------------------------------------------------------- workers
 
 
-def _workers_alive(timeout: float = 1.0) -> list:
+def _workers_alive(timeout: float = 1.0, cfg: Config | None = None) -> list:
     """Names of the workers that answer a ping (empty when none, or the transport cannot broadcast)."""
     try:
-        from workers.app import app
+        from workers.app import app, use_config
 
+        if cfg is not None:
+            use_config(cfg)
         replies = app.control.ping(timeout=timeout) or []
         return [name for reply in replies for name in reply]
     except Exception:
@@ -567,7 +575,7 @@ def workers(ctx, timeout, as_json):
     if cfg.broker_url.startswith(("sqla+", "sqlalchemy+")):
         raise UsageError(f"the broker {mask_url(cfg.broker_url)} cannot broadcast, so workers cannot be pinged; "
                          "`miner status JOB` shows the workers seen by a job")
-    names = sorted(_workers_alive(timeout))
+    names = sorted(_workers_alive(timeout, cfg=cfg))
     if as_json:
         click.echo(json.dumps(names))
     else:
@@ -681,11 +689,17 @@ def _update_bars(bars: dict, status: dict) -> None:
             bar.refresh()
 
 
-def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | None = None, interval: float = 0.5) -> dict:
-    """Show one progress bar per stage until the job finishes; returns the final status."""
+def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | None = None, interval: float = 0.5,
+           start_local=None, check_every: float = 5.0) -> dict:
+    """Show one progress bar per stage until the job finishes; returns the final status.
+
+    ``workers``: local worker processes; an error when all of them exit before the job is done.
+    ``start_local``: when given (no local workers yet), every ``check_every`` seconds the workers
+    are pinged, and when none answers, ``start_local()`` starts local ones (added to ``workers``)."""
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
+    next_check = time.monotonic() + check_every
     try:
         while True:
             status = _status_dict(cfg, job_id)
@@ -693,6 +707,16 @@ def _watch(cfg: Config, job_id: int, *, quiet: bool = False, workers: list | Non
                 _update_bars(bars, status)
             if status["state"] in FINISHED:
                 return status
+            if start_local is not None and not workers and time.monotonic() >= next_check:
+                if not _workers_alive(cfg=cfg):
+                    status = _status_dict(cfg, job_id)
+                    if status["state"] in FINISHED:
+                        return status
+                    if workers is not None:
+                        workers.extend(start_local())
+                    else:
+                        workers = start_local()
+                next_check = time.monotonic() + check_every
             if workers and all(p.poll() is not None for p in workers):
                 status = _status_dict(cfg, job_id)  # a task may have finished the job as they exited
                 if status["state"] in FINISHED:

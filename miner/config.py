@@ -3,7 +3,8 @@
 Every piece lives under ``MINER_HOME`` by default, so a laptop needs no servers:
 
 * database: SQLite at ``$MINER_HOME/miner.db``            (``MINER_DB_URL``)
-* broker: kombu's ``filesystem://`` transport in ``$MINER_HOME/broker``  (``MINER_BROKER_URL``)
+* broker: a private Redis server on a Unix socket, started and stopped as needed, with its data in
+  ``$MINER_HOME/broker`` (:mod:`miner.broker`; ``MINER_BROKER_URL`` points elsewhere)
 * result backend: SQLite at ``$MINER_HOME/results.db``      (``MINER_RESULT_BACKEND``)
 * artifacts (embeddings, indexes, kNN results): ``$MINER_HOME/artifacts``  (``MINER_ARTIFACTS``)
 
@@ -20,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from miner import broker
 from miner.errors import UsageError
 
 EMBED_QUEUE = "embed"
@@ -29,7 +31,7 @@ DEFAULT_QUEUE = "miner"
 ENV_VARS = {
     "MINER_HOME": "folder for the embedded database, broker, logs and artifacts",
     "MINER_DB_URL": "SQLAlchemy URL of the database (sqlite:///..., postgresql+psycopg://...)",
-    "MINER_BROKER_URL": "Celery broker (filesystem://, redis://host:6379/0, sqla+sqlite:///...)",
+    "MINER_BROKER_URL": "Celery broker (redis://host:6379/0, ...; unset: a private Redis server under MINER_HOME)",
     "MINER_RESULT_BACKEND": "Celery result backend (not used for flow control)",
     "MINER_ARTIFACTS": "folder for embeddings, indexes and kNN results, shared by all workers",
     "MINER_THREADS": "BLAS/torch/FAISS threads per worker process",
@@ -156,7 +158,7 @@ class Config:
         values = dict(
             home=home,
             db_url=env.get("MINER_DB_URL") or f"sqlite:///{home / 'miner.db'}",
-            broker_url=env.get("MINER_BROKER_URL") or "filesystem://",
+            broker_url=env.get("MINER_BROKER_URL") or broker.url_for(home),
             result_backend=env.get("MINER_RESULT_BACKEND") or f"db+sqlite:///{home / 'results.db'}",
             artifacts=Path(env.get("MINER_ARTIFACTS") or home / "artifacts").expanduser().absolute(),
             threads=_int_env(env, "MINER_THREADS", None),
@@ -176,7 +178,8 @@ class Config:
 
     @property
     def broker_folder(self) -> Path:
-        """Folder of the filesystem transport (used only when the broker is ``filesystem://``)."""
+        """Folder of the embedded broker (its Redis data, locks and log) or of the ``filesystem://``
+        transport."""
         return self.home / "broker"
 
     @property
@@ -185,15 +188,19 @@ class Config:
 
     @property
     def is_embedded(self) -> bool:
-        """True when the broker needs no server (filesystem or SQLAlchemy transport)."""
-        return self.broker_url.startswith(("filesystem://", "sqla+", "sqlalchemy+"))
+        """True when the broker needs no server to be started by hand (the embedded Redis server, or
+        the filesystem or SQLAlchemy transport)."""
+        return broker.is_embedded_url(self.broker_url) or self.broker_url.startswith(
+            ("filesystem://", "sqla+", "sqlalchemy+"))
 
     def ensure_dirs(self) -> None:
         """Create the local folders this configuration points at."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.log_folder.mkdir(parents=True, exist_ok=True)
-        if self.broker_url.startswith("filesystem://"):
+        if broker.is_embedded_url(self.broker_url):
+            self.broker_folder.mkdir(parents=True, exist_ok=True)
+        elif self.broker_url.startswith("filesystem://"):
             for sub in ("queue", "processed", "control"):
                 (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
         for url in (self.db_url, self.result_backend):

@@ -97,6 +97,8 @@ def load_kwargs(spec: "ModelSpec", *, device: str | None = None, trust_remote_co
     kwargs = {"device": device, "trust_remote_code": bool(trust_remote_code)}
     if spec.kind == "path":
         kwargs["local_files_only"] = True
+    if spec.revision:
+        kwargs["revision"] = spec.revision  # the hub commit the key names, not whatever is newest
     return kwargs
 
 
@@ -108,8 +110,11 @@ class ModelSpec:
         name: the value the user gave.
         kind: ``alias``, ``path`` or ``hub``.
         location: the alias, the absolute directory or the hub id.
-        key: a short, file-name-safe identity used in artifact cache keys.
+        key: a short, file-name-safe identity used in artifact cache keys: it names the model's
+            content (package version, digest of a directory's files, hub commit), so a changed
+            model never reuses the embeddings or kNN results of the old one.
         languages: the languages the model is known to support, or None when unknown.
+        revision: the hub commit a hub model is loaded at (None for the others).
     """
 
     name: str
@@ -117,6 +122,7 @@ class ModelSpec:
     location: str
     key: str
     languages: frozenset | None = None
+    revision: str | None = None
 
 
 def _slug(text: str) -> str:
@@ -152,11 +158,11 @@ def resolve_model(name: str) -> ModelSpec:
                 f"--model {name}: {path} is not a sentence-transformers model directory "
                 "(no modules.json or config.json in it)"
             )
-        resolved = str(path.resolve())
-        digest = hashlib.sha1(resolved.encode()).hexdigest()[:10]
-        return ModelSpec(name, "path", resolved, f"path-{_slug(path.name)}-{digest}")
-    if _hub_available(name):
-        return ModelSpec(name, "hub", name, f"hub-{_slug(name)}")
+        resolved = path.resolve()
+        return ModelSpec(name, "path", str(resolved), f"path-{_slug(resolved.name)}-{directory_digest(resolved)[:16]}")
+    revision = _hub_revision(name)
+    if revision:
+        return ModelSpec(name, "hub", name, f"hub-{_slug(name)}-{revision[:12]}", revision=revision)
     raise ModelError(
         f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), not a local model directory, "
         "and not in the Hugging Face cache or reachable on the hub; pass --model muse, or the path of a "
@@ -164,24 +170,51 @@ def resolve_model(name: str) -> ModelSpec:
     )
 
 
-def _hub_available(repo_id: str) -> bool:
-    """True when ``repo_id`` is in the local HF cache, or (online) exists on the hub."""
+_file_digests: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime, inode) in this process."""
+    info = path.stat()
+    stamp = (str(path), info.st_size, info.st_mtime_ns, info.st_ino)
+    if stamp not in _file_digests:
+        with open(path, "rb") as f:
+            _file_digests[stamp] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _file_digests[stamp]
+
+
+def directory_digest(path: Path) -> str:
+    """sha256 over the names and contents of every file in a model directory (weights, configs,
+    tokenizer; hidden files and folders such as ``.git`` or ``.cache`` left out)."""
+    digest = hashlib.sha256()
+    files = []
+    for root, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(root) / n for n in names if not n.startswith(".")]
+    for file in sorted(files, key=lambda f: f.relative_to(path).as_posix()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of ``repo_id`` that would be loaded: the one in the local HF cache, else (online)
+    the newest on the hub; None when neither has it."""
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(repo_id, local_files_only=True)
-        return True
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+        if re.fullmatch(r"[0-9a-f]{40}", snapshot.name):
+            return snapshot.name
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
+        return None
     try:
         from huggingface_hub import model_info
 
-        model_info(repo_id, timeout=10)
-        return True
+        return model_info(repo_id, timeout=10).sha or None
     except Exception:
-        return False
+        return None
 
 
 def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from miner.db import get_engine
@@ -52,16 +54,46 @@ def downgrade(url: str, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
+@contextlib.contextmanager
+def _sqlite_lock(url: str):
+    """An exclusive lock (flock) on ``<database>.lock`` beside a SQLite file."""
+    import fcntl
+
+    from miner.config import sqlite_path
+
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ensure_schema(url: str) -> None:
     """Check that the database is at head. The embedded default (a new, empty SQLite file) is
     created here so that a laptop needs no set-up; any other database changes schema only through
     ``miner db upgrade``."""
-    current, head = current_revision(url), head_revision()
-    if current == head:
-        return
-    if current is None and url.startswith("sqlite") and not _has_tables(url):
-        upgrade(url)
-        return
+    head = head_revision()
+    if url.startswith("sqlite"):
+        # Several processes may meet a new embedded database at once (`miner worker` started beside
+        # the first `submit`): one creates it (and switches it to WAL) while the others wait, then
+        # find it at head.
+        with _sqlite_lock(url):
+            current = current_revision(url)
+            if current == head:
+                return
+            if current is None and not _has_tables(url):
+                upgrade(url)
+                return
+    else:
+        current = current_revision(url)
+        if current == head:
+            return
     from miner.config import mask_url
     from miner.errors import MinerError
 

@@ -335,9 +335,9 @@ def _html(job, corpora: dict, summary: dict, bands: list[Band], png: bytes, scor
                    '<th>source</th><th class="num">tgt line</th><th>target</th></tr>')
         for p in b.sample:
             out.append(f"<tr><td class=\"num\">{p['score']:.4f}</td><td class=\"num\">{p['src_line']}</td>"
-                       f"<td class=\"text\" lang=\"{e(job.src_lang)}\">{e(p['src'])}</td>"
+                       f"<td class=\"text\" lang=\"{e(job.src_lang)}\" dir=\"auto\">{e(p['src'])}</td>"
                        f"<td class=\"num\">{p['tgt_line']}</td>"
-                       f"<td class=\"text\" lang=\"{e(job.tgt_lang)}\">{e(p['tgt'])}</td></tr>")
+                       f"<td class=\"text\" lang=\"{e(job.tgt_lang)}\" dir=\"auto\">{e(p['tgt'])}</td></tr>")
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -42,7 +42,7 @@ from miner.db import (
     session_scope,
     utcnow,
 )
-from miner.errors import InputFileError, JobCancelled, MinerError
+from miner.errors import InputFileError, JobCancelled, MinerError, ModelError
 from miner.reader import ReadStats, batched, check_input_file, file_digest, read_sentences
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def missing_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
     return [args for args in stage_units(cfg, job_id, stage) if unit_name(stage, args) not in done]
 
 
-def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False) -> list[str]:
+def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now: dt.datetime | None = None) -> list[str]:
     """Find active jobs with no sign of life for ``stall_seconds`` and send their missing tasks
     again (tasks lost with a killed worker, a restarted broker, or a hand-over that failed to send).
 
@@ -285,8 +285,9 @@ def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False) -> 
     queued tasks; while it does, a quiet job is probably only waiting its turn, so it is left alone
     unless it has been quiet for ten times ``stall_seconds``. Safe to run in every worker at once:
     each stalled job is claimed by one sweeper (compare-and-set on ``jobs.swept_at``). Re-sent
-    tasks that were not lost after all only find their unit done."""
-    now = utcnow()
+    tasks that were not lost after all only find their unit done. ``now``: the time to judge by
+    (default: the clock; tests pass a later one instead of waiting)."""
+    now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=stall_seconds)
     active = [JobState.QUEUED.value, JobState.RUNNING.value]
     with session_scope(cfg.db_url) as s:
@@ -413,7 +414,8 @@ def _describe_stats(stats: dict) -> str:
 
 def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) -> tuple[int, bool]:
     """Find or create the corpus row. Returns (id, True) when it is ready to reuse, (id, False) when
-    this caller must fill it. Waits while another live task is filling it."""
+    this caller must fill it. Waits while another live task is filling it; takes over one whose
+    filler stopped beating, with a compare-and-set so that only one caller takes it over."""
     from sqlalchemy.exc import IntegrityError
 
     while True:
@@ -430,17 +432,41 @@ def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) ->
                 return corpus.id, False
             if corpus.state == CorpusState.READY.value:
                 return corpus.id, True
-            age = (utcnow() - corpus.heartbeat_at).total_seconds()
-            if age > STALE_INGEST_SECONDS:
-                # The task that was filling it died: take over.
-                corpus.heartbeat_at = utcnow()
-                return corpus.id, False
+            corpus_id, seen = corpus.id, corpus.heartbeat_at
+        if (utcnow() - seen).total_seconds() > STALE_INGEST_SECONDS and _take_over(cfg, corpus_id, seen):
+            return corpus_id, False  # the task that was filling it died
         time.sleep(1.0)
+
+
+def _take_over(cfg: Config, corpus_id: int, seen) -> bool:
+    """Compare-and-set on the heartbeat: True for the one caller that moves it on from ``seen``."""
+    with session_scope(cfg.db_url) as s:
+        moved = s.execute(
+            update(Corpus)
+            .where(Corpus.id == corpus_id, Corpus.heartbeat_at == seen, Corpus.state != CorpusState.READY.value)
+            .values(heartbeat_at=utcnow())
+        ).rowcount
+    return moved == 1
+
+
+def _beat_corpus(s, corpus_id: int, beat):
+    """Move the corpus's heartbeat on from ``beat`` (ours); raise when another task took it over."""
+    now = utcnow()
+    if now <= beat:
+        now = beat + dt.timedelta(microseconds=1)
+    moved = s.execute(update(Corpus).where(Corpus.id == corpus_id, Corpus.heartbeat_at == beat)
+                      .values(heartbeat_at=now)).rowcount
+    if moved != 1:
+        raise JobCancelled(f"corpus {corpus_id} was taken over by another task while this one filled it; "
+                           "that task fills it")
+    return now
 
 
 def _fill_corpus(cfg: Config, corpus_id: int, path: str, settings: dict) -> None:
     stats = ReadStats()
     with session_scope(cfg.db_url) as s:
+        beat = s.scalar(select(Corpus.heartbeat_at).where(Corpus.id == corpus_id))
+        beat = _beat_corpus(s, corpus_id, beat)
         s.execute(delete(Sentence).where(Sentence.corpus_id == corpus_id))
     sentences = read_sentences(
         path, max_chars=settings["max_chars"], on_decode_error=settings["on_decode_error"], stats=stats
@@ -450,13 +476,14 @@ def _fill_corpus(cfg: Config, corpus_id: int, path: str, settings: dict) -> None
         rows = [{"corpus_id": corpus_id, "idx": idx + i, "line_no": ln, "text": text} for i, (ln, text) in enumerate(batch)]
         idx += len(rows)
         with session_scope(cfg.db_url) as s:
+            beat = _beat_corpus(s, corpus_id, beat)  # first: a task that lost the corpus writes nothing
             s.execute(insert(Sentence), rows)
-            s.execute(update(Corpus).where(Corpus.id == corpus_id).values(heartbeat_at=utcnow()))
     with session_scope(cfg.db_url) as s:
+        beat = _beat_corpus(s, corpus_id, beat)
         s.execute(
             update(Corpus)
             .where(Corpus.id == corpus_id)
-            .values(state=CorpusState.READY.value, n_sentences=idx, stats=stats.as_dict(), heartbeat_at=utcnow())
+            .values(state=CorpusState.READY.value, n_sentences=idx, stats=stats.as_dict())
         )
 
 
@@ -485,14 +512,21 @@ _models: dict[tuple[str, bool], object] = {}
 _models_lock = threading.Lock()
 
 
-def model_for(cfg: Config, name: str):
+def model_for(cfg: Config, name: str, expected_key: str | None = None):
     """The loaded model ``name`` (one per worker process at a time; thread-safe, so a preload
-    thread and the first embed task never load it twice). Keyed by the trust in effect too
+    thread and the first embed task never load it twice). Keyed by the model's content
+    (:attr:`ModelSpec.key`: a retrained model is loaded anew) and by the trust in effect
     (:func:`miner.encoders.trusting`), so a model loaded for a job that trusts its code is never
-    reused for a job that does not."""
+    reused for a job that does not.
+
+    ``expected_key``: the key the job recorded at submit; a model whose content changed since
+    raises :class:`ModelError` (its embeddings would be stored under the old model's key)."""
     from miner.encoders import load_model, resolve_model, trust_in_effect
 
     spec = resolve_model(name)
+    if expected_key is not None and spec.key != expected_key:
+        raise ModelError(f"model {name!r} changed since the job was submitted (it was {expected_key}, it is now "
+                         f"{spec.key}); submit the job again (--force) to mine with the new model")
     key = (spec.key, trust_in_effect())
     with _models_lock:
         if key not in _models:
@@ -502,7 +536,7 @@ def model_for(cfg: Config, name: str):
 
 
 def _model(cfg: Config, job: Job):
-    return model_for(cfg, job.model)
+    return model_for(cfg, job.model, expected_key=job.options["model_key"])
 
 
 def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:
@@ -556,7 +590,6 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
-    job.options["model_key"]
     path = _embeddings(Artifacts(cfg.artifacts), job, corpus, start, end)
     reused = path.exists()
     if not reused:

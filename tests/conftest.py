@@ -43,6 +43,16 @@ def run_miner(home: Path, *args: str, timeout: float = 600, **extra: str) -> sub
     )
 
 
+@pytest.fixture(autouse=True)
+def _release_embedded_brokers():
+    """A test that used an embedded broker in-process stops counting as its user when it ends, so
+    that broker's supervisor stops it (as it does when a `miner` process exits)."""
+    yield
+    from miner import broker
+
+    broker.release_all()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh MINER_HOME for in-process use (CliRunner, library calls)."""
@@ -52,6 +62,17 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MINER_HOME", str(path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return path
+
+
+def no_crash(result) -> None:
+    """Fail when a CliRunner invocation crashed. CliRunner catches an uncaught exception into
+    ``result.exception`` (the output never holds its traceback); a clean exit, with or without an
+    error message, leaves a SystemExit there or nothing."""
+    import traceback
+
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else repr(result.exception)
+        raise AssertionError(f"the command crashed:\n{trace}\noutput:\n{result.output}")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -91,7 +112,7 @@ def precision_recall(rows, gold) -> tuple[float, float]:
 
 @pytest.fixture(scope="session")
 def deu_embedded(tmp_path_factory) -> dict:
-    """`miner mine` on the embedded default (SQLite, filesystem broker, one local worker, default
+    """`miner mine` on the embedded default (SQLite, the embedded Redis broker, one local worker, default
     shard size): Tatoeba deu against its English partners + 5,000 distractors. Shared by the
     quality test and as the reference of the cluster test."""
     folder = tmp_path_factory.mktemp("deu_embedded")

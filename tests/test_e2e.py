@@ -1,4 +1,4 @@
-"""End to end through real Celery worker processes on the embedded default (SQLite + filesystem broker)."""
+"""End to end through real Celery worker processes on the embedded default (SQLite + the embedded Redis broker)."""
 
 from __future__ import annotations
 
@@ -79,14 +79,11 @@ def test_submit_worker_status_export_retry_cancel(tmp_path):
         assert result.returncode == 0, result.stderr
         job_id = _job_id(result)
 
-        snapshots = []
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            status = _status(home, job_id)
-            snapshots.append(status)
-            if status["state"] in ("done", "failed", "cancelled"):
-                break
-            time.sleep(0.3)
+        # Every update until the job ends, as `miner status --watch --json` prints them.
+        watched = run_miner(home, "status", job_id, "--watch", "--json", "--interval", "0.2", timeout=300)
+        assert watched.returncode == 0, watched.stderr
+        snapshots = [json.loads(line) for line in watched.stdout.splitlines()]
+        status = _status(home, job_id)
         assert status["state"] == "done", status
         # Progress was visible while the job ran: a running snapshot with a stage partly done.
         running = [s for s in snapshots if s["state"] == "running"]
@@ -128,14 +125,19 @@ def test_submit_worker_status_export_retry_cancel(tmp_path):
         assert status["candidates_stored"] == stored
         assert status["attempt"] == 2
 
-        # Cancel a queued job, then retry it to completion.
+        # Cancel a queued job (no worker runs, so it cannot end first), then retry it to completion.
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
         result = run_miner(home, "submit", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
                            "--margin", "distance")
         job2 = _job_id(result)
+        assert _status(home, job2)["state"] == "queued"
         cancel = run_miner(home, "cancel", job2)
         assert cancel.returncode == 0 and f"job {job2} cancelled" in cancel.stdout
-        time.sleep(3)
-        assert _status(home, job2)["state"] == "cancelled"
+        cancelled = _status(home, job2)
+        assert cancelled["state"] == "cancelled" and cancelled["pairs"] == 0
+        worker = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "2"],
+                                  env=miner_env(home), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
         result = run_miner(home, "retry", job2, "--wait", timeout=300)
         assert result.returncode == 0, result.stderr
         assert _status(home, job2)["state"] == "done"

@@ -3,15 +3,17 @@ never duplicate, and a second job reuses the corpora, embeddings and kNN of the 
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import time
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from miner import mining, steps
 from miner.config import Config
-from miner.db import Candidate, Corpus, Sentence, session_scope
+from miner.db import Candidate, Corpus, JobLease, Sentence, session_scope, utcnow
 from miner.encoders import encode, load_model, resolve_model
 from miner.artifacts import Artifacts
 from miner.export import export_tsv
@@ -218,29 +220,35 @@ def test_sweep_resends_lost_tasks_and_lost_hand_overs(cfg, tmp_path, muse):
     sent = []
     assert steps.hand_over(cfg, job_id, None, "ingest", lambda stage, units: None)  # both tasks lost
     resend = lambda job, stage, units: sent.append((job, stage, list(units)))  # noqa: E731
+    # The sweeps judge by a given clock, 2 s on from now, instead of waiting for it.
     assert steps.sweep(cfg, resend, stall_seconds=60) == []  # not quiet long enough
-    time.sleep(1.2)
-    assert steps.sweep(cfg, resend, stall_seconds=1, queue_busy=lambda: True) == []  # waiting its turn
-    actions = steps.sweep(cfg, resend, stall_seconds=1)
+    later = utcnow() + dt.timedelta(seconds=2)
+    assert steps.sweep(cfg, resend, stall_seconds=1, queue_busy=lambda: True, now=later) == []  # waiting its turn
+    actions = steps.sweep(cfg, resend, stall_seconds=1, now=later)
     assert sent == [(job_id, "ingest", [("src",), ("tgt",)])] and "2 missing ingest" in actions[0]
-    assert steps.sweep(cfg, resend, stall_seconds=1) == []  # just swept: quiet again only later
+    assert steps.sweep(cfg, resend, stall_seconds=1, now=later) == []  # just swept: quiet again only later
 
     steps.ingest(cfg, job_id, "src")
     steps.ingest(cfg, job_id, "tgt")  # ... and its hand-over to embed is lost (broker down)
-    time.sleep(1.2)
     sent.clear()
-    steps.sweep(cfg, resend, stall_seconds=1)
+    later = max(utcnow(), later) + dt.timedelta(seconds=2)  # the clock never goes back
+    steps.sweep(cfg, resend, stall_seconds=1, now=later)
     assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
     job = steps.load_job(cfg, job_id)
     assert job.dispatched == "embed"
 
-    # A lease with a fresh heartbeat is a sign of life: no sweep while a task runs.
-    time.sleep(1.2)
+    # A lease with a fresh heartbeat is a sign of life: no sweep while a task runs ...
     sent.clear()
-    with steps.leased(cfg, job_id, "embed", "src:0", interval=0.2):
-        time.sleep(1.5)
-        assert steps.sweep(cfg, resend, stall_seconds=1) == []
+    later = max(utcnow(), later) + dt.timedelta(seconds=10)
+    with steps.leased(cfg, job_id, "embed", "src:0", interval=3600):
+        with session_scope(cfg.db_url) as s:  # its heartbeat thread has just beaten (by the given clock)
+            s.execute(update(JobLease).where(JobLease.job_id == job_id)
+                      .values(heartbeat_at=later - dt.timedelta(seconds=0.5)))
+        assert steps.sweep(cfg, resend, stall_seconds=1, now=later) == []
     assert sent == []
+    # ... and once it is gone, the same sweep sends the missing tasks.
+    assert steps.sweep(cfg, resend, stall_seconds=1, now=later)
+    assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
 
 
 def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
@@ -258,11 +266,19 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
     with steps.leased(cfg, doomed, "embed", "src:0", interval=0.1):
         steps.check_stop(doomed)  # running: goes on
         cancel_job(cfg, doomed)
-        time.sleep(0.5)
+        assert steps._stop_event.get().wait(60)  # the heartbeat sees the cancel ...
         with pytest.raises(JobCancelled):
-            steps.check_stop(doomed)
+            steps.check_stop(doomed)  # ... and the task stops at its next chunk
     with steps.leased(cfg, other, "embed", "src:0", interval=0.1):
-        time.sleep(0.3)
+        with session_scope(cfg.db_url) as s:
+            first = s.scalar(select(JobLease.heartbeat_at).where(JobLease.job_id == other))
+        deadline = time.monotonic() + 60
+        while True:  # wait until the heartbeat has looked at the other job at least once
+            with session_scope(cfg.db_url) as s:
+                if s.scalar(select(JobLease.heartbeat_at).where(JobLease.job_id == other)) > first:
+                    break
+            assert time.monotonic() < deadline, "the lease heartbeat never beat"
+            time.sleep(0.02)
         steps.check_stop(other)  # the other job is untouched
     steps.check_stop(doomed)  # outside a task nothing is checked
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from miner import defaults
 from miner.cli import main
 
-from .conftest import MINER_VARS, read_tsv
+from .conftest import MINER_VARS, read_tsv, no_crash
 from .quality_helpers import config, mine_in_process, tatoeba_case
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def tatoeba(tmp_path_factory):
 
 def invoke(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
+    no_crash(result)
     return result
 
 
@@ -258,7 +258,7 @@ def test_report_html_and_png(tatoeba, tmp_path):
                                            "just above the threshold", "above the threshold",
                                            "highest (check for boilerplate)"]
     assert sum(int(n.replace(",", "")) for _, n in bands) == 999
-    sample_rows = page.count('<td class="text" lang="de">')
+    sample_rows = page.count('<td class="text" lang="de" dir="auto">')
     assert sample_rows == sum(min(10, int(n.replace(",", ""))) for _, n in bands)
 
     # In a real browser: no console message, and the picture (with its histogram) is on screen.
@@ -267,6 +267,41 @@ def test_report_html_and_png(tatoeba, tmp_path):
     assert console == "", console
     screen = load_rgb(shot)
     assert colour_pixels(screen, ABOVE) > 5_000
+
+
+HOSTILE = ["<script>alert('x')</script>", '"><img src=x onerror=alert(1)>', "\u202eevil\u202c", "&amp; ' \""]
+
+
+def test_report_escapes_hostile_text(home, tmp_path):
+    """Corpus text is data: markup, quotes, entities and bidi overrides in sentences come out
+    escaped, each in its own cell, and the page runs no script in a real browser."""
+    from .conftest import ROOT
+
+    de = (ROOT / "examples" / "sample.de").read_text(encoding="utf-8").splitlines()[:80]
+    en = {line.split("\t")[0]: line.split("\t")[1]
+          for line in (ROOT / "examples" / "gold.tsv").read_text(encoding="utf-8").splitlines()}
+    pairs = [(d, en[d]) for d in de if d in en][:60]
+    pairs = [(f"{d} {HOSTILE[i % 4]}", f"{e} {HOSTILE[i % 4]}") if i % 3 == 0 else (d, e)
+             for i, (d, e) in enumerate(pairs)]
+    src, tgt = tmp_path / "h.de", tmp_path / "h.en"
+    src.write_text("\n".join(d for d, _ in pairs) + "\n", encoding="utf-8")
+    tgt.write_text("\n".join(e for _, e in reversed(pairs)) + "\n", encoding="utf-8")
+    job = mine_in_process(config(), src, tgt, "de", "en", threshold=1.0)
+    out = tmp_path / "report.html"
+    result = invoke("report", job, "-o", out, "--per-band", "60")
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    cells = re.findall(r'<td class="text" lang="(?:de|en)" dir="auto">(.*?)</td>', page, flags=re.S)
+    hostile_cells = [c for c in cells if "alert" in c or "\u202e" in c or "&amp;amp;" in c]
+    assert len(hostile_cells) >= 8, len(hostile_cells)
+    for cell in cells:
+        assert "<" not in cell and ">" not in cell and '"' not in cell and "'" not in cell, cell
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "&amp;amp; &#x27; &quot;" in page
+    assert "<script" not in page and "<img src=x" not in page and page.count("<img") == 1  # the picture
+    console = open_in_chromium(out, tmp_path / "shot.png")
+    assert console == "", console
 
 
 def test_console_check_catches_errors(tmp_path):

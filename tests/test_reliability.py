@@ -4,6 +4,7 @@ nothing and duplicate nothing: the export is byte-identical to the undisturbed r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from miner.db import Job, JobStep
+from miner.db import Job, JobLease, JobStep
 
 from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, stop_workers
 
@@ -39,6 +40,12 @@ class JobWatch:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(JobStep)
                                 .where(JobStep.job_id == self.job_id, JobStep.stage == stage)).scalar()
+
+    def running(self, stage: str) -> int:
+        """Units of ``stage`` that a live task holds a lease on."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(JobLease)
+                                .where(JobLease.job_id == self.job_id, JobLease.stage == stage)).scalar()
 
     def state(self) -> str:
         with self.engine.connect() as conn:
@@ -83,13 +90,14 @@ def _check_same_export(tmp_path, home, env, job_id, reference) -> None:
 def test_kill9_workers_mid_embed_and_mid_knn(tmp_path, cluster_env, deu_cluster):
     home, env, job_id, watch, workers = _start(tmp_path, cluster_env, deu_cluster)
     try:
-        watch.wait(lambda: watch.done("embed") >= 5, 120, "5 embed shards")
+        # Killed while an embed task runs (it holds a lease), then while a kNN task runs.
+        watch.wait(lambda: watch.done("embed") >= 5 and watch.running("embed"), 120, "5 embed shards and one running")
         _kill9(workers[0])
-        assert watch.done("embed") < 56  # killed in the middle of the stage
+        assert watch.done("embed") < 56 and watch.running("embed") >= 1  # its lease outlives it
         workers += start_workers(tmp_path, home, env, 1, first=1)
-        watch.wait(lambda: watch.done("knn") >= 5, 180, "5 kNN shards")
+        watch.wait(lambda: watch.done("knn") >= 5 and watch.running("knn"), 180, "5 kNN shards and one running")
         _kill9(workers[1])
-        assert watch.done("knn") < 56
+        assert watch.done("knn") < 56 and watch.running("knn") >= 1
         workers += start_workers(tmp_path, home, env, 1, first=2)
         watch.wait(lambda: watch.state() == "done", 180, "the job to finish")
     finally:
@@ -105,7 +113,9 @@ def test_redis_restart_mid_job(tmp_path, cluster_env, deu_cluster, redis_server)
     try:
         watch.wait(lambda: watch.done("embed") >= 5, 120, "5 embed shards")
         redis_server.stop()
-        time.sleep(2)
+        log = tmp_path / "worker0.log"
+        watch.wait(lambda: re.search(r"Connection to broker lost|Cannot connect to", log.read_text(errors="replace")),
+                   60, "the worker to notice the broker is gone")
         redis_server.start()
         assert watch.done("embed") < 56
         watch.wait(lambda: watch.state() == "done", 240, "the job to finish")

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from miner import defaults
 from miner.cli import main
 
-from .conftest import ROOT, read_lines, run_miner, start_workers, stop_workers
+from .conftest import ROOT, read_lines, run_miner, start_workers, stop_workers, no_crash
 
 SAMPLE_DE, SAMPLE_EN, GOLD = (ROOT / "examples" / name for name in ("sample.de", "sample.en", "gold.tsv"))
 FIT_COLOURS = ((0x3A, 0x3A, 0x3A), (0xE6, 0xAB, 0x02))  # miner.report NULL_FIT_COLOUR, TRANSLATION_FIT_COLOUR
@@ -108,7 +108,7 @@ def test_postgres_copy_stores_probabilities_and_threshold_info(postgres_server):
 
 def invoke(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
+    no_crash(result)
     return result
 
 

@@ -10,6 +10,8 @@ import os
 
 from celery import Celery, signals
 
+import workers.transport  # noqa: F401 - registers the miner+socket:// transport (the embedded broker)
+from miner import broker
 from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, available_cores
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class CelerySettings:
                 "store_processed": False,
                 "polling_interval": 0.1,
             }
-        elif cfg.broker_url.startswith("redis"):
+        elif cfg.broker_url.startswith(("redis", f"{broker.SCHEME}+")):
             # Longer than the slowest shard, so a running task is not redelivered to another worker.
             self.broker_transport_options = {"visibility_timeout": 6 * 3600}
 
@@ -63,6 +65,18 @@ def make_app(cfg: Config | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def use_config(cfg: Config) -> Celery:
+    """Point the app at ``cfg``'s broker when it was made for another one (a process that changes
+    MINER_HOME after importing this module, as the tests do); returns the app."""
+    if app.miner_config.broker_url != cfg.broker_url:
+        app.close()
+        if "amqp" in app.__dict__:
+            app.amqp._producer_pool = None
+        app.conf.update(vars(CelerySettings(cfg)))
+        app.miner_config = cfg
+    return app
 
 
 @signals.celeryd_init.connect

@@ -37,6 +37,10 @@ def send_stage(stage: str, units: list[tuple], job_id: int) -> None:
 
 def submit(job_id: int, cfg: Config | None = None) -> bool:
     """Send a queued job's first tasks; False when they were sent already."""
+    from workers.app import use_config
+
+    if cfg is not None:
+        use_config(cfg)
     return steps.hand_over(cfg or tasks.config(), job_id, None, "ingest",
                            lambda stage, units: send_stage(stage, units, job_id))
 
