@@ -97,10 +97,18 @@ ANCHOR_MEAN = (-0.1, 0.8)
 ANCHOR_SD = (0.7, 1.7)
 
 
-def _skewnorm_pdf(z: np.ndarray, shape: float, loc: float, scale: float) -> np.ndarray:
-    from scipy import stats
+_NORM_PDF_C = math.sqrt(2 * math.pi)
 
-    return stats.skewnorm.pdf(z, shape, loc, scale)
+
+def _skewnorm_pdf(z: np.ndarray, shape: float, loc: float, scale: float) -> np.ndarray:
+    """``scipy.stats.skewnorm.pdf(z, shape, loc, scale)``, the same operations without the
+    distribution framework's per-call overhead (about 0.1 ms, which a fit calls thousands of times)."""
+    from scipy.special import ndtr
+
+    x = (np.asarray(z, dtype=np.float64) - loc) / scale
+    normal = np.exp(-x ** 2 / 2.0) / _NORM_PDF_C
+    pdf = normal if shape == 0 else 2. * normal * ndtr(shape * x)
+    return pdf / scale
 
 
 def _moments(shape: float, loc: float, scale: float) -> tuple[float, float]:

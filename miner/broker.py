@@ -163,6 +163,23 @@ def ensure(home: Path) -> Path:
     return sock
 
 
+def alone(home: Path) -> bool:
+    """True when no other process uses the broker of ``home`` (so no worker can be listening):
+    callers skip the second a ping would wait for replies. False when this process is no user."""
+    folder = folder_of(Path(home).absolute())
+    fd = _held.get(str(folder))
+    if fd is None:
+        return False
+    with _locked(folder / "start.lock", fcntl.LOCK_EX):  # the supervisor cannot act while we convert
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+
+
 def release(home: Path) -> None:
     """Stop counting this process as a user of ``home``'s broker (the supervisor may stop it)."""
     fd = _held.pop(str(folder_of(Path(home).absolute())), None)

@@ -421,8 +421,11 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
         _export(cfg, job_id, output, progress=not quiet, **export_opts)
         if output != "-":
             click.echo(job_id)
-    finally:
+    except BaseException:
         _stop_workers(started)
+        raise
+    # Done: the local workers, told to stop before the export, finish shutting down on their own
+    # (an idle Celery worker takes about 2 s, which `mine` does not wait for).
 
 
 @main.command()
@@ -483,6 +486,12 @@ def _workers_alive(timeout: float = 1.0, cfg: Config | None = None) -> list:
 
         if cfg is not None:
             use_config(cfg)
+            from miner import broker
+
+            if broker.is_embedded_url(cfg.broker_url):
+                broker.ensure(cfg.home)
+                if broker.alone(cfg.home):
+                    return []  # no other process uses this broker: no worker could answer
         replies = app.control.ping(timeout=timeout) or []
         return [name for reply in replies for name in reply]
     except Exception:

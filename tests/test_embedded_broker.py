@@ -152,7 +152,7 @@ def test_worker_survives_a_crashed_redis(tmp_path):
         [supervisor] = _supervisors(home)
         redis_pid = int(re.search(r"redis-server (\d+) on", (home / "broker" / "broker.log").read_text())[1])
         os.kill(redis_pid, signal.SIGKILL)
-        wait_for(lambda: not _supervisors(home), "the supervisor to notice")
+        wait_for(lambda: supervisor not in _supervisors(home), "the supervisor to notice and stop")
         result = run_miner(home, "submit", SAMPLE_DE, SAMPLE_EN, "--src-lang", "de", "--tgt-lang", "en")
         assert result.returncode == 0, result.stderr
         job_id = int(result.stdout.strip().splitlines()[-1])
