@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,7 +62,8 @@ def socket_path(home: Path) -> Path:
     """``$MINER_HOME/broker/redis.sock``; when that path is too long for a Unix socket, a name
     derived from MINER_HOME in ``/tmp/bitext-miner-<uid>/`` (a folder of this user only)."""
     path = folder_of(home) / "redis.sock"
-    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
+    # ... and when it holds characters a URL would change (%, ?, #, spaces, ...)
+    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH and re.fullmatch(r"[\w./+~-]+", str(path)):
         return path
     digest = hashlib.sha256(os.fsencode(str(Path(home).absolute()))).hexdigest()[:20]
     return Path("/tmp") / f"bitext-miner-{os.getuid()}" / f"{digest}.sock"
@@ -110,16 +112,25 @@ def redis_server_binary() -> str:
                             "Redis server")
 
 
-def ping(sock: Path, timeout: float = 5.0) -> bool:
-    """True when a Redis server answers PING on ``sock`` (False while it loads its data)."""
+def probe(sock: Path, timeout: float = 5.0) -> str:
+    """``up`` (a Redis server answers PING on ``sock``), ``loading`` (one runs but still reads its
+    append-only file, or is too busy to answer) or ``down`` (nothing listens)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             conn.connect(str(sock))
-            conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            try:
+                conn.sendall(b"PING\r\n")
+                return "up" if conn.recv(64).startswith(b"+PONG") else "loading"
+            except OSError:  # connected, then no answer in time
+                return "loading"
     except OSError:
-        return False
+        return "down"
+
+
+def ping(sock: Path, timeout: float = 5.0) -> bool:
+    """True when a Redis server answers PING on ``sock``."""
+    return probe(sock, timeout) == "up"
 
 
 @contextlib.contextmanager
@@ -154,8 +165,11 @@ def ensure(home: Path) -> Path:
     if sock.parent != folder:
         _private_folder(sock.parent)
     with _locked(folder / "start.lock", fcntl.LOCK_EX):
-        if not ping(sock):
+        state = probe(sock)
+        if state == "down":
             _start(home, folder, sock)
+        elif state == "loading":  # a large append-only file: wait for it, never start a second one
+            _wait_up(sock, None, folder / "broker.log")
         if key not in _held:
             fd = os.open(folder / "users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_SH)
@@ -212,10 +226,14 @@ def _start(home: Path, folder: Path, sock: Path) -> None:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=str(folder), env=env,
         )
+    _wait_up(sock, proc, log_path)
+
+
+def _wait_up(sock: Path, proc: subprocess.Popen | None, log_path: Path) -> None:
     deadline = time.monotonic() + START_SECONDS
     delay = 0.005
     while not ping(sock):
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise BrokerUnavailable(f"the embedded broker did not start (exit code {proc.returncode}); "
                                     f"see {log_path}:\n{_log_tail(log_path)}")
         if time.monotonic() > deadline:

@@ -189,3 +189,42 @@ def test_socket_outside_a_long_home(tmp_path):
     finally:
         broker.release(home)
     wait_for(lambda: not sock.exists(), "the released broker to stop")
+
+
+def test_a_loading_server_is_waited_for_not_replaced(tmp_path):
+    """A server that still loads a large append-only file answers PING with -LOADING: a process
+    that needs the broker waits for it instead of starting a second server on the same socket."""
+    import socket
+    import threading
+
+    home = tmp_path / "home"
+    sock = broker.socket_path(home)
+    sock.parent.mkdir(parents=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen(8)
+    answers = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                reply = b"-LOADING Redis is loading the dataset in memory\r\n" if len(answers) < 3 else b"+PONG\r\n"
+                answers.append(reply)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert broker.probe(sock) == "loading"
+        assert broker.ensure(home) == sock
+        assert answers[-1] == b"+PONG\r\n" and len(answers) >= 4
+        assert _supervisors(home) == []  # nothing else was started
+    finally:
+        broker.release(home)
+        server.close()
+    assert broker.probe(tmp_path / "nothing.sock") == "down"

@@ -53,8 +53,8 @@ class CelerySettings:
             # Longer than the slowest shard, so a running task is not redelivered to another worker.
             self.broker_transport_options = {"visibility_timeout": 6 * 3600}
             if broker.is_embedded_url(cfg.broker_url):
-                # BRPOP returns every 0.2 s instead of 1 s: a local worker stops (`mine` waits for
-                # it) that much sooner; the server is on this machine, so the extra calls cost nothing.
+                # BRPOP returns every 0.2 s instead of 1 s: a worker told to stop leaves its consumer
+                # loop that much sooner; the server is on this machine, so the extra calls cost nothing.
                 self.broker_transport_options["polling_interval"] = 0.2
 
 
