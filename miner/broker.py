@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from miner.errors import MinerError
+from miner.locks import file_lock
 
 SCHEME = "miner"
 #: The supervisor stops Redis when no process has used it for this long.
@@ -133,16 +134,6 @@ def ping(sock: Path, timeout: float = 5.0) -> bool:
     return probe(sock, timeout) == "up"
 
 
-@contextlib.contextmanager
-def _locked(path: Path, how: int):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, how)
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _private_folder(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
@@ -164,7 +155,7 @@ def ensure(home: Path) -> Path:
     _private_folder(folder)
     if sock.parent != folder:
         _private_folder(sock.parent)
-    with _locked(folder / "start.lock", fcntl.LOCK_EX):
+    with file_lock(folder / "start.lock", fcntl.LOCK_EX):
         state = probe(sock)
         if state == "down":
             _start(home, folder, sock)
@@ -184,7 +175,7 @@ def alone(home: Path) -> bool:
     fd = _held.get(str(folder))
     if fd is None:
         return False
-    with _locked(folder / "start.lock", fcntl.LOCK_EX):  # the supervisor cannot act while we convert
+    with file_lock(folder / "start.lock", fcntl.LOCK_EX):  # the supervisor cannot act while we convert
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
@@ -268,9 +259,9 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
     try:
         while redis.poll() is None and not stopping:
             time.sleep(0.25)
-            with _locked(folder / "start.lock", fcntl.LOCK_EX):
+            with file_lock(folder / "start.lock", fcntl.LOCK_EX):
                 try:
-                    with _locked(folder / "users.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+                    with file_lock(folder / "users.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
                         now = time.monotonic()
                         idle_since = idle_since or now
                         if now - idle_since >= idle_seconds:
@@ -280,7 +271,7 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
                     idle_since = None
     finally:
         if redis.poll() is None:
-            with _locked(folder / "start.lock", fcntl.LOCK_EX):
+            with file_lock(folder / "start.lock", fcntl.LOCK_EX):
                 _stop_redis(redis, sock)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} broker {os.getpid()}: stopped (redis exit code "
           f"{redis.returncode})", flush=True)

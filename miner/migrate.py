@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from miner.db import get_engine
@@ -54,24 +53,16 @@ def downgrade(url: str, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
-@contextlib.contextmanager
 def _sqlite_lock(url: str):
-    """An exclusive lock (flock) on ``<database>.lock`` beside a SQLite file."""
-    import fcntl
-
+    """An exclusive lock on ``<database>.lock`` beside a SQLite file (none for an in-memory one)."""
     from miner.config import sqlite_path
+    from miner.locks import file_lock
 
     path = sqlite_path(url)
     if path is None:
-        yield
-        return
+        return contextlib.nullcontext()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(f"{path}.lock")
 
 
 def ensure_schema(url: str) -> None:
