@@ -102,6 +102,30 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def limit_threads(threads: int) -> None:
+    """One bounded thread pool per process for BLAS, torch and FAISS (no oversubscription)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except Exception:  # threadpoolctl finds nothing to limit: fine
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except Exception:
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except Exception:
+        pass
+
+
 def default_home() -> Path:
     """The folder used when ``MINER_HOME`` is not set."""
     local = Path.cwd() / ".miner"

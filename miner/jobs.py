@@ -9,11 +9,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from miner.config import Config
+from miner.defaults import threshold_choice
 from miner.db import Candidate, Corpus, Job, JobStage, JobState, JobStep, session_scope, utcnow
 from miner.errors import JobNotFound, UsageError
 from miner.mining import Margin, Retrieval
+from miner.orchestration import STAGES, missing_units, unit_name
 
-STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +293,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
         entry["reused"] += int(reused or 0)
         entry["first"] = min(entry["first"], first)
         entry["last"] = max(entry["last"], last)
-        entry["parts"][part] = (int(units), int(items or 0))
+        entry["parts"][part] = (int(units), int(items or 0), int(reused or 0))
     stages = []
     for stage in STAGES:
         plan = planned.get(stage)
@@ -307,8 +308,9 @@ def job_status(cfg: Config, job_id: int) -> dict:
         else:
             part_totals = {}
         parts = {
-            part: {"done": got["parts"].get(part, (0, 0))[0], "total": units,
-                   "items_done": got["parts"].get(part, (0, 0))[1], "items_total": items}
+            part: {"done": got["parts"].get(part, (0, 0, 0))[0], "total": units,
+                   "items_done": got["parts"].get(part, (0, 0, 0))[1], "items_total": items,
+                   "reused": got["parts"].get(part, (0, 0, 0))[2]}
             for part, (units, items) in part_totals.items()
         }
         rate = None
@@ -365,7 +367,6 @@ def job_status(cfg: Config, job_id: int) -> dict:
 
 def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
     """Units being worked on now (leases), and the units of the current stage not done yet."""
-    from miner import steps
     from miner.db import JobLease
 
     with session_scope(cfg.db_url) as s:
@@ -375,8 +376,8 @@ def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
     missing = {}
     if job.state != "done" and job.dispatched:
         try:
-            units = steps.missing_units(cfg, job.id, job.dispatched)
-            missing[job.dispatched] = [steps.unit_name(job.dispatched, args) for args in units]
+            units = missing_units(cfg, job.id, job.dispatched)
+            missing[job.dispatched] = [unit_name(job.dispatched, args) for args in units]
         except Exception:  # sides not ingested yet: nothing to list
             pass
     return running, missing
@@ -403,3 +404,60 @@ def list_jobs(cfg: Config, limit: int = 50) -> list[dict]:
             }
             for j in jobs
         ]
+
+
+def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> tuple[int, bool]:
+    """Check inputs and options (``opts``: those of ``miner mine`` / ``submit``), then create the job
+    row in the database that ``open_db()`` returns the configuration of (brought up to date first).
+    ``warn(message)`` prints a warning. Returns the new job's (id, False). Returns (job id, False); or, when a
+    queued, running or done job already has the same inputs (by content) and options and
+    ``--force`` is not given, (that job's id, True)."""
+    from miner.encoders import check_trust, resolve_model
+    from miner.languages import language_warnings, normalise_code
+    from miner.reader import check_input_file
+
+    for path in (src, tgt):
+        check_input_file(path)
+    if src.resolve() == tgt.resolve():
+        warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
+    spec = resolve_model(opts["model"])
+    trust = bool(opts.get("trust_remote_code") or cfg.trust_remote_code)
+    check_trust(spec, trust)  # a local model that needs its own code fails here, not in a worker
+    for side in ("src_lang", "tgt_lang"):
+        for message in language_warnings(opts[side], spec.languages, opts["model"]):
+            warn(message)
+    method, threshold, fallback = threshold_choice(spec, opts["margin"], opts["threshold"], cfg.home)
+    options = JobOptions(
+        src_lang=normalise_code(opts["src_lang"]),
+        tgt_lang=normalise_code(opts["tgt_lang"]),
+        model=opts["model"],
+        model_key=spec.key,
+        k=opts["k"],
+        margin=opts["margin"],
+        retrieval=opts["retrieval"],
+        threshold=threshold,
+        threshold_method=method,
+        fallback_threshold=fallback,
+        shard_size=opts["shard_size"],
+        max_line_length=opts["max_line_length"],
+        on_decode_error=opts["on_decode_error"],
+        index=opts.get("index") or "auto",
+        nlist=opts.get("nlist"),
+        nprobe=opts.get("nprobe"),
+        storage=opts.get("storage") or "auto",
+        trust_remote_code=trust,
+    )
+    cfg = open_db()
+    from miner.reader import file_digest
+
+    key = request_key(file_digest(src), file_digest(tgt), options)
+    duplicate = find_duplicate(cfg, key)
+    if duplicate is not None:
+        other, state = duplicate
+        if state in ("queued", "running", "done") and not opts.get("force"):
+            warn(f"job {other} ({state}) already mines these files (same content) with these options; "
+                 f"using it (--force mines again)")
+            return other, True
+        if state in ("failed", "cancelled") and not opts.get("force"):
+            warn(f"job {other} with the same files and options is {state}; `miner retry {other}` resumes it")
+    return create_job(cfg, src, tgt, options, request_key=key), False

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import functools
 
-from miner.iso639 import ISO639_3_TO_1
+import langcodes
+
 from miner.languages import base_language, normalise_code
 
 DEFAULT_MIN_SHARE = 0.25
 
-# Codes whose label in the model differs from our normalised code.
-_ALIASES = {"nb": "no", "iw": "he", "in": "id", "ji": "yi", "fil": "tl", "jw": "jv", "mo": "ro"}
-_ONE_TO_THREE = {two: three for three, two in ISO639_3_TO_1.items()}
+# The model labels Norwegian Bokmål (nb, nob) with its macrolanguage's code, no. Other codes whose
+# label differs from our normalised code are synonyms for langcodes (see _same_language).
+_MACROLANGUAGE_LABELS = {"nb": "no"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,12 +42,29 @@ def labels() -> frozenset[str]:
     return frozenset(identifier().nb_classes)
 
 
+def _standard_tag(code: str) -> str:
+    """langcodes' standard form of a code (deprecated and three-letter codes replaced:
+    ``iw`` -> ``he``, ``kik`` -> ``ki``, ``tl`` -> ``fil``); the code itself when it is not a tag."""
+    try:
+        return langcodes.standardize_tag(code)
+    except ValueError:
+        return code
+
+
+@functools.lru_cache(maxsize=1)
+def _same_language() -> dict[str, str]:
+    """Each model label by its standard form, to find the label of a synonym: ``fil`` -> ``tl``,
+    ``ki`` -> ``kik``, and deprecated codes (``iw`` -> ``he``, ``in`` -> ``id``, ``mo``/``mol`` -> ``ro``)."""
+    return {_standard_tag(label): label for label in sorted(labels())}
+
+
 def langid_label(code: str) -> str | None:
     """The model's label for a language code (``deu``, ``de``, ``de-AT`` -> ``de``; ``nb`` -> ``no``),
     or None when the model does not know the language."""
     known = labels()
     base = base_language(code)
-    for candidate in (base, _ALIASES.get(base), _ONE_TO_THREE.get(base), normalise_code(code)):
+    synonym = _same_language().get(_standard_tag(base)) if base else None
+    for candidate in (base, synonym, _MACROLANGUAGE_LABELS.get(base), normalise_code(code)):
         if candidate and candidate in known:
             return candidate
     return None

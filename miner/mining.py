@@ -34,8 +34,8 @@ similarity, the method works as follows:
 The pipeline is sharded, so the steps are exposed separately and all of them
 take and return plain arrays:
 
-* :func:`knn` / :func:`knn_index` -- step 1 (the latter on a prebuilt index);
-* :func:`knn_mean` -- step 2;
+* :func:`knn` / :func:`knn_index` / :func:`knn_blocks` -- step 1 (on a prebuilt index, on target
+  blocks streamed from disk), and :func:`knn_mean` -- step 2: in :mod:`miner.neighbours`, re-exported here;
 * :func:`apply_margin` -- the margin function of step 3;
 * :func:`best_candidates` -- steps 3 and 4 for any subset (shard) of query
   rows, given the *full* other side's means; :func:`best_candidates_with_decoy`
@@ -56,10 +56,10 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-import faiss
 import numpy as np
 
 from miner.errors import UsageError
+from miner.neighbours import _as_matrix, _check_k, knn, knn_blocks, knn_index, knn_mean
 
 __all__ = [
     "Margin",
@@ -69,6 +69,7 @@ __all__ = [
     "DIRECTION_BOTH",
     "knn",
     "knn_index",
+    "knn_blocks",
     "knn_mean",
     "apply_margin",
     "best_candidates",
@@ -120,165 +121,6 @@ def _as_retrieval(retrieval: Retrieval | str) -> Retrieval:
         raise UsageError(
             f"unknown retrieval {retrieval!r}; choose one of {_choices(Retrieval)}"
         ) from None
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise UsageError(f"k must be an integer >= 1, got {k!r}")
-    if k < 1:
-        raise UsageError(f"k must be >= 1, got {k}")
-    return int(k)
-
-
-def _as_matrix(a: Any, name: str) -> np.ndarray:
-    """Convert ``a`` to a C-contiguous 2-D float32 array, or raise UsageError."""
-    try:
-        arr = np.ascontiguousarray(a, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{name} must be a numeric 2-D array: {exc}") from None
-    if arr.ndim != 2:
-        raise UsageError(f"{name} must be a 2-D array (n, dim), got shape {arr.shape}")
-    if arr.shape[1] < 1:
-        raise UsageError(f"{name} must have a dimension >= 1, got shape {arr.shape}")
-    return arr
-
-
-def _empty_knn(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
-
-
-def knn_index(queries: np.ndarray, index: faiss.Index, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search an already built faiss index for the ``k`` best neighbours of each query.
-
-    Args:
-        queries: ``(n, dim)`` query embeddings; converted to contiguous float32.
-        index: a faiss index holding the other side's vectors (e.g. one loaded
-            from disk).  Its metric decides what "best" means; for margin mining
-            it should be inner product on L2-normalised vectors.
-        k: number of neighbours wanted, ``>= 1``; clipped to ``index.ntotal``.
-
-    Returns:
-        ``(sims, ids)``: float32 and int64 arrays of shape ``(n, k')`` with
-        ``k' = min(k, index.ntotal)``, best neighbour first.  Empty inputs give
-        empty arrays of that shape.  An approximate index may return id ``-1``
-        for missing neighbours (an exact flat index never does).
-
-    Raises:
-        UsageError: ``k < 1``, queries not a 2-D numeric array, or the query
-            dimension differs from the index's.
-    """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
-    if q.shape[1] != index.d:
-        raise UsageError(
-            f"queries have dimension {q.shape[1]} but the index has dimension {index.d}"
-        )
-    k_eff = min(k, int(index.ntotal))
-    n = q.shape[0]
-    if n == 0 or k_eff == 0:
-        return _empty_knn(n, k_eff)
-    sims, ids = index.search(q, k_eff)
-    return np.asarray(sims, dtype=np.float32), np.asarray(ids, dtype=np.int64)
-
-
-def knn_blocks(queries: np.ndarray, blocks, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``k`` over target vectors that arrive in blocks.
-
-    Args:
-        queries: ``(n, dim)`` query embeddings.
-        blocks: iterable of ``(offset, vectors)``: consecutive ``(m_i, dim)`` slices of the target
-            side, ``offset`` being the id of their first row (e.g. memory-mapped shard files).
-        k: number of neighbours wanted, ``>= 1``; clipped to the total number of target rows.
-
-    Returns:
-        ``(sims, ids)`` as :func:`knn` gives on the concatenated blocks: best first, ties broken
-        as FAISS breaks them (the higher id first), so the result does not depend on the block
-        sizes. Memory holds the queries, one block and ``n * k`` results -- never the whole target
-        side.
-    """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
-    n = q.shape[0]
-    best_sims = np.empty((n, 0), dtype=np.float32)
-    best_ids = np.empty((n, 0), dtype=np.int64)
-    for offset, block in blocks:
-        v = _as_matrix(np.asarray(block), "vectors")
-        if v.shape[0] == 0:
-            continue
-        if v.shape[1] != q.shape[1]:
-            raise UsageError(f"queries have dimension {q.shape[1]} but vectors have dimension {v.shape[1]}")
-        sims, ids = knn(q, v, k)
-        ids = ids + int(offset)
-        sims = np.concatenate([best_sims, sims], axis=1)
-        ids = np.concatenate([best_ids, ids], axis=1)
-        # Sort by descending similarity, then descending id (lexsort: the last key is primary).
-        order = np.lexsort((-ids, -sims), axis=1)[:, :k]
-        best_sims = np.take_along_axis(sims, order, axis=1)
-        best_ids = np.take_along_axis(ids, order, axis=1)
-    return np.ascontiguousarray(best_sims, dtype=np.float32), np.ascontiguousarray(best_ids, dtype=np.int64)
-
-
-def knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product k-nearest-neighbour search (``faiss.IndexFlatIP``).
-
-    Args:
-        queries: ``(n, dim)`` query embeddings (L2-normalised for cosine).
-        vectors: ``(m, dim)`` embeddings searched; same ``dim`` as ``queries``.
-            Both are converted to contiguous float32.
-        k: number of neighbours wanted, ``>= 1``; clipped to ``m``.
-
-    Returns:
-        ``(sims, ids)``: float32 and int64 arrays of shape ``(n, min(k, m))``,
-        best neighbour first.  ``n == 0`` or ``m == 0`` gives empty arrays of
-        that shape.
-
-    Raises:
-        UsageError: ``k < 1``, an input that is not a 2-D numeric array, or
-            mismatched dimensions.
-    """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
-    v = _as_matrix(vectors, "vectors")
-    if q.shape[1] != v.shape[1]:
-        raise UsageError(
-            f"queries have dimension {q.shape[1]} but vectors have dimension {v.shape[1]}"
-        )
-    index = faiss.IndexFlatIP(v.shape[1])
-    if v.shape[0]:
-        index.add(v)
-    return knn_index(q, index, k)
-
-
-def knn_mean(sims: np.ndarray) -> np.ndarray:
-    """Mean similarity of each query to its neighbours (``x2y_mean`` / ``y2x_mean``).
-
-    Args:
-        sims: ``(n, k)`` similarities from :func:`knn`, ``k >= 1``.  ``-inf`` marks a missing
-            neighbour (an approximate index found fewer than ``k``;
-            :func:`miner.indexes.mark_missing`): it is left out, so the mean is over the present
-            neighbours only.
-
-    Returns:
-        float64 array of shape ``(n,)``; ``nan`` for a query with no neighbour at all.
-
-    Raises:
-        UsageError: ``sims`` is not 2-D, or has no columns while having rows.
-    """
-    s = np.asarray(sims)
-    if s.ndim != 2:
-        raise UsageError(f"sims must be a 2-D array (n, k), got shape {s.shape}")
-    if s.shape[1] == 0:
-        if s.shape[0] == 0:
-            return np.empty(0, dtype=np.float64)
-        raise UsageError("sims has no neighbours (k' = 0): the other side is empty")
-    s = s.astype(np.float64, copy=False)
-    present = ~np.isneginf(s)
-    if present.all():
-        return s.mean(axis=1)
-    count = present.sum(axis=1)
-    total = np.where(present, s, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def apply_margin(cos: np.ndarray, mean_avg: np.ndarray, margin: Margin | str) -> np.ndarray:

@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import gzip
 import hashlib
+import itertools
 import lzma
 import os
 import re
@@ -410,32 +411,12 @@ def read_sentences(
 
 
 def batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
-    """Group an iterable into lists of up to ``n`` items (the last may be short).
-
-    Args:
-        iterable: any iterable; consumed lazily.
-        n: batch size, >= 1.
-
-    Returns:
-        An iterator of non-empty lists.
-
-    Raises:
-        UsageError: ``n < 1`` (raised by the call itself).
-    """
+    """Lists of up to ``n`` items of ``iterable`` (the last may be short; consumed lazily), like
+    Python 3.12's ``itertools.batched`` but with lists. ``n < 1``: UsageError from the call itself."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"batch size must be a positive integer, got {n!r}")
-    return _batched(iter(iterable), n)
-
-
-def _batched(it: Iterator[T], n: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in it:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    it = iter(iterable)
+    return iter(lambda: list(itertools.islice(it, n)), [])
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The steps of a mining job, each a plain function of ids (no Celery here).
+"""The compute steps of a mining job, each a plain function of ids (no Celery here).
 
-``ingest`` -> ``plan`` -> ``embed`` (per shard) -> ``build_index`` (per side) -> ``knn`` (per query
-shard, both directions) -> ``score`` (per query shard) -> ``finish`` (retrieval, candidates).
+``corpora.ingest`` (per side) -> ``embed`` (per shard) -> ``build_index`` (per side) -> ``knn``
+(per query shard, both directions) -> ``score`` (per query shard) -> ``finish`` (retrieval, the
+job's cut, candidates). How a job moves from one stage to the next, and the leases, are in
+:mod:`miner.orchestration`; the array maths in :mod:`miner.mining` and :mod:`miner.indexes`.
 
 Every step is idempotent: its output is an artifact written atomically under a key of what
 determines it, or rows keyed uniquely in the database, and its completion is recorded once per
@@ -10,503 +12,33 @@ determines it, or rows keyed uniquely in the database, and its completion is rec
 
 from __future__ import annotations
 
-import contextvars
-import datetime as dt
-import hashlib
 import json
 import logging
-import os
-import socket
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select
 
-from miner import indexes, mining
+from miner import corpora, indexes, mining
 from miner.artifacts import Artifacts, load_npz, save_npy, save_npz
 from miner.config import Config
-from miner.db import (
-    Candidate,
-    Corpus,
-    CorpusState,
-    Job,
-    JobLease,
-    JobStage,
-    JobState,
-    JobStep,
-    Sentence,
-    session_scope,
-    utcnow,
+from miner.db import Candidate, Job, JobState, Sentence, session_scope, utcnow
+from miner.errors import JobCancelled, MinerError, ModelError
+from miner.orchestration import (
+    DIRECTIONS,
+    Side,
+    check_stop,
+    ensure_active,
+    job_sides,
+    record_step,
+    set_stage,
+    shard_spans,
 )
-from miner.errors import InputFileError, JobCancelled, MinerError, ModelError
-from miner.reader import ReadStats, batched, check_input_file, file_digest, read_sentences
 
 log = logging.getLogger(__name__)
 
-SIDES = ("src", "tgt")
-DIRECTIONS = {"fwd": ("src", "tgt"), "bwd": ("tgt", "src")}  # direction -> (query side, target side)
-STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
-READER_VERSION = 1
-INGEST_BATCH = 5000
-STALE_INGEST_SECONDS = 120
-DIRECTION_NAMES = {1: "fwd", 2: "bwd", 3: "both"}
-
-
-@dataclass(frozen=True)
-class Side:
-    """A job's side once ingested."""
-
-    name: str
-    corpus_id: int
-    key: str
-    n: int
-
-
-def shard_spans(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[(0, s), (s, 2s), ...]`` covering ``range(n)``."""
-    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
-
-
-# --------------------------------------------------------------------------- bookkeeping
-
-
-def load_job(cfg: Config, job_id: int) -> Job:
-    with session_scope(cfg.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise MinerError(f"job {job_id} does not exist")
-        return job
-
-
-def ensure_active(cfg: Config, job_id: int) -> Job:
-    """Load the job; stop if it was cancelled; mark it running on its first step."""
-    with session_scope(cfg.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise MinerError(f"job {job_id} does not exist")
-        if job.state == JobState.CANCELLED.value:
-            raise JobCancelled(f"job {job_id} was cancelled")
-        if job.state == JobState.FAILED.value:
-            # Another task of this job failed: stop here; `miner retry` puts the job back in the queue.
-            raise JobCancelled(f"job {job_id} failed: {job.error}")
-        if job.state == JobState.QUEUED.value:
-            job.state = JobState.RUNNING.value
-            job.error = None
-            job.exit_code = None
-            job.started_at = job.started_at or utcnow()
-        return job
-
-
-def worker_name() -> str:
-    """The Celery worker running this process (set by workers.app), else host:pid."""
-    return os.environ.get("MINER_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reused: bool = False,
-                seconds: float = 0.0) -> None:
-    """Record one finished unit of work, once: a second record of the same unit (a re-run, or the
-    same task delivered twice) is ignored by the unique key, also when both race. ``unit`` is
-    ``part:start`` or ``part``, where part is the side (src, tgt) or direction (fwd, bwd)."""
-    values = dict(job_id=job_id, stage=stage, unit=unit, part=unit.split(":")[0], items=items,
-                  reused=int(reused), worker=worker_name()[:128], seconds=float(seconds), finished_at=utcnow())
-    with session_scope(cfg.db_url) as s:
-        s.execute(insert_ignore(s, JobStep, values, ["job_id", "stage", "unit"]))
-
-
-def insert_ignore(session, model, values: dict, keys: list[str]):
-    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for SQLite and PostgreSQL."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
-
-
-def set_stage(cfg: Config, job_id: int, stage: str, parts: dict[str, tuple[int, int]]) -> None:
-    """Record the size of a stage, ``{part: (units, items)}`` (an upsert: safe when two tasks plan
-    the same job at once)."""
-    units = sum(u for u, _ in parts.values())
-    items = sum(i for _, i in parts.values())
-    stored = {part: [int(u), int(i)] for part, (u, i) in parts.items()}
-    with session_scope(cfg.db_url) as s:
-        s.execute(insert_ignore(s, JobStage, dict(job_id=job_id, stage=stage, units=units, items=items, parts=stored),
-                                ["job_id", "stage"]))
-        s.execute(update(JobStage).where(JobStage.job_id == job_id, JobStage.stage == stage)
-                  .values(units=units, items=items, parts=stored))
-
-
-# --------------------------------------------------------------------------- stage hand-over
-#
-# No chords: every task, once its unit is recorded, checks whether its stage is complete; the one
-# that sees it complete and wins ``claim_stage`` (an atomic compare-and-set on ``jobs.dispatched``)
-# sends the next stage's tasks. A task delivered twice, or run again after its worker died, finds
-# its unit recorded and the next stage already claimed, so nothing runs twice and nothing is lost.
-
-NEXT_STAGE = {"ingest": "embed", "embed": "index", "index": "knn", "knn": "score", "score": "finish"}
-
-
-def stage_complete(cfg: Config, job_id: int, stage: str) -> bool:
-    with session_scope(cfg.db_url) as s:
-        if stage == "ingest":
-            units = len(SIDES)
-        else:
-            units = s.scalar(select(JobStage.units).where(JobStage.job_id == job_id, JobStage.stage == stage))
-            if units is None:
-                return False
-        done = s.scalar(select(func.count(JobStep.id)).where(JobStep.job_id == job_id, JobStep.stage == stage))
-    return int(done or 0) >= int(units)
-
-
-@contextmanager
-def claim_stage(cfg: Config, job_id: int, previous: str | None, stage: str):
-    """Yield True to exactly one caller per (job, stage) hand-over, inside a transaction that
-    commits after the body: send the stage's tasks in the body, so a crash before the commit
-    leaves the stage unclaimed for the re-delivered task to claim."""
-    with session_scope(cfg.db_url) as s:
-        condition = Job.dispatched.is_(None) if previous is None else Job.dispatched == previous
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, condition, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-            .values(dispatched=stage, dispatched_at=utcnow(), swept_at=None)
-        )
-        yield result.rowcount == 1
-
-
-def hand_over(cfg: Config, job_id: int, previous: str | None, stage: str, send) -> bool:
-    """Call ``send(stage, units)`` (which queues one task per unit) if this caller wins the claim."""
-    units = stage_units(cfg, job_id, stage)
-    with claim_stage(cfg, job_id, previous, stage) as claimed:
-        if claimed:
-            send(stage, units)
-    return claimed
-
-
-def advance(cfg: Config, job_id: int, stage: str, send) -> bool:
-    """After a unit of ``stage`` is recorded: when the stage is complete, hand over to the next one
-    (planning the shards after ingest). True for the one caller that sent the next stage."""
-    following = NEXT_STAGE.get(stage)
-    if following is None or not stage_complete(cfg, job_id, stage):
-        return False
-    try:
-        if following == "embed":
-            plan(cfg, job_id)
-        return hand_over(cfg, job_id, stage, following, send)
-    except JobCancelled:
-        return False
-
-
-def unit_name(stage: str, args: tuple) -> str:
-    """The ``job_steps.unit`` of a task of ``stage`` with ``args`` (after the job id)."""
-    if stage == "finish":
-        return "all"
-    if stage in ("ingest", "index"):
-        return str(args[0])
-    return f"{args[0]}:{args[1]}"
-
-
-# --------------------------------------------------------------------------- leases and stalls
-
-HEARTBEAT_SECONDS = 5.0
-_stop_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("miner_stop", default=None)
-
-
-def check_stop(job_id: int) -> None:
-    """Raise JobCancelled when the lease of the running task saw its job cancelled or failed."""
-    event = _stop_event.get()
-    if event is not None and event.is_set():
-        raise JobCancelled(f"job {job_id} was cancelled or failed while this task ran")
-
-
-@contextmanager
-def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HEARTBEAT_SECONDS):
-    """Hold a lease on one unit while the block runs: a thread refreshes its heartbeat every
-    ``interval`` seconds, so a job whose every lease is stale has no live task (see :func:`sweep`)."""
-    values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=utcnow(),
-                  heartbeat_at=utcnow())
-    key = (JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit)
-    with session_scope(cfg.db_url) as s:
-        s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"]))
-        s.execute(update(JobLease).where(*key).values(worker=values["worker"], heartbeat_at=utcnow()))
-    stop = threading.Event()
-    job_stopped = threading.Event()
-    token = _stop_event.set(job_stopped)
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                with session_scope(cfg.db_url) as s:
-                    s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow()))
-                    state = s.scalar(select(Job.state).where(Job.id == job_id))
-                if state in (JobState.CANCELLED.value, JobState.FAILED.value):
-                    job_stopped.set()
-            except Exception as exc:  # the database is away for a moment: the task itself will notice
-                log.debug("lease heartbeat of job %s %s %s failed: %s", job_id, stage, unit, exc)
-
-    thread = threading.Thread(target=beat, name=f"lease-{job_id}-{stage}-{unit}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        _stop_event.reset(token)
-        stop.set()
-        thread.join(10)
-        try:
-            with session_scope(cfg.db_url) as s:
-                s.execute(delete(JobLease).where(*key))
-        except Exception as exc:  # a stale lease only delays a stall sweep; never hide the real error
-            log.debug("could not release the lease of job %s %s %s: %s", job_id, stage, unit, exc)
-
-
-def last_activity(s, job: Job):
-    """The latest sign of life of a job: a hand-over, a finished unit, a lease heartbeat, a sweep."""
-    last_step = s.scalar(select(func.max(JobStep.finished_at)).where(JobStep.job_id == job.id))
-    last_beat = s.scalar(select(func.max(JobLease.heartbeat_at)).where(JobLease.job_id == job.id))
-    times = [t for t in (job.dispatched_at, job.swept_at, job.started_at, last_step, last_beat) if t is not None]
-    return max(times) if times else job.created_at
-
-
-def missing_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
-    """Task arguments of the units of ``stage`` not recorded as done."""
-    with session_scope(cfg.db_url) as s:
-        done = set(s.scalars(select(JobStep.unit).where(JobStep.job_id == job_id, JobStep.stage == stage)))
-    return [args for args in stage_units(cfg, job_id, stage) if unit_name(stage, args) not in done]
-
-
-def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now: dt.datetime | None = None) -> list[str]:
-    """Find active jobs with no sign of life for ``stall_seconds`` and send their missing tasks
-    again (tasks lost with a killed worker, a restarted broker, or a hand-over that failed to send).
-
-    ``send(job_id, stage, units)`` queues tasks. ``queue_busy()`` says whether the broker still holds
-    queued tasks; while it does, a quiet job is probably only waiting its turn, so it is left alone
-    unless it has been quiet for ten times ``stall_seconds``. Safe to run in every worker at once:
-    each stalled job is claimed by one sweeper (compare-and-set on ``jobs.swept_at``). Re-sent
-    tasks that were not lost after all only find their unit done. ``now``: the time to judge by
-    (default: the clock; tests pass a later one instead of waiting)."""
-    now = now or utcnow()
-    cutoff = now - dt.timedelta(seconds=stall_seconds)
-    active = [JobState.QUEUED.value, JobState.RUNNING.value]
-    with session_scope(cfg.db_url) as s:
-        candidates = []
-        for job in s.scalars(select(Job).where(Job.state.in_(active), Job.dispatched.is_not(None))):
-            quiet_since = last_activity(s, job)
-            if quiet_since <= cutoff:
-                candidates.append((job.id, job.dispatched, quiet_since))
-    actions = []
-    busy = None
-    for job_id, stage, quiet_since in candidates:
-        if (now - quiet_since).total_seconds() < 10 * stall_seconds:
-            if busy is None:
-                busy = bool(queue_busy())
-            if busy:
-                continue
-        with session_scope(cfg.db_url) as s:
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state.in_(active), Job.dispatched == stage,
-                       (Job.swept_at.is_(None)) | (Job.swept_at <= cutoff))
-                .values(swept_at=now)
-            ).rowcount == 1
-        if not claimed:
-            continue
-        quiet = (now - quiet_since).total_seconds()
-        if stage_complete(cfg, job_id, stage):
-            if advance(cfg, job_id, stage, lambda following, units: send(job_id, following, units)):
-                actions.append(f"job {job_id}: quiet for {quiet:.0f}s after {stage}; sent the next stage")
-            continue
-        units = missing_units(cfg, job_id, stage)
-        if units:
-            send(job_id, stage, units)
-            actions.append(f"job {job_id}: quiet for {quiet:.0f}s; sent {len(units)} missing {stage} task(s) again")
-    for action in actions:
-        log.warning("%s", action)
-    return actions
-
-
-def stage_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
-    """The arguments (after ``job_id``) of every task of ``stage``."""
-    if stage in ("ingest", "index"):
-        return [(side,) for side in SIDES]
-    if stage == "finish":
-        return [()]
-    job = load_job(cfg, job_id)
-    sides = job_sides(cfg, job)
-    size = int(job.options["shard_size"])
-    if stage == "embed":
-        return [(name, s, e) for name in SIDES for s, e in shard_spans(sides[name].n, size)]
-    if stage in ("knn", "score"):
-        return [(direction, s, e) for direction, (query, _) in DIRECTIONS.items()
-                for s, e in shard_spans(sides[query].n, size)]
-    raise ValueError(f"unknown stage {stage!r}")
-
-
-def mark_failed(cfg: Config, job_id: int, message: str, exit_code: int = 1) -> None:
-    """Mark the job failed (unless it was cancelled) with a one-line reason."""
-    with session_scope(cfg.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is not None and job.state != JobState.CANCELLED.value:
-            job.state = JobState.FAILED.value
-            job.error = message.strip().splitlines()[0][:2000] if message.strip() else "unknown error"
-            job.exit_code = exit_code
-            job.finished_at = utcnow()
-
-
-def job_sides(cfg: Config, job: Job) -> dict[str, Side]:
-    with session_scope(cfg.db_url) as s:
-        out = {}
-        for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id)):
-            corpus = s.get(Corpus, cid) if cid is not None else None
-            if corpus is None or corpus.state != CorpusState.READY.value:
-                raise MinerError(f"job {job.id}: the {side} side is not ingested yet; run `miner retry {job.id}`")
-            out[side] = Side(side, corpus.id, corpus.key, corpus.n_sentences)
-        return out
-
-
-# --------------------------------------------------------------------------- ingest
-
-
-def corpus_key(sha256: str, settings: dict) -> str:
-    blob = json.dumps({"sha256": sha256, **settings}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def ingest(cfg: Config, job_id: int, side: str) -> int:
-    """Read one side of a job into a corpus (or reuse an identical one); returns the corpus id."""
-    started = time.monotonic()
-    job = ensure_active(cfg, job_id)
-    path = job.src_path if side == "src" else job.tgt_path
-    check_input_file(path)
-    settings = {
-        "max_chars": int(job.options["max_line_length"]),
-        "on_decode_error": job.options["on_decode_error"],
-        "reader": READER_VERSION,
-    }
-    sha = file_digest(path)
-    key = corpus_key(sha, settings)
-    corpus_id, reused = _claim_corpus(cfg, key, sha, path, settings)
-    if not reused:
-        _fill_corpus(cfg, corpus_id, path, settings)
-    with session_scope(cfg.db_url) as s:
-        corpus = s.get(Corpus, corpus_id)
-        job = s.get(Job, job_id)
-        if side == "src":
-            job.src_corpus_id = corpus_id
-        else:
-            job.tgt_corpus_id = corpus_id
-        n, stats = corpus.n_sentences, dict(corpus.stats or {})
-    if n == 0:
-        raise InputFileError(
-            f"{path} has no sentences left after ingest ({_describe_stats(stats)}); "
-            "check the file and --max-line-length"
-        )
-    record_step(cfg, job_id, "ingest", side, stats.get("lines", n), reused, seconds=time.monotonic() - started)
-    return corpus_id
-
-
-def _describe_stats(stats: dict) -> str:
-    names = ("lines", "blank", "duplicates", "too_long", "decode_errors")
-    return ", ".join(f"{name.replace('_', ' ')}: {stats.get(name, 0)}" for name in names)
-
-
-def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) -> tuple[int, bool]:
-    """Find or create the corpus row. Returns (id, True) when it is ready to reuse, (id, False) when
-    this caller must fill it. Waits while another live task is filling it; takes over one whose
-    filler stopped beating, with a compare-and-set so that only one caller takes it over."""
-    from sqlalchemy.exc import IntegrityError
-
-    while True:
-        with session_scope(cfg.db_url) as s:
-            corpus = s.scalar(select(Corpus).where(Corpus.key == key))
-            if corpus is None:
-                corpus = Corpus(key=key, sha256=sha, path=str(path), settings=settings, stats={})
-                s.add(corpus)
-                try:
-                    s.flush()
-                except IntegrityError:
-                    s.rollback()
-                    continue
-                return corpus.id, False
-            if corpus.state == CorpusState.READY.value:
-                return corpus.id, True
-            corpus_id, seen = corpus.id, corpus.heartbeat_at
-        if (utcnow() - seen).total_seconds() > STALE_INGEST_SECONDS and _take_over(cfg, corpus_id, seen):
-            return corpus_id, False  # the task that was filling it died
-        time.sleep(1.0)
-
-
-def _take_over(cfg: Config, corpus_id: int, seen) -> bool:
-    """Compare-and-set on the heartbeat: True for the one caller that moves it on from ``seen``."""
-    with session_scope(cfg.db_url) as s:
-        moved = s.execute(
-            update(Corpus)
-            .where(Corpus.id == corpus_id, Corpus.heartbeat_at == seen, Corpus.state != CorpusState.READY.value)
-            .values(heartbeat_at=utcnow())
-        ).rowcount
-    return moved == 1
-
-
-def _beat_corpus(s, corpus_id: int, beat):
-    """Move the corpus's heartbeat on from ``beat`` (ours); raise when another task took it over."""
-    now = utcnow()
-    if now <= beat:
-        now = beat + dt.timedelta(microseconds=1)
-    moved = s.execute(update(Corpus).where(Corpus.id == corpus_id, Corpus.heartbeat_at == beat)
-                      .values(heartbeat_at=now)).rowcount
-    if moved != 1:
-        raise JobCancelled(f"corpus {corpus_id} was taken over by another task while this one filled it; "
-                           "that task fills it")
-    return now
-
-
-def _fill_corpus(cfg: Config, corpus_id: int, path: str, settings: dict) -> None:
-    stats = ReadStats()
-    with session_scope(cfg.db_url) as s:
-        beat = s.scalar(select(Corpus.heartbeat_at).where(Corpus.id == corpus_id))
-        beat = _beat_corpus(s, corpus_id, beat)
-        s.execute(delete(Sentence).where(Sentence.corpus_id == corpus_id))
-    sentences = read_sentences(
-        path, max_chars=settings["max_chars"], on_decode_error=settings["on_decode_error"], stats=stats
-    )
-    idx = 0
-    for batch in batched(sentences, INGEST_BATCH):
-        rows = [{"corpus_id": corpus_id, "idx": idx + i, "line_no": ln, "text": text} for i, (ln, text) in enumerate(batch)]
-        idx += len(rows)
-        with session_scope(cfg.db_url) as s:
-            beat = _beat_corpus(s, corpus_id, beat)  # first: a task that lost the corpus writes nothing
-            s.execute(insert(Sentence), rows)
-    with session_scope(cfg.db_url) as s:
-        beat = _beat_corpus(s, corpus_id, beat)
-        s.execute(
-            update(Corpus)
-            .where(Corpus.id == corpus_id)
-            .values(state=CorpusState.READY.value, n_sentences=idx, stats=stats.as_dict())
-        )
-
-
-# --------------------------------------------------------------------------- plan
-
-
-def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
-    """Shard both sides and record the size of every stage; returns the shard spans per side."""
-    job = ensure_active(cfg, job_id)
-    sides = job_sides(cfg, job)
-    size = int(job.options["shard_size"])
-    spans = {name: shard_spans(side.n, size) for name, side in sides.items()}
-    by_side = {name: (len(spans[name]), sides[name].n) for name in SIDES}
-    by_direction = {direction: by_side[query] for direction, (query, _) in DIRECTIONS.items()}
-    set_stage(cfg, job_id, "embed", by_side)
-    set_stage(cfg, job_id, "index", {name: (1, n) for name, (_, n) in by_side.items()})
-    set_stage(cfg, job_id, "knn", by_direction)
-    set_stage(cfg, job_id, "score", by_direction)
-    set_stage(cfg, job_id, "finish", {"all": (1, 0)})
-    return spans
-
-
-# --------------------------------------------------------------------------- embed / index / knn / score
 
 _models: dict[tuple[str, bool], object] = {}
 _models_lock = threading.Lock()
@@ -733,16 +265,23 @@ def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start
 
 
 def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -> np.ndarray:
-    """Mean kNN similarity of every sentence of the query side of ``direction``."""
+    """Mean kNN similarity of every sentence of the query side of ``direction``: computed once from
+    all of the direction's kNN shards and stored beside them (keyed like them, so jobs that share
+    the neighbours share the means); every later score task loads one file, not every shard."""
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
     art = Artifacts(cfg.artifacts)
-    parts = [
-        mining.knn_mean(load_npz(_knn_path(art, job, query, target, k, s, e))["sims"])
-        for s, e in shard_spans(query.n, int(job.options["shard_size"]))
-    ]
-    return np.concatenate(parts) if parts else np.empty(0)
+    spans = shard_spans(query.n, int(job.options["shard_size"]))
+    if not spans:
+        return np.empty(0)
+    first = _knn_path(art, job, query, target, k, *spans[0])
+    path = first.with_name(f"means-{spans[0][1]:010d}-{query.n:010d}.npy")  # shard size and side size
+    if path.exists():
+        return np.load(path)
+    means = np.concatenate([mining.knn_mean(load_npz(_knn_path(art, job, query, target, k, s, e))["sims"])
+                            for s, e in spans])
+    save_npy(path, means)
+    return means
 
 
 def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
@@ -753,7 +292,6 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
     art = Artifacts(cfg.artifacts)
     path = art.scores(job_id, direction, start, end)
@@ -907,12 +445,6 @@ def finish(cfg: Config, job_id: int) -> int:
     return above
 
 
-def count_steps(cfg: Config, job_id: int) -> dict[str, tuple[int, int]]:
-    """{stage: (units done, items done)}."""
-    with session_scope(cfg.db_url) as s:
-        rows = s.execute(
-            select(JobStep.stage, func.count(JobStep.id), func.coalesce(func.sum(JobStep.items), 0))
-            .where(JobStep.job_id == job_id)
-            .group_by(JobStep.stage)
-        ).all()
-    return {stage: (int(units), int(items)) for stage, units, items in rows}
+#: The function that runs one unit of each stage (``fn(cfg, job_id, *unit_args)``).
+STEP_FUNCTIONS = {"ingest": corpora.ingest, "embed": embed, "index": build_index, "knn": knn, "score": score,
+                  "finish": finish}

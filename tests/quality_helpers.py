@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from miner import steps
+from miner import orchestration, steps
 from miner.config import Config
 from miner.encoders import resolve_model
 from miner.jobs import JobOptions, create_job
@@ -14,8 +14,7 @@ from miner.migrate import ensure_schema
 
 from .conftest import DISTRACTORS, TATOEBA, read_lines
 
-STEP_FUNCTIONS = {"ingest": steps.ingest, "embed": steps.embed, "index": steps.build_index,
-                  "knn": steps.knn, "score": steps.score, "finish": steps.finish}
+STEP_FUNCTIONS = steps.STEP_FUNCTIONS
 
 
 def config() -> Config:
@@ -37,11 +36,11 @@ def mine_in_process(cfg: Config, src: Path, tgt: Path, src_lang: str, tgt_lang: 
     def send(stage, units):
         queue.extend((stage, args) for args in units)
 
-    assert steps.hand_over(cfg, job_id, None, "ingest", send)
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", send)
     while queue:
         stage, args = queue.pop(0)
         STEP_FUNCTIONS[stage](cfg, job_id, *args)
-        steps.advance(cfg, job_id, stage, send)
+        orchestration.advance(cfg, job_id, stage, send)
     return job_id
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from miner import encoders, steps
+from miner import corpora, encoders, steps
 from miner.config import Config
 from miner.db import Corpus, CorpusState, Sentence, session_scope, utcnow
 from miner.errors import JobCancelled, ModelError
@@ -20,7 +20,7 @@ from miner.migrate import upgrade
 
 from .conftest import ROOT, read_tsv, run_miner
 
-SETTINGS = {"max_chars": 1000, "on_decode_error": "skip", "reader": steps.READER_VERSION}
+SETTINGS = {"max_chars": 1000, "on_decode_error": "skip", "reader": corpora.READER_VERSION}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,7 +38,7 @@ def cfg(request, tmp_path) -> Config:
 def _stale_corpus(cfg: Config, key: str = "k" * 64) -> int:
     with session_scope(cfg.db_url) as s:
         corpus = Corpus(key=key, sha256="s" * 64, path="x", settings=SETTINGS, stats={},
-                        heartbeat_at=utcnow() - dt.timedelta(seconds=steps.STALE_INGEST_SECONDS + 60))
+                        heartbeat_at=utcnow() - dt.timedelta(seconds=corpora.STALE_INGEST_SECONDS + 60))
         s.add(corpus)
         s.flush()
         return corpus.id
@@ -49,17 +49,17 @@ def test_a_stale_corpus_is_taken_over_once(cfg, monkeypatch):
     for it (before, both took it over, filled it twice and the job failed on the unique key)."""
     corpus_id = _stale_corpus(cfg)
     both_saw_it = threading.Barrier(2, timeout=30)
-    take_over = steps._take_over
+    take_over = corpora._take_over
 
     def racing_take_over(*args):
         both_saw_it.wait()  # both callers read the stale row before either moves the heartbeat
         return take_over(*args)
 
-    monkeypatch.setattr(steps, "_take_over", racing_take_over)
+    monkeypatch.setattr(corpora, "_take_over", racing_take_over)
     results = []
 
     def claim():
-        results.append(steps._claim_corpus(cfg, "k" * 64, "s" * 64, "x", SETTINGS))
+        results.append(corpora._claim_corpus(cfg, "k" * 64, "s" * 64, "x", SETTINGS))
 
     threads = [threading.Thread(target=claim) for _ in range(2)]
     for thread in threads:
@@ -84,14 +84,14 @@ def test_a_filler_that_lost_its_corpus_writes_nothing(cfg, tmp_path):
     corpus_id = _stale_corpus(cfg)
     with session_scope(cfg.db_url) as s:
         seen = s.get(Corpus, corpus_id).heartbeat_at
-    assert steps._take_over(cfg, corpus_id, seen) is True
-    assert steps._take_over(cfg, corpus_id, seen) is False  # the same stale heartbeat: taken already
+    assert corpora._take_over(cfg, corpus_id, seen) is True
+    assert corpora._take_over(cfg, corpus_id, seen) is False  # the same stale heartbeat: taken already
     with session_scope(cfg.db_url) as s:  # the filler that took it over beats; the old one did not know
         beat = s.get(Corpus, corpus_id).heartbeat_at
-        steps._beat_corpus(s, corpus_id, beat)
+        corpora._beat_corpus(s, corpus_id, beat)
     with session_scope(cfg.db_url) as s, pytest.raises(JobCancelled, match="taken over"):
-        steps._beat_corpus(s, corpus_id, beat)
-    steps._fill_corpus(cfg, corpus_id, str(text), SETTINGS)  # the owner fills it
+        corpora._beat_corpus(s, corpus_id, beat)
+    corpora._fill_corpus(cfg, corpus_id, str(text), SETTINGS)  # the owner fills it
     with session_scope(cfg.db_url) as s:
         corpus = s.get(Corpus, corpus_id)
         assert (corpus.state, corpus.n_sentences) == (CorpusState.READY.value, 3)

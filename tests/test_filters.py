@@ -257,6 +257,21 @@ def test_language_codes():
     assert language_warnings("deu", frozenset({"de", "en"}), "muse") == []
 
 
+def test_language_codes_from_langcodes():
+    # ISO 639-2/T and /B and the usual individual languages map to ISO 639-1, suffix kept lower-case
+    assert normalise_code("fre") == normalise_code("fra") == "fr" and normalise_code(" CHI_Hant ") == "zh-hant"
+    assert normalise_code("cmn-TW") == "zh-tw" and normalise_code("arb") == "ar" and normalise_code("nob") == "nb"
+    assert normalise_code("hbs") == "sh" and normalise_code("tgl") == "tl" and normalise_code("tl") == "tl"
+    # other macrolanguage members, deprecated and unknown codes keep their own code
+    assert normalise_code("gug") == "gug" and normalise_code("pbu") == "pbu" and normalise_code("iw") == "iw"
+    assert normalise_code("xx_YY") == "xx-yy" and normalise_code("mol") == "mol"
+    assert is_known("sh") and is_known("MUL") and is_known("und") and is_known("ger-AT") and is_known("zho_Hant")
+    # deprecated codes, collections and the private-use range are not ISO 639-1/639-3
+    assert not any(is_known(code) for code in ("iw", "mo", "mol", "sgn", "qaa", "", "1", "x"))
+    assert language_warnings("cmn", frozenset({"zh", "en"}), "muse") == []
+    assert language_warnings("qaa", None, "muse")[0].startswith("unknown language code 'qaa'")
+
+
 def test_langid_codes_and_warnings():
     from miner.filters import FilterChain, FilterOptions
     from miner.langid import langid_label
@@ -271,6 +286,19 @@ def test_langid_codes_and_warnings():
     assert chain.keep("nuqneH", "Hello, how are you today?", 1.2)  # unknown side not checked
     assert not chain.keep("nuqneH", "Guten Tag, wie geht es Ihnen heute?", 1.2)  # German on the English side
     assert chain.langid_sides == {"src": 0, "tgt": 1}
+
+
+def test_langid_labels_of_synonyms():
+    from miner.langid import langid_label
+
+    # the model's label for codes that langcodes treats as the same language
+    assert langid_label("fil") == langid_label("tl") == langid_label("tgl") == "tl"
+    assert langid_label("ki") == langid_label("kik") == "kik"
+    assert langid_label("iw") == langid_label("heb") == "he" and langid_label("in") == "id"
+    assert langid_label("jw") == "jv" and langid_label("mo") == langid_label("rum") == "ro"
+    assert langid_label("nob-NO") == "no" and langid_label("cmn") == langid_label("zh-Hant") == "zh"
+    assert langid_label("gug") == "gug" and langid_label("yue") == "yue"
+    assert langid_label("sh") is None and langid_label("pbu") is None and langid_label("") is None
 
 
 @pytest.mark.parametrize("command", ["eval", "calibrate", "report", "export"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from miner import mining, steps
+from miner import corpora, mining, orchestration, steps
 from miner.config import Config
 from miner.db import Candidate, Corpus, JobLease, Sentence, session_scope, utcnow
 from miner.encoders import encode, load_model, resolve_model
@@ -45,8 +45,7 @@ def small_case(folder):
     return src, tgt
 
 
-STEP_FUNCTIONS = {"ingest": steps.ingest, "embed": steps.embed, "index": steps.build_index,
-                  "knn": steps.knn, "score": steps.score, "finish": steps.finish}
+STEP_FUNCTIONS = steps.STEP_FUNCTIONS
 
 
 def run_job(cfg, src, tgt, seed=0, redeliver=0.0, sent=None, **overrides) -> int:
@@ -64,14 +63,14 @@ def run_job(cfg, src, tgt, seed=0, redeliver=0.0, sent=None, **overrides) -> int
         if sent is not None:
             sent.append((stage, len(units)))
 
-    assert steps.hand_over(cfg, job_id, None, "ingest", send)
-    assert not steps.hand_over(cfg, job_id, None, "ingest", send)  # a second submit sends nothing
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", send)
+    assert not orchestration.hand_over(cfg, job_id, None, "ingest", send)  # a second submit sends nothing
     rng = random.Random(seed)
     while queue:
         stage, args = queue.pop(rng.randrange(len(queue)))
         for _ in range(2 if rng.random() < redeliver else 1):
             STEP_FUNCTIONS[stage](cfg, job_id, *args)
-            steps.advance(cfg, job_id, stage, send)
+            orchestration.advance(cfg, job_id, stage, send)
     return job_id
 
 
@@ -92,7 +91,7 @@ def candidates(cfg, job_id):
 def test_sharded_job_equals_one_shot_mining(cfg, tmp_path, muse, margin, retrieval):
     src, tgt = small_case(tmp_path)
     job_id = run_job(cfg, src, tgt, margin=margin, retrieval=retrieval)
-    job = steps.load_job(cfg, job_id)
+    job = orchestration.load_job(cfg, job_id)
     x = encode(muse, texts(cfg, job.src_corpus_id))
     y = encode(muse, texts(cfg, job.tgt_corpus_id))
     want_src, want_tgt, want_scores, _ = mining.mine(x, y, k=4, margin=margin, retrieval=retrieval)
@@ -133,17 +132,17 @@ def test_cancelled_job_hands_over_nothing(cfg, tmp_path, muse):
     job_id = create_job(cfg, src, tgt, JobOptions(**options))
     sent = []
     send = lambda stage, units: sent.append(stage)  # noqa: E731
-    assert steps.hand_over(cfg, job_id, None, "ingest", send)
-    steps.ingest(cfg, job_id, "src")
-    steps.ingest(cfg, job_id, "tgt")
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", send)
+    corpora.ingest(cfg, job_id, "src")
+    corpora.ingest(cfg, job_id, "tgt")
     cancel_job(cfg, job_id)
-    assert not steps.advance(cfg, job_id, "ingest", send)
+    assert not orchestration.advance(cfg, job_id, "ingest", send)
     assert sent == ["ingest"]
     # A retry starts the hand-over again from ingest; finished units count at once.
     reset_for_retry(cfg, job_id)
-    assert steps.hand_over(cfg, job_id, None, "ingest", send)
-    assert steps.advance(cfg, job_id, "ingest", send)
-    assert not steps.advance(cfg, job_id, "ingest", send)
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", send)
+    assert orchestration.advance(cfg, job_id, "ingest", send)
+    assert not orchestration.advance(cfg, job_id, "ingest", send)
     assert sent == ["ingest", "ingest", "embed"]
 
 
@@ -161,9 +160,9 @@ def test_rerun_does_not_duplicate_and_second_job_reuses(cfg, tmp_path, muse):
     assert len(before) > 250
 
     # Every task of the finished job again: nothing is recomputed or duplicated.
-    spans = steps.plan(cfg, job_id)
-    for side in steps.SIDES:
-        steps.ingest(cfg, job_id, side)
+    spans = orchestration.plan(cfg, job_id)
+    for side in orchestration.SIDES:
+        corpora.ingest(cfg, job_id, side)
         for start, end in spans[side]:
             steps.embed(cfg, job_id, side, start, end)
     steps.finish(cfg, job_id)
@@ -199,7 +198,7 @@ def test_ingest_counts_skips(cfg, tmp_path, muse):
     status = job_status(cfg, job_id)
     assert status["corpora"]["src"]["sentences"] == 2
     assert status["corpora"]["src"]["skipped"] == {"blank": 2, "duplicates": 1, "too_long": 1, "decode_errors": 1}
-    job = steps.load_job(cfg, job_id)
+    job = orchestration.load_job(cfg, job_id)
     with session_scope(cfg.db_url) as s:
         rows = s.execute(select(Sentence.line_no, Sentence.text).where(Sentence.corpus_id == job.src_corpus_id)
                          .order_by(Sentence.idx)).all()
@@ -212,49 +211,47 @@ def test_sweep_resends_lost_tasks_and_lost_hand_overs(cfg, tmp_path, muse):
     """Tasks lost with a dead worker (or a restarted broker) are sent again once the job has been
     quiet for the stall time -- once, whoever sweeps -- and a stage whose hand-over was lost is
     handed over."""
-    import time
 
     src, tgt = small_case(tmp_path)
     options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key, shard_size=64)
     job_id = create_job(cfg, src, tgt, JobOptions(**options))
     sent = []
-    assert steps.hand_over(cfg, job_id, None, "ingest", lambda stage, units: None)  # both tasks lost
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", lambda stage, units: None)  # both tasks lost
     resend = lambda job, stage, units: sent.append((job, stage, list(units)))  # noqa: E731
     # The sweeps judge by a given clock, 2 s on from now, instead of waiting for it.
-    assert steps.sweep(cfg, resend, stall_seconds=60) == []  # not quiet long enough
+    assert orchestration.sweep(cfg, resend, stall_seconds=60) == []  # not quiet long enough
     later = utcnow() + dt.timedelta(seconds=2)
-    assert steps.sweep(cfg, resend, stall_seconds=1, queue_busy=lambda: True, now=later) == []  # waiting its turn
-    actions = steps.sweep(cfg, resend, stall_seconds=1, now=later)
+    assert orchestration.sweep(cfg, resend, stall_seconds=1, queue_busy=lambda: True, now=later) == []  # waiting its turn
+    actions = orchestration.sweep(cfg, resend, stall_seconds=1, now=later)
     assert sent == [(job_id, "ingest", [("src",), ("tgt",)])] and "2 missing ingest" in actions[0]
-    assert steps.sweep(cfg, resend, stall_seconds=1, now=later) == []  # just swept: quiet again only later
+    assert orchestration.sweep(cfg, resend, stall_seconds=1, now=later) == []  # just swept: quiet again only later
 
-    steps.ingest(cfg, job_id, "src")
-    steps.ingest(cfg, job_id, "tgt")  # ... and its hand-over to embed is lost (broker down)
+    corpora.ingest(cfg, job_id, "src")
+    corpora.ingest(cfg, job_id, "tgt")  # ... and its hand-over to embed is lost (broker down)
     sent.clear()
     later = max(utcnow(), later) + dt.timedelta(seconds=2)  # the clock never goes back
-    steps.sweep(cfg, resend, stall_seconds=1, now=later)
+    orchestration.sweep(cfg, resend, stall_seconds=1, now=later)
     assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
-    job = steps.load_job(cfg, job_id)
+    job = orchestration.load_job(cfg, job_id)
     assert job.dispatched == "embed"
 
     # A lease with a fresh heartbeat is a sign of life: no sweep while a task runs ...
     sent.clear()
     later = max(utcnow(), later) + dt.timedelta(seconds=10)
-    with steps.leased(cfg, job_id, "embed", "src:0", interval=3600):
+    with orchestration.leased(cfg, job_id, "embed", "src:0", interval=3600):
         with session_scope(cfg.db_url) as s:  # its heartbeat thread has just beaten (by the given clock)
             s.execute(update(JobLease).where(JobLease.job_id == job_id)
                       .values(heartbeat_at=later - dt.timedelta(seconds=0.5)))
-        assert steps.sweep(cfg, resend, stall_seconds=1, now=later) == []
+        assert orchestration.sweep(cfg, resend, stall_seconds=1, now=later) == []
     assert sent == []
     # ... and once it is gone, the same sweep sends the missing tasks.
-    assert steps.sweep(cfg, resend, stall_seconds=1, now=later)
+    assert orchestration.sweep(cfg, resend, stall_seconds=1, now=later)
     assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
 
 
 def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
     """The lease heartbeat of a running task sees its job cancelled; the task stops at its next
     chunk of work (check_stop) instead of finishing the shard. Another job's task runs on."""
-    import time
 
     from miner.errors import JobCancelled
     from miner.jobs import cancel_job
@@ -263,13 +260,13 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
     options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key)
     doomed = create_job(cfg, src, tgt, JobOptions(**options))
     other = create_job(cfg, src, tgt, JobOptions(**options))
-    with steps.leased(cfg, doomed, "embed", "src:0", interval=0.1):
-        steps.check_stop(doomed)  # running: goes on
+    with orchestration.leased(cfg, doomed, "embed", "src:0", interval=0.1):
+        orchestration.check_stop(doomed)  # running: goes on
         cancel_job(cfg, doomed)
-        assert steps._stop_event.get().wait(60)  # the heartbeat sees the cancel ...
+        assert orchestration._stop_event.get().wait(60)  # the heartbeat sees the cancel ...
         with pytest.raises(JobCancelled):
-            steps.check_stop(doomed)  # ... and the task stops at its next chunk
-    with steps.leased(cfg, other, "embed", "src:0", interval=0.1):
+            orchestration.check_stop(doomed)  # ... and the task stops at its next chunk
+    with orchestration.leased(cfg, other, "embed", "src:0", interval=0.1):
         with session_scope(cfg.db_url) as s:
             first = s.scalar(select(JobLease.heartbeat_at).where(JobLease.job_id == other))
         deadline = time.monotonic() + 60
@@ -279,8 +276,8 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
                     break
             assert time.monotonic() < deadline, "the lease heartbeat never beat"
             time.sleep(0.02)
-        steps.check_stop(other)  # the other job is untouched
-    steps.check_stop(doomed)  # outside a task nothing is checked
+        orchestration.check_stop(other)  # the other job is untouched
+    orchestration.check_stop(doomed)  # outside a task nothing is checked
 
 
 @pytest.mark.parametrize("index", ["ivf", "ivfpq"])
@@ -295,8 +292,8 @@ def test_ivf_jobs_find_the_pairs_exact_search_finds(cfg, tmp_path, muse, index):
     assert len(a) > 250
     assert len(a & b) >= 0.95 * len(a)
     art = Artifacts(cfg.artifacts)
-    job = steps.load_job(cfg, approx)
-    side = steps.job_sides(cfg, job)["tgt"]
+    job = orchestration.load_job(cfg, approx)
+    side = orchestration.job_sides(cfg, job)["tgt"]
     assert steps.storage_dtype(job, side) == "float16"
     stored = np.load(art.embeddings(side.key, job.options["model_key"], 0, 128, "float16"))
     assert stored.dtype == np.float16 and stored.shape == (128, 512)

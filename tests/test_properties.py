@@ -4,8 +4,8 @@ with the uniqueness that ``mining.retrieve`` defines for the mode, only ids of s
 in the job's corpora, and the same pairs as one-shot ``mining.mine`` on the same embeddings (when no
 two sentences of a side share an embedding; tie-breaking alike is tested at the end).
 
-Jobs run in-process through the same stage hand-over the Celery workers use (``steps.hand_over`` /
-``steps.advance``), tasks in random order, some delivered twice. One database for the module, a new
+Jobs run in-process through the same stage hand-over the Celery workers use (``orchestration.hand_over`` /
+``orchestration.advance``), tasks in random order, some delivered twice. One database for the module, a new
 job per example: corpora, embeddings and kNN results are reused by content hash, as in real use.
 """
 
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import and_, func, select
 
-from miner import mining, steps
+from miner import mining, orchestration, steps
 from miner.artifacts import Artifacts, load_npz
 from miner.config import Config
 from miner.db import Candidate, Corpus, Job, Sentence, session_scope
@@ -41,8 +41,7 @@ MAX_SHARDS = 6  # per side: keeps one example around a second on 2 cores
 SRC_POOL = read_lines(TATOEBA / "tatoeba.deu-eng.deu")[:150]
 TGT_POOL = read_lines(TATOEBA / "tatoeba.deu-eng.eng")[:150] + read_lines(DISTRACTORS)[:100]
 
-STEP_FUNCTIONS = {"ingest": steps.ingest, "embed": steps.embed, "index": steps.build_index,
-                  "knn": steps.knn, "score": steps.score, "finish": steps.finish}
+STEP_FUNCTIONS = steps.STEP_FUNCTIONS
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +73,13 @@ def run_job(cfg, src, tgt, seed=0, redeliver=0.0, **options) -> int:
     def send(stage, units):
         queue.extend((stage, args) for args in units)
 
-    assert steps.hand_over(cfg, job_id, None, "ingest", send)
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", send)
     rng = random.Random(seed)
     while queue:
         stage, args = queue.pop(rng.randrange(len(queue)))
         for _ in range(2 if rng.random() < redeliver else 1):
             STEP_FUNCTIONS[stage](cfg, job_id, *args)
-            steps.advance(cfg, job_id, stage, send)
+            orchestration.advance(cfg, job_id, stage, send)
     return job_id
 
 
@@ -153,16 +152,16 @@ def orphans(cfg, job_id: int, column, corpus_id: int) -> int:
 
 def side_embeddings(cfg, job: Job, side: str, n: int, shard_size: int) -> np.ndarray:
     """The embeddings the job used, read back from its shard artifacts."""
-    key = steps.job_sides(cfg, job)[side].key
+    key = orchestration.job_sides(cfg, job)[side].key
     art = Artifacts(cfg.artifacts)
     return np.concatenate([np.load(art.embeddings(key, MUSE.key, s, e))
-                           for s, e in steps.shard_spans(n, shard_size)])
+                           for s, e in orchestration.shard_spans(n, shard_size)])
 
 
 def best_of(cfg, job_id: int, direction: str, n: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The best candidate (id, score) of every query sentence of ``direction``, as the score step stored."""
     art = Artifacts(cfg.artifacts)
-    parts = [load_npz(art.scores(job_id, direction, s, e)) for s, e in steps.shard_spans(n, shard_size)]
+    parts = [load_npz(art.scores(job_id, direction, s, e)) for s, e in orchestration.shard_spans(n, shard_size)]
     return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts])
 
 
@@ -214,7 +213,7 @@ def test_jobs_never_store_a_pair_twice_or_a_foreign_id(cfg, muse, tmp_path_facto
             run_job(cfg, src_path, tgt_path, seed=seed, redeliver=redeliver, shard_size=shard_size, **options)
         return
     job_id = run_job(cfg, src_path, tgt_path, seed=seed, redeliver=redeliver, shard_size=shard_size, **options)
-    job = steps.load_job(cfg, job_id)
+    job = orchestration.load_job(cfg, job_id)
     assert job.state == "done"
     event(f"shard size 1: {shard_size == 1}; shard >= corpus: {shard_size >= biggest}")
 

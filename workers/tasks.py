@@ -1,36 +1,34 @@
-"""Thin Celery tasks: each takes ids, calls one :mod:`miner.steps` function under a lease, then
-hands over to the next stage when its own is complete (:func:`workers.workflows.advance`).
+"""Thin Celery tasks: each takes ids, runs one unit of its stage (:data:`miner.steps.STEP_FUNCTIONS`)
+under a lease, then hands over to the next stage when its own is complete
+(:func:`miner.orchestration.advance`, sending by task name through :mod:`workers.dispatch`).
 
 Failures: a cancelled (or already failed) job stops quietly. A transient error -- the database or
-the broker away for a moment -- retries the task with exponential backoff; if even the retry
-cannot be sent, the job's stall sweep sends the task again later. Any other error marks the job
-failed with a one-line reason and exit code, and ``miner retry`` resumes it.
+the broker away for a moment -- is retried by Celery (``autoretry_for`` with exponential backoff and
+jitter, up to 8 times); if even the retry cannot be sent, Celery drops the message and the job's
+stall sweep sends the task again later. Any other error, or a transient one that outlasts the
+retries, marks the job failed with a one-line reason and exit code (:meth:`StageTask.on_failure`),
+and ``miner retry`` resumes it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
-from celery.exceptions import Retry
-
-from miner import steps
-from miner.config import Config
+from miner import orchestration
+from miner.encoders import trusting
 from miner.errors import JobCancelled
+from miner.jobs import get_job
+from miner.steps import STEP_FUNCTIONS
 from workers.app import app
+from workers.dispatch import sender
 
 log = logging.getLogger(__name__)
-
-_config: Config | None = None
 
 TRANSIENT_RETRIES = 8
 
 
-def config() -> Config:
-    global _config
-    if _config is None:
-        _config = Config.from_env(threads=int(os.environ.get("MINER_THREADS") or 1))
-    return _config
+class TransientError(Exception):
+    """A lost connection to the database or the broker, not an error in the data or the code."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -50,73 +48,77 @@ def is_transient(exc: BaseException) -> bool:
         return False
 
 
-def _trusts_remote_code(cfg: Config, job_id: int) -> bool:
-    """The job's --trust-remote-code: whether its model may run code of its own when loaded here."""
-    from miner.jobs import get_job
+class StageTask(app.Task):
+    """One unit of a stage. Transient errors are retried by Celery; on failure the job is marked failed."""
 
-    return bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
+    acks_late = True
+    autoretry_for = (TransientError,)
+    max_retries = TRANSIENT_RETRIES
+    retry_backoff = True  # 1, 2, 4, ... seconds
+    retry_backoff_max = 60
+    retry_jitter = True
+    stage = ""
 
-
-def _run(task, fn, stage: str, job_id: int, *args):
-    from workers.workflows import advance
-
-    from miner.encoders import trusting
-
-    cfg = config()
-    try:
-        beat = max(0.5, min(steps.HEARTBEAT_SECONDS, cfg.stall_seconds / 3))
-        trust = stage == "embed" and _trusts_remote_code(cfg, job_id)
-        with trusting(trust), steps.leased(cfg, job_id, stage, steps.unit_name(stage, args), interval=beat):
-            result = fn(cfg, job_id, *args)
-        advance(cfg, job_id, stage)
-        return result
-    except JobCancelled as exc:
-        log.info("%s", exc)  # the job was cancelled or failed elsewhere: stop quietly
-        return None
-    except Exception as exc:
-        if is_transient(exc) and task.request.retries < TRANSIENT_RETRIES:
-            countdown = min(60, 2 ** task.request.retries)
-            log.warning("job %s %s %s: %s; retrying in %ss", job_id, stage, args, str(exc).splitlines()[0], countdown)
-            try:
-                raise task.retry(countdown=countdown, exc=exc)
-            except Retry:
-                raise
-            except Exception as cannot_retry:
-                log.error("job %s %s %s: cannot schedule a retry (%s); the stall sweep will send it again",
-                          job_id, stage, args, cannot_retry)
-                return None
+    def run_unit(self, job_id: int, *args):
+        cfg = self.app.miner_config
+        fn = STEP_FUNCTIONS[self.stage]
         try:
-            steps.mark_failed(cfg, job_id, f"{fn.__name__}: {exc}", getattr(exc, "exit_code", 1))
+            beat = max(0.5, min(orchestration.HEARTBEAT_SECONDS, cfg.stall_seconds / 3))
+            trust = self.stage == "embed" and bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
+            unit = orchestration.unit_name(self.stage, args)
+            with trusting(trust), orchestration.leased(cfg, job_id, self.stage, unit, interval=beat):
+                result = fn(cfg, job_id, *args)
+            orchestration.advance(cfg, job_id, self.stage, sender(self.app, job_id))
+            return result
+        except JobCancelled as exc:
+            log.info("%s", exc)  # the job was cancelled or failed elsewhere: stop quietly
+            return None
+        except Exception as exc:
+            if is_transient(exc):
+                raise TransientError(f"{fn.__name__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        when = getattr(einfo.exception, "when", None)
+        log.warning("job %s %s %s: %s; retrying in %ss", args[0] if args else "?", self.stage, tuple(args[1:]),
+                    exc, f"{when:.1f}" if isinstance(when, (int, float)) else when)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if not args:
+            return
+        job_id = args[0]
+        message = str(exc) if isinstance(exc, TransientError) else f"{STEP_FUNCTIONS[self.stage].__name__}: {exc}"
+        try:
+            orchestration.mark_failed(self.app.miner_config, job_id, message, getattr(exc, "exit_code", 1))
         except Exception as cannot_mark:
             log.error("job %s: cannot mark it failed (%s)", job_id, cannot_mark)
-        raise
 
 
-@app.task(name="miner.ingest", bind=True, acks_late=True)
+@app.task(name="miner.ingest", bind=True, base=StageTask, stage="ingest")
 def ingest(self, job_id: int, side: str) -> int:
-    return _run(self, steps.ingest, "ingest", job_id, side)
+    return self.run_unit(job_id, side)
 
 
-@app.task(name="miner.embed", bind=True, acks_late=True)
+@app.task(name="miner.embed", bind=True, base=StageTask, stage="embed")
 def embed(self, job_id: int, side: str, start: int, end: int) -> str:
-    return _run(self, steps.embed, "embed", job_id, side, start, end)
+    return self.run_unit(job_id, side, start, end)
 
 
-@app.task(name="miner.build_index", bind=True, acks_late=True)
+@app.task(name="miner.build_index", bind=True, base=StageTask, stage="index")
 def build_index(self, job_id: int, side: str) -> str:
-    return _run(self, steps.build_index, "index", job_id, side)
+    return self.run_unit(job_id, side)
 
 
-@app.task(name="miner.knn", bind=True, acks_late=True)
+@app.task(name="miner.knn", bind=True, base=StageTask, stage="knn")
 def knn(self, job_id: int, direction: str, start: int, end: int) -> str:
-    return _run(self, steps.knn, "knn", job_id, direction, start, end)
+    return self.run_unit(job_id, direction, start, end)
 
 
-@app.task(name="miner.score", bind=True, acks_late=True)
+@app.task(name="miner.score", bind=True, base=StageTask, stage="score")
 def score(self, job_id: int, direction: str, start: int, end: int) -> str:
-    return _run(self, steps.score, "score", job_id, direction, start, end)
+    return self.run_unit(job_id, direction, start, end)
 
 
-@app.task(name="miner.finish", bind=True, acks_late=True)
+@app.task(name="miner.finish", bind=True, base=StageTask, stage="finish")
 def finish(self, job_id: int) -> int:
-    return _run(self, steps.finish, "finish", job_id)
+    return self.run_unit(job_id)

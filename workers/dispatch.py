@@ -1,0 +1,78 @@
+"""Sending a job's tasks on Celery: stages by task name (nothing here imports the tasks), the
+queue check and the stall sweeper thread. How and when a stage is handed over is decided in
+:mod:`miner.orchestration`; this module only gives it a ``send`` that queues Celery tasks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+
+from miner import orchestration
+from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config
+
+log = logging.getLogger(__name__)
+
+#: The Celery task of each stage (see workers/tasks.py); embed tasks are routed to their own queue.
+TASK_NAMES = {
+    "ingest": "miner.ingest",
+    "embed": "miner.embed",
+    "index": "miner.build_index",
+    "knn": "miner.knn",
+    "score": "miner.score",
+    "finish": "miner.finish",
+}
+
+
+def send_stage(app: Celery, job_id: int, stage: str, units: list[tuple]) -> None:
+    """Queue one task of ``stage`` per unit (its arguments after the job id)."""
+    for args in units:
+        app.send_task(TASK_NAMES[stage], args=(job_id, *args))
+
+
+def sender(app: Celery, job_id: int):
+    """The ``send(stage, units)`` callback that :mod:`miner.orchestration` hands a stage to."""
+    return lambda stage, units: send_stage(app, job_id, stage, units)
+
+
+def queue_busy(app: Celery) -> bool:
+    """True when the broker holds queued tasks (or cannot tell)."""
+    from kombu.exceptions import ChannelError
+
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in (DEFAULT_QUEUE, EMBED_QUEUE):
+                try:
+                    if channel.queue_declare(queue=name, passive=True).message_count:
+                        return True
+                except ChannelError:  # the transport drops an empty queue (Redis deletes empty lists)
+                    continue
+            return False
+    except Exception:
+        return True
+
+
+def sweep_once(app: Celery, cfg: Config) -> list[str]:
+    return orchestration.sweep(cfg, lambda job_id, stage, units: send_stage(app, job_id, stage, units),
+                               cfg.stall_seconds, lambda: queue_busy(app))
+
+
+def start_sweeper(app: Celery, cfg: Config) -> threading.Thread:
+    """A daemon thread in the worker's main process: every few seconds, re-send the missing tasks
+    of stalled jobs (see :func:`miner.orchestration.sweep`)."""
+    interval = max(1.0, min(30.0, cfg.stall_seconds / 3))
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                sweep_once(app, cfg)
+            except Exception as exc:  # database or broker away: try again next round
+                log.warning("stall sweep failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+    thread = threading.Thread(target=loop, name="miner-sweeper", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,84 @@
+"""What a worker does when it starts, through Celery's signals (connected when :mod:`workers.app`
+is imported, so ``celery -A workers.app worker`` gets them too):
+
+* main process, before the pool starts: files for this user only, the configuration's folders, and
+  each pool child's thread count = the cores given to this worker / its concurrency;
+* main process, once ready: the stall sweeper (:func:`workers.dispatch.start_sweeper`);
+* each pool child: fresh database connections, bounded thread pools, and the job's model loaded
+  ahead of the first embed task when ``miner mine`` said which (``MINER_PRELOAD_MODEL``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+
+from celery import signals
+
+from miner.config import available_cores, limit_threads
+
+log = logging.getLogger(__name__)
+
+_worker_app = None  # the app of the worker this process belongs to (set before the pool forks)
+
+
+@signals.celeryd_init.connect
+def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
+    """Size each child's thread pools: the cores given to this worker divided by its concurrency."""
+    global _worker_app
+    from miner.artifacts import make_private
+
+    make_private()  # database, logs, artifacts: for this user only
+    cores = available_cores()
+    concurrency = (options or {}).get("concurrency") or cores
+    if not os.environ.get("MINER_THREADS"):
+        os.environ["MINER_THREADS"] = str(max(1, cores // int(concurrency)))
+    app = getattr(instance, "app", None)
+    if app is not None:
+        app.miner_config = dataclasses.replace(app.miner_config, threads=int(os.environ["MINER_THREADS"]))
+        app.miner_config.ensure_dirs()
+        _worker_app = app
+
+
+@signals.celeryd_after_setup.connect
+def _remember_name(sender=None, instance=None, **kwargs) -> None:
+    """Pool children inherit the node name; steps record it ("workers seen" in `miner status`)."""
+    if sender:
+        os.environ["MINER_WORKER_NAME"] = str(sender)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender=None, **kwargs) -> None:
+    """The main process of every worker watches for stalled jobs (tasks lost with a dead worker or
+    a restarted broker) and sends their missing tasks again."""
+    from workers.dispatch import start_sweeper
+
+    app = getattr(sender, "app", None) or _worker_app
+    start_sweeper(app, app.miner_config)
+
+
+@signals.worker_process_init.connect
+def _init_child(**kwargs) -> None:
+    from miner.db import dispose_engines
+
+    dispose_engines()  # never share pooled connections across fork
+    limit_threads(int(os.environ.get("MINER_THREADS") or 1))
+    model = os.environ.get("MINER_PRELOAD_MODEL")
+    if model and _worker_app is not None:
+        # `miner mine` knows its job's model: load it while the job is still being ingested.
+        cfg = _worker_app.miner_config
+        trust = os.environ.get("MINER_PRELOAD_TRUST_REMOTE_CODE") == "1"  # the job's --trust-remote-code
+
+        def preload() -> None:
+            from miner import steps
+            from miner.encoders import trusting
+
+            try:
+                with trusting(trust):
+                    steps.model_for(cfg, model)
+            except Exception as exc:  # the embed task will report it properly
+                log.warning("could not preload model %s: %s", model, exc)
+
+        threading.Thread(target=preload, name="miner-preload", daemon=True).start()
