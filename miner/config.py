@@ -169,7 +169,7 @@ class Config:
     threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = cores / concurrency
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
-    stall_seconds: int = 120  # see miner.steps.sweep
+    stall_seconds: int = 120  # see miner.orchestration.sweep
     # default of --trust-remote-code for new jobs; each job records its own choice in its options
     trust_remote_code: bool = False
 

@@ -105,10 +105,10 @@ class Job(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)  # of the error, for the CLI
     n_candidates: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
-    # The last stage whose tasks were sent (see miner.steps.claim_stage); reset by a retry.
+    # The last stage whose tasks were sent (see miner.orchestration.claim_stage); reset by a retry.
     dispatched: Mapped[str | None] = mapped_column(String(16), nullable=True)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    # When a worker last re-sent the missing tasks of this stalled job (miner.steps.sweep).
+    # When a worker last re-sent the missing tasks of this stalled job (miner.orchestration.sweep).
     swept_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     # Hash of both files' contents and the options that change results: finds duplicate submissions.
     request_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)

@@ -57,12 +57,6 @@ def load_done_job(cfg: Config, job_id: int, action: str = "export") -> Job:
         return job
 
 
-def iter_pairs(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str]]:
-    """(score, source, target) of a job, best first (ties by source then target id)."""
-    for score, source, target, _, _ in iter_records(cfg, job_id, min_score):
-        yield score, source, target
-
-
 def iter_records(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str, int, int]]:
     """(score, source, target, source line, target line) of a job, best first; line numbers are the
     0-based physical lines of the input files (``Sentence.line_no``)."""

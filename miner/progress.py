@@ -106,6 +106,9 @@ def _all_reused(info: dict) -> bool:
     return bool(info.get("done")) and info.get("reused", 0) >= info["done"]
 
 
+REUSED_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [reused{postfix}]"
+
+
 class Bars:
     """One tqdm bar per stage and side (or direction), in sentences, with rate and ETA; a job bar
     counting shards of every stage, with the workers seen. Parts reused from an earlier job show
@@ -131,13 +134,14 @@ class Bars:
         for position, (key, _stage, info) in enumerate(_parts(status), start=1):
             bar = self.bars.get(key)
             total = info["items_total"] or None
+            reused = REUSED_FORMAT if _all_reused(info) else None
             if bar is None:
                 bar = self.bars[key] = tqdm(total=total, desc=f"{key:<15}", unit="sent", unit_scale=True,
                                             position=position, leave=True, file=self.stream, dynamic_ncols=True,
-                                            mininterval=0.5)
+                                            mininterval=0.5, bar_format=reused)
             bar.total = total
-            if _all_reused(info):
-                bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [reused{postfix}]"
+            if reused:
+                bar.bar_format = reused
             bar.update(info["items_done"] - bar.n)
             bar.set_postfix_str(f"{info['done']}/{info['total']} shards", refresh=False)
             bar.refresh()

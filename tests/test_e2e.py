@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -59,7 +60,14 @@ def test_mine_tatoeba_deu_with_distractors(tmp_path, deu_embedded):
     out2 = tmp_path / "fra.tsv"
     result = run_miner(home, "mine", fra["src"], case["tgt"], "--src-lang", "fra", "--tgt-lang", "eng", "-o", out2)
     assert result.returncode == 0, result.stderr[-3000:]
-    stages = {s["stage"]: s for s in _status(home, _job_id(result))["stages"]}
+    fra_id = _job_id(result)
+    stages = {s["stage"]: s for s in _status(home, fra_id)["stages"]}
+    # stderr is not a terminal here: plain progress lines, no cursor escapes; the reused side says so.
+    assert "\x1b[" not in result.stderr and "\r" not in result.stderr
+    assert re.search(rf"job {fra_id}: embed tgt: [\d,]+/[\d,]+ sentences \(100%\), 1/1 shards, reused\n", result.stderr)
+    assert re.search(rf"job {fra_id}: embed src: [\d,]+/[\d,]+ sentences \(100%\), 1/1 shards, [\d,]+ sentences/s\n",
+                     result.stderr)
+    assert f"job {fra_id}: done, workers seen: 1" in result.stderr
     assert stages["ingest"]["reused"] == 1  # the English side
     assert stages["embed"]["reused"] == 1  # its one shard of 6,000 sentences
     assert len(read_tsv(out2)) > 0
@@ -150,6 +158,11 @@ def test_submit_worker_status_export_retry_cancel(tmp_path):
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
+    # The workers' output went to a file: our one summary line, no Celery banner, no kombu warning
+    # about the broker URL's missing host name.
+    text = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "worker: broker miner+socket://" in text
+    assert ".> transport:" not in text and "No hostname was supplied" not in text
 
 
 def test_mine_messy_input_and_failures(tmp_path):

@@ -92,6 +92,34 @@ def test_list_search_equals_faiss_search(ivf_data, nprobe):
     assert same.mean() > 0.999 and np.all(same | tied)
 
 
+def test_list_search_threads_small_batches_ties_and_quiet(capfd):
+    """The big_batch_search wrapper: the same result with one FAISS thread (sequential) and several
+    (its computation-thread pool), and for a batch too small for its bucket sort (FAISS's own search
+    then); exact ties ordered higher id first; the index's nprobe left alone; nothing printed."""
+    rng = np.random.default_rng(4)
+    x = unit(rng, 3000, 16)
+    x[[100, 1700, 2999, 42]] = x[5]  # five identical vectors: exact ties
+    index = indexes.build_ivf(indexes.IndexSpec("ivf", 8, 0, 2), 16, x, [x])
+    ivf = faiss.extract_index_ivf(index)
+    q = np.concatenate([x[[5, 42]], unit(rng, 400, 16)])
+    threads = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one = indexes.search(index, q, 6, nprobe=2)
+        faiss.omp_set_num_threads(3)
+        three = indexes.search(index, q, 6, nprobe=2)
+        small = indexes.search(index, q[:3], 6, nprobe=2)  # 3 x 2 (query, list) pairs <= 8 lists + 1
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert np.array_equal(one[0], three[0]) and np.array_equal(one[1], three[1])
+    assert np.array_equal(small[0], one[0][:3]) and np.array_equal(small[1], one[1][:3])
+    assert one[1][:2, :5].tolist() == [[2999, 1700, 100, 42, 5]] * 2 and np.all(one[0][:2, :5] == one[0][0, 0])
+    want_sims, want_ids = index.search(q, 6, params=faiss.SearchParametersIVF(nprobe=2))
+    np.testing.assert_allclose(one[0], want_sims, atol=1e-6)
+    assert np.array_equal(np.sort(one[1][2:], axis=1), np.sort(want_ids[2:], axis=1))
+    assert ivf.nprobe == 1 and capfd.readouterr().out == ""
+
+
 def test_list_search_probing_every_list_is_exact(ivf_data):
     x, q, spec, index = ivf_data
     sims, ids = indexes.search(index, q, 4, nprobe=spec.nlist)

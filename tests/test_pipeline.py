@@ -124,6 +124,28 @@ def test_stages_hand_over_once_in_any_order_with_redelivered_tasks(cfg, tmp_path
     assert all(stage["done"] == stage["total"] for stage in status["stages"])
 
 
+def test_each_direction_means_are_stored_once_and_reused(cfg, tmp_path, muse):
+    """The score step reads one means file per direction (written by the first score task of the
+    direction) instead of every kNN shard of the other direction; a second job reuses it."""
+    src, tgt = small_case(tmp_path)
+    job_id = run_job(cfg, src, tgt, seed=3)
+    job = orchestration.load_job(cfg, job_id)
+    sides = orchestration.job_sides(cfg, job)
+    means = sorted(cfg.artifacts.rglob("means-*.npy"))
+    assert len(means) == 2  # fwd and bwd
+    for direction in ("fwd", "bwd"):
+        query, target = (sides[name] for name in orchestration.DIRECTIONS[direction])
+        knn_files = [steps._knn_path(Artifacts(cfg.artifacts), job, query, target, 4, s, e)
+                     for s, e in orchestration.shard_spans(query.n, 64)]
+        want = np.concatenate([mining.knn_mean(np.load(f)["sims"]) for f in knn_files])
+        stored = np.load(knn_files[0].with_name(f"means-{64:010d}-{query.n:010d}.npy"))
+        np.testing.assert_array_equal(stored, want)
+    stamps = [m.stat().st_mtime_ns for m in means]
+    again = run_job(cfg, src, tgt, seed=4, threshold=1.2)  # same neighbours: the means are reused as they are
+    assert again != job_id and [m.stat().st_mtime_ns for m in means] == stamps
+    assert len(candidates(cfg, again)) == len(candidates(cfg, job_id))
+
+
 def test_cancelled_job_hands_over_nothing(cfg, tmp_path, muse):
     from miner.jobs import cancel_job, reset_for_retry
 
