@@ -19,8 +19,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Non-root user; the folders that compose mounts named volumes on are created here so the volumes
 # start out owned by that user.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin miner \
-    && mkdir -p /app /artifacts /data /home/miner/.miner /home/miner/.cache/huggingface \
-    && chown -R miner:miner /app /artifacts /data /home/miner
+    && mkdir -p /app /artifacts /data /home/miner/.miner /home/miner/.cache/huggingface /run/miner-cores \
+    && chown -R miner:miner /app /artifacts /data /home/miner /run/miner-cores
 
 WORKDIR /app
 

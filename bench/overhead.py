@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark: pipeline overhead of ``miner mine`` against a plain one-process script.
 
-Target (issue 4): ``miner mine`` wall time on N + N real sentences, process start included, divided
-by the wall time of a plain one-process script doing the same work the way the sentence-transformers
-bitext-mining example does, is <= 1.10 -- at 20,000 + 20,000 and at the largest size the shared data
-gives with distinct sentences (18,401 + 18,401; see ``bench/common.py`` for how the sides are built).
+Targets: ``miner mine`` wall time, process start included, divided by the wall time of a plain
+one-process script doing the same work the way the sentence-transformers bitext-mining example does:
+<= 1.00 on N + N real sentences (issue 13; issue 4 asked <= 1.10 at 20,000 + 20,000 and at the largest
+size the shared data gives with distinct sentences, 18,401 + 18,401, see ``bench/common.py``), and
+<= 1.50 on the README example (``--sizes example``: 300 + 400 lines, where fixed costs dominate).
 
 For each size this
 
@@ -38,6 +39,7 @@ Usage (from the repository root)::
 
     python bench/overhead.py                        # sizes 20000 and max (18401), repeat 1
     python bench/overhead.py --sizes max --repeat 3
+    python bench/overhead.py --sizes example,40000  # issue 13: the README example (<= 1.5) and 40k (<= 1.0)
     python bench/overhead.py --baseline-threads 2   # the baseline with 2 threads only
     python bench/overhead.py --json                 # JSON on stdout instead of the table
     python bench/overhead.py --json out.json        # table on stdout, JSON to out.json
@@ -66,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procfs import TICK, proc_table  # noqa: E402  (standard library only)
 
-TARGET = 1.10
+TARGET = 1.00  # issue 13: `miner mine` no slower than the one-process script on real sizes
+EXAMPLE_TARGET = 1.50  # issue 13: the README example (300 + 400 lines), where fixed costs dominate
 THRESHOLD = 1.05  # the product's default for muse with the ratio margin (miner.defaults)
 STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
 
@@ -398,9 +401,24 @@ def compare(base_tsv: str, prod_tsv: str, gold: set) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def measure(size: int, args, common) -> dict:
+def example_corpus() -> dict:
+    """The README's example: ``examples/sample.de`` (300 lines) against ``examples/sample.en`` (400)."""
+    gold = set()
+    for line in (REPO / "examples" / "gold.tsv").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            de, en = line.split("\t")
+            gold.add((de, en))
+    return {"src": REPO / "examples" / "sample.de", "tgt": REPO / "examples" / "sample.en", "gold": gold,
+            "shared_lines": 0, "how": f"the README example: examples/sample.de (300) against examples/sample.en "
+                                      f"(400); gold = {len(gold)} pairs (examples/gold.tsv)"}
+
+
+def measure(size, args, common) -> dict:
     work = Path(args.out) / "overhead"
-    corpus = common.build_corpus(size, work / "corpora", data=Path(args.data), seed=args.seed)
+    if size == "example":
+        corpus = example_corpus()
+    else:
+        corpus = common.build_corpus(size, work / "corpora", data=Path(args.data), seed=args.seed)
     log(f"== size {size} + {size}: {corpus['how']}")
     runs: dict = {"product": [], **{f"baseline_t{t}": [] for t in args.baseline_threads}}
     for rep in range(args.repeat):
@@ -433,6 +451,7 @@ def measure(size: int, args, common) -> dict:
                         "walls": [r["wall_s"] for r in rs]}
     fastest = min(baselines.values(), key=lambda b: b["wall_s"])
     ratio = round(product_wall / fastest["wall_s"], 3)
+    target = EXAMPLE_TARGET if size == "example" else TARGET
     last = runs["product"][-1]
     agreement = compare(runs[f"baseline_t{fastest['threads']}"][-1]["tsv"], last["tsv"], corpus["gold"])
     return {
@@ -442,8 +461,8 @@ def measure(size: int, args, common) -> dict:
                     "other_cores": [r["other_cores"] for r in runs["product"]],
                     "timeline": last["timeline"], "worker_log_warnings": last["worker_log_warnings"]},
         "baselines": list(baselines.values()),
-        "ratio": ratio, "ratio_against_threads": fastest["threads"], "target": TARGET,
-        "pass": ratio <= TARGET, "agreement": agreement,
+        "ratio": ratio, "ratio_against_threads": fastest["threads"], "target": target,
+        "pass": ratio <= target, "agreement": agreement,
     }
 
 
@@ -505,7 +524,8 @@ def main(argv=None) -> int:
                     help="internal: run the plain baseline on SRC and TGT, write OUT, print its timings as JSON")
     ap.add_argument("--threads", type=int, default=2, help="with --baseline-only: threads")
     ap.add_argument("--sizes", default="20000,max",
-                    help="sentences per side, comma-separated; 'max' = largest size with disjoint sides")
+                    help="sentences per side, comma-separated; 'max' = largest size with disjoint sides; "
+                         "'example' = the README example (examples/sample.de against examples/sample.en)")
     ap.add_argument("--baseline-threads", default="2,1",
                     help="thread counts of the baseline runs (comma-separated; PASS/FAIL uses the fastest)")
     ap.add_argument("--repeat", type=int, default=1)
@@ -532,12 +552,12 @@ def main(argv=None) -> int:
     sizes = []
     for s in args.sizes.split(","):
         s = s.strip()
-        n = max_size if s == "max" else int(s)
+        n = max_size if s == "max" else s if s == "example" else int(s)
         if n not in sizes:
             sizes.append(n)
     result = {"machine": common.machine(), "repeat": args.repeat, "max_distinct_size": max_size,
-              "target": TARGET, "sizes": []}
-    if any(n > max_size for n in sizes):
+              "target": TARGET, "example_target": EXAMPLE_TARGET, "sizes": []}
+    if any(n != "example" and n > max_size for n in sizes):
         log(f"note: the shared data gives at most {max_size} distinct sentences per side with disjoint sides; "
             f"larger sizes share English lines between the sides")
     for n in sizes:

@@ -263,7 +263,8 @@ def _print_status(status: dict) -> None:
 @click.option("--queues", "-Q", default=f"{DEFAULT_QUEUE},{EMBED_QUEUE}", show_default=True,
               help=f"Queues to consume: '{EMBED_QUEUE}' for embedding (GPU workers), '{DEFAULT_QUEUE}' for the rest.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="BLAS/torch/FAISS threads per process (default: MINER_THREADS, else cores / concurrency).")
+              help="BLAS/torch/FAISS threads per process (default: MINER_THREADS, else this host's cores divided "
+                   "among the task processes of all its workers, sized again before each task).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--name", "-n", default=None, help="Worker name (default: miner-<pid>@<host>).")
 @click.option("--events", "-E", is_flag=True, help="Send task events (for Flower or `celery events`).")
@@ -274,18 +275,19 @@ def worker(ctx, concurrency, queues, threads, loglevel, name, events):
     _warn_filesystem_broker(cfg)
     cores = available_cores()
     concurrency = concurrency or cores
-    os.environ["MINER_THREADS"] = str(threads or cfg.threads or max(1, cores // concurrency))
-    from miner.config import limit_threads
+    if threads or cfg.threads:
+        os.environ["MINER_THREADS"] = str(threads or cfg.threads)
+        shown = f"{os.environ['MINER_THREADS']} threads"
+    else:  # the host's cores, shared by the task processes of every worker on it (miner.cores)
+        shown = f"a share of this host's {cores} cores"
     from workers.app import use_config
-
-    limit_threads(int(os.environ["MINER_THREADS"]))
     # Celery's banner only on a terminal: in a log file our one line below says what matters.
     argv = ([] if sys.stderr.isatty() else ["--quiet"]) + ["worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
             "--hostname", name or f"miner-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     if events:
         argv.append("--task-events")
     click.echo(f"worker: broker {mask_url(cfg.broker_url)}, database {mask_url(cfg.db_url)}, "
-               f"{concurrency} processes x {os.environ['MINER_THREADS']} threads, queues {queues}", err=True)
+               f"{concurrency} processes x {shown}, queues {queues}", err=True)
     use_config(cfg).worker_main(argv)
 
 

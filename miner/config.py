@@ -34,7 +34,9 @@ ENV_VARS = {
     "MINER_BROKER_URL": "Celery broker (redis://host:6379/0, ...; unset: a private Redis server under MINER_HOME)",
     "MINER_RESULT_BACKEND": "Celery result backend (not used for flow control)",
     "MINER_ARTIFACTS": "folder for embeddings, indexes and kNN results, shared by all workers",
-    "MINER_THREADS": "BLAS/torch/FAISS threads per worker process",
+    "MINER_THREADS": "BLAS/torch/FAISS threads per worker process (unset: a share of the host's cores)",
+    "MINER_CORES_DIR": "host-local folder where the workers of one machine register to share its cores "
+                       "(default /tmp/bitext-miner-<uid>/cores; one volume for all worker containers of a host)",
     "MINER_EMBED_BATCH_SIZE": "sentences per encode batch",
     "MINER_DEVICE": "torch device for sentence-transformers models (cpu, cuda, cuda:1)",
     "MINER_STALL_SECONDS": "a job with no sign of life for this long gets its missing tasks sent again",
@@ -85,6 +87,11 @@ def _read_config_file(path: Path) -> dict:
                              f"(known: {', '.join(sorted(ENV_VARS))})")
         values[name] = value.strip().strip("'\"")
     return values
+
+
+def default_cores_dir() -> Path:
+    """Where the workers of this machine register to share its cores (``MINER_CORES_DIR`` unset)."""
+    return Path("/tmp") / f"bitext-miner-{os.getuid()}" / "cores"
 
 
 def available_cores() -> int:
@@ -172,6 +179,8 @@ class Config:
     stall_seconds: int = 120  # see miner.orchestration.sweep
     # default of --trust-remote-code for new jobs; each job records its own choice in its options
     trust_remote_code: bool = False
+    # where the workers of this machine register to share its cores (miner.cores)
+    cores_dir: Path = dataclasses.field(default_factory=lambda: default_cores_dir())
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -190,6 +199,7 @@ class Config:
             device=env.get("MINER_DEVICE") or None,
             stall_seconds=_int_env(env, "MINER_STALL_SECONDS", 120),
             trust_remote_code=_bool_env(env, "MINER_TRUST_REMOTE_CODE", False),
+            cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -217,6 +217,17 @@ def _hub_revision(repo_id: str) -> str | None:
         return None
 
 
+def set_threads(model, threads: int) -> None:
+    """Change the threads a loaded model encodes with: the muse module's own BLAS limit (torch
+    models follow ``torch.set_num_threads``, see :func:`miner.config.limit_threads`)."""
+    for module in getattr(model, "_modules", {}).values():
+        use = getattr(module, "_use", None)
+        if use is not None and hasattr(module, "threads"):
+            module.threads = use.threads = int(threads)
+            if getattr(use, "_backend", None) is not None:
+                use._backend.threads = int(threads)
+
+
 def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
                trust_remote_code: bool | None = None):
     """Load the :class:`SentenceTransformer` behind ``spec``.

@@ -67,6 +67,15 @@ def model_for(cfg: Config, name: str, expected_key: str | None = None):
         return _models[key]
 
 
+def set_threads(threads: int) -> None:
+    """The loaded model (if any) encodes with ``threads`` threads from now on."""
+    from miner.encoders import set_threads as set_model_threads
+
+    with _models_lock:
+        for model in _models.values():
+            set_model_threads(model, threads)
+
+
 def _model(cfg: Config, job: Job):
     return model_for(cfg, job.model, expected_key=job.options["model_key"])
 

@@ -2,10 +2,11 @@
 is imported, so ``celery -A workers.app worker`` gets them too):
 
 * main process, before the pool starts: files for this user only, the configuration's folders, and
-  each pool child's thread count = the cores given to this worker / its concurrency;
+  the worker's registration among the workers of this host (:mod:`miner.cores`);
 * main process, once ready: the stall sweeper (:func:`workers.dispatch.start_sweeper`);
-* each pool child: fresh database connections, bounded thread pools, and the job's model loaded
-  ahead of the first embed task when ``miner mine`` said which (``MINER_PRELOAD_MODEL``).
+* each pool child: fresh database connections, bounded thread pools (sized again before each task,
+  :func:`size_threads`), and the job's model loaded ahead of the first embed task when ``miner
+  mine`` said which (``MINER_PRELOAD_MODEL``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 
 from celery import signals
 
+from miner import cores
 from miner.config import available_cores, limit_threads
 
 log = logging.getLogger(__name__)
@@ -26,20 +28,49 @@ _worker_app = None  # the app of the worker this process belongs to (set before 
 
 @signals.celeryd_init.connect
 def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
-    """Size each child's thread pools: the cores given to this worker divided by its concurrency."""
+    """Files for this user only, the configuration's folders, and how the pool processes size their
+    threads: ``MINER_THREADS`` when given, else a share of this host's cores (:mod:`miner.cores`)."""
     global _worker_app
     from miner.artifacts import make_private
 
     make_private()  # database, logs, artifacts: for this user only
-    cores = available_cores()
-    concurrency = (options or {}).get("concurrency") or cores
-    if not os.environ.get("MINER_THREADS"):
-        os.environ["MINER_THREADS"] = str(max(1, cores // int(concurrency)))
+    concurrency = int((options or {}).get("concurrency") or available_cores())
     app = getattr(instance, "app", None)
     if app is not None:
-        app.miner_config = dataclasses.replace(app.miner_config, threads=int(os.environ["MINER_THREADS"]))
-        app.miner_config.ensure_dirs()
         _worker_app = app
+        if not os.environ.get("MINER_THREADS"):
+            cores.register(concurrency, app.miner_config.cores_dir)
+        app.miner_config = dataclasses.replace(app.miner_config, threads=task_threads())
+        app.miner_config.ensure_dirs()
+
+
+_threads_now: int | None = None
+
+
+def task_threads() -> int:
+    """The threads of one task process: ``MINER_THREADS`` when given (``miner worker --threads``),
+    else this host's cores divided among the task processes of its live workers."""
+    fixed = os.environ.get("MINER_THREADS")
+    folder = _worker_app.miner_config.cores_dir if _worker_app is not None else None
+    return int(fixed) if fixed else cores.threads_per_slot(available_cores(), folder)
+
+
+def size_threads(app) -> int:
+    """Before each task: take this process's share of the cores now (workers come and go); the
+    thread pools and a loaded model follow when it changed."""
+    global _threads_now
+    threads = task_threads()
+    if threads != _threads_now:
+        from miner import steps
+
+        limit_threads(threads)
+        steps.set_threads(threads)
+        app.miner_config = dataclasses.replace(app.miner_config, threads=threads)
+        if _threads_now is not None:
+            log.info("now %d thread(s) per task process (%s)", threads, "MINER_THREADS" if os.environ.get(
+                "MINER_THREADS") else f"{available_cores()} cores shared by the task processes of this host's workers")
+        _threads_now = threads
+    return threads
 
 
 @signals.celeryd_after_setup.connect
@@ -64,7 +95,8 @@ def _init_child(**kwargs) -> None:
     from miner.db import dispose_engines
 
     dispose_engines()  # never share pooled connections across fork
-    limit_threads(int(os.environ.get("MINER_THREADS") or 1))
+    if _worker_app is not None:
+        size_threads(_worker_app)
     model = os.environ.get("MINER_PRELOAD_MODEL")
     if model and _worker_app is not None:
         # `miner mine` knows its job's model: load it while the job is still being ingested.

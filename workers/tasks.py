@@ -21,6 +21,7 @@ from miner.jobs import get_job
 from miner.steps import STEP_FUNCTIONS
 from workers.app import app
 from workers.dispatch import sender
+from workers.hooks import size_threads
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class StageTask(app.Task):
     stage = ""
 
     def run_unit(self, job_id: int, *args):
+        size_threads(self.app)  # this process's share of the host's cores, now
         cfg = self.app.miner_config
         fn = STEP_FUNCTIONS[self.stage]
         try:
