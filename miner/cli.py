@@ -282,8 +282,9 @@ def worker(ctx, concurrency, queues, threads, loglevel, name, events):
         shown = f"a share of this host's {cores} cores"
     from workers.app import use_config
     # Celery's banner only on a terminal: in a log file our one line below says what matters.
-    argv = ([] if sys.stderr.isatty() else ["--quiet"]) + ["worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
-            "--hostname", name or f"miner-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    argv = ([] if sys.stderr.isatty() else ["--quiet"]) + [
+        "worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
+        "--hostname", name or f"miner-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     if events:
         argv.append("--task-events")
     click.echo(f"worker: broker {mask_url(cfg.broker_url)}, database {mask_url(cfg.db_url)}, "

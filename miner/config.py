@@ -173,7 +173,7 @@ class Config:
     broker_url: str
     result_backend: str
     artifacts: Path
-    threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = cores / concurrency
+    threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = a share of the host's cores (miner.cores)
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
     stall_seconds: int = 120  # see miner.orchestration.sweep
