@@ -40,6 +40,8 @@ ENV_VARS = {
     "MINER_EMBED_BATCH_SIZE": "sentences per encode batch",
     "MINER_DEVICE": "torch device for sentence-transformers models (cpu, cuda, cuda:1)",
     "MINER_STALL_SECONDS": "a job with no sign of life for this long gets its missing tasks sent again",
+    "MINER_HEARTBEAT_SECONDS": "a running unit renews its lease this often (default 3)",
+    "MINER_LEASE_SECONDS": "a unit whose lease was not renewed for this long is lost and sent again (default 15)",
     "MINER_TRUST_REMOTE_CODE": "1: mine/submit act as if given --trust-remote-code (let a model run its own code)",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
@@ -153,6 +155,19 @@ def _int_env(env: dict, name: str, default: int | None) -> int | None:
         raise UsageError(f"{name}={raw!r} is not an integer") from None
 
 
+def _float_env(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UsageError(f"{name}={raw!r} is not a finite number")
+    return value
+
+
 def _bool_env(env: dict, name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw == "":
@@ -177,6 +192,8 @@ class Config:
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
     stall_seconds: int = 120  # see miner.orchestration.sweep
+    heartbeat_seconds: float = 3.0  # a running unit renews its lease this often (miner.orchestration.leased)
+    lease_seconds: float = 15.0  # a lease not renewed for this long is lost (miner.orchestration.recover)
     # default of --trust-remote-code for new jobs; each job records its own choice in its options
     trust_remote_code: bool = False
     # where the workers of this machine register to share its cores (miner.cores)
@@ -198,6 +215,8 @@ class Config:
             embed_batch_size=_int_env(env, "MINER_EMBED_BATCH_SIZE", 256),
             device=env.get("MINER_DEVICE") or None,
             stall_seconds=_int_env(env, "MINER_STALL_SECONDS", 120),
+            heartbeat_seconds=_float_env(env, "MINER_HEARTBEAT_SECONDS", 3.0),
+            lease_seconds=_float_env(env, "MINER_LEASE_SECONDS", 15.0),
             trust_remote_code=_bool_env(env, "MINER_TRUST_REMOTE_CODE", False),
             cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
         )
@@ -208,6 +227,11 @@ class Config:
             raise UsageError("MINER_THREADS must be at least 1")
         if values["stall_seconds"] < 1:
             raise UsageError("MINER_STALL_SECONDS must be at least 1")
+        if not values["heartbeat_seconds"] > 0:
+            raise UsageError("MINER_HEARTBEAT_SECONDS must be more than 0")
+        if values["lease_seconds"] < 2 * values["heartbeat_seconds"]:
+            raise UsageError(f"MINER_LEASE_SECONDS ({values['lease_seconds']:g}) must be at least twice "
+                             f"MINER_HEARTBEAT_SECONDS ({values['heartbeat_seconds']:g}): a live unit must not look lost")
         return cls(**values)
 
     @property

@@ -55,6 +55,11 @@ class JobCancelled(MinerError):
     exit_code = 1
 
 
+class UnitTaken(JobCancelled):
+    """Another live task holds this unit's lease (a message delivered twice, or one that came back
+    after its unit was sent again): this task stops quietly and the other one runs the unit."""
+
+
 class OutputClosed(MinerError):
     """Standard output is a pipe whose reader has gone (``| head``): the command ends quietly."""
 

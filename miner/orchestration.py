@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select, update
 
 from miner.config import Config
 from miner.db import Corpus, CorpusState, Job, JobLease, JobStage, JobState, JobStep, insert_ignore, session_scope, utcnow
-from miner.errors import JobCancelled, MinerError
+from miner.errors import JobCancelled, MinerError, UnitTaken
 
 log = logging.getLogger(__name__)
 
@@ -187,37 +187,73 @@ def unit_name(stage: str, args: tuple) -> str:
 
 # --------------------------------------------------------------------------- leases and stalls
 
-HEARTBEAT_SECONDS = 5.0
 _stop_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("miner_stop", default=None)
+_lost_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("miner_lost", default=None)
 
 
 def check_stop(job_id: int) -> None:
-    """Raise JobCancelled when the lease of the running task saw its job cancelled or failed."""
+    """Raise JobCancelled when the lease of the running task saw its job cancelled or failed, or
+    UnitTaken when another task took its unit over (this one was taken for lost)."""
+    lost = _lost_event.get()
+    if lost is not None and lost.is_set():
+        raise UnitTaken(f"job {job_id}: another task took this unit over (its lease was not renewed in time)")
     event = _stop_event.get()
     if event is not None and event.is_set():
         raise JobCancelled(f"job {job_id} was cancelled or failed while this task ran")
 
 
-@contextmanager
-def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HEARTBEAT_SECONDS):
-    """Hold a lease on one unit while the block runs: a thread refreshes its heartbeat every
-    ``interval`` seconds, so a job whose every lease is stale has no live task (see :func:`sweep`)."""
-    values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=utcnow(),
-                  heartbeat_at=utcnow())
-    key = (JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit)
+def unit_recorded(cfg: Config, job_id: int, stage: str, unit: str) -> bool:
+    """Whether the unit's completion is recorded (a task delivered again finds its work done)."""
     with session_scope(cfg.db_url) as s:
-        s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"]))
-        s.execute(update(JobLease).where(*key).values(worker=values["worker"], heartbeat_at=utcnow()))
+        return s.scalar(select(func.count(JobStep.id)).where(
+            JobStep.job_id == job_id, JobStep.stage == stage, JobStep.unit == unit)) > 0
+
+
+def _take_lease(cfg: Config, job_id: int, stage: str, unit: str, lost_after: float) -> dt.datetime:
+    """Take the unit's lease: a new one, or one not renewed for ``lost_after`` seconds (its task is
+    gone). Returns our token (its ``started_at``); raises UnitTaken when a live task holds it."""
+    now = utcnow()
+    values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=now, heartbeat_at=now)
+    with session_scope(cfg.db_url) as s:
+        if s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"])).rowcount == 1:
+            return now
+        taken = s.execute(
+            update(JobLease)
+            .where(JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit,
+                   JobLease.heartbeat_at < now - dt.timedelta(seconds=lost_after))
+            .values(worker=values["worker"], started_at=now, heartbeat_at=now)
+        ).rowcount
+    if taken != 1:
+        raise UnitTaken(f"job {job_id}: {stage} {unit} is being run by another task; this delivery is dropped")
+    return now
+
+
+@contextmanager
+def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float | None = None,
+           lost_after: float | None = None):
+    """Hold the lease on one unit while the block runs, so that no other task runs it at the same
+    time: a thread renews it every ``interval`` seconds (default ``cfg.heartbeat_seconds``). A lease
+    not renewed for ``lost_after`` seconds (default ``cfg.lease_seconds``) is lost: :func:`recover`
+    sends its unit again, and the task that starts it takes the lease over. Raises UnitTaken when a
+    live task holds the lease; the block's :func:`check_stop` raises UnitTaken once another task
+    took the lease over, and JobCancelled once the job was cancelled or failed."""
+    interval = cfg.heartbeat_seconds if interval is None else interval
+    lost_after = cfg.lease_seconds if lost_after is None else lost_after
+    mine = _take_lease(cfg, job_id, stage, unit, lost_after)
+    key = (JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit, JobLease.started_at == mine)
     stop = threading.Event()
-    job_stopped = threading.Event()
-    token = _stop_event.set(job_stopped)
+    job_stopped, lease_lost = threading.Event(), threading.Event()
+    tokens = (_stop_event.set(job_stopped), _lost_event.set(lease_lost))
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
                 with session_scope(cfg.db_url) as s:
-                    s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow()))
+                    renewed = s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow())).rowcount
                     state = s.scalar(select(Job.state).where(Job.id == job_id))
+                if not renewed:
+                    lease_lost.set()
+                    return
                 if state in (JobState.CANCELLED.value, JobState.FAILED.value):
                     job_stopped.set()
             except Exception as exc:  # the database is away for a moment: the task itself will notice
@@ -228,14 +264,56 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float = HE
     try:
         yield
     finally:
-        _stop_event.reset(token)
+        _lost_event.reset(tokens[1])
+        _stop_event.reset(tokens[0])
         stop.set()
         thread.join(10)
         try:
             with session_scope(cfg.db_url) as s:
                 s.execute(delete(JobLease).where(*key))
-        except Exception as exc:  # a stale lease only delays a stall sweep; never hide the real error
+        except Exception as exc:  # a stale lease only delays a recovery; never hide the real error
             log.debug("could not release the lease of job %s %s %s: %s", job_id, stage, unit, exc)
+
+
+def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None = None) -> list[str]:
+    """Send again, at once, the work of workers that died (run every heartbeat by each worker):
+
+    * a unit whose lease was not renewed for ``cfg.lease_seconds``: its task is gone (the worker was
+      killed, its machine preempted). The first caller to remove the stale lease (compare-and-set
+      on its heartbeat) sends the unit again, unless its completion is recorded;
+    * a job with no live lease and no sign of life for ``cfg.lease_seconds`` while the broker's
+      queues are empty: its missing units (lost before their task took a lease) or its hand-over
+      (lost after the last unit was recorded) are sent, as :func:`sweep` does for quiet jobs.
+
+    A message of the dead worker that comes back later finds its unit recorded or leased and is
+    dropped (:func:`leased`, workers/tasks.py). ``send(job_id, stage, units)`` queues tasks."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=cfg.lease_seconds)
+    active = [JobState.QUEUED.value, JobState.RUNNING.value]
+    with session_scope(cfg.db_url) as s:
+        stale = s.execute(
+            select(JobLease.job_id, JobLease.stage, JobLease.unit, JobLease.heartbeat_at, JobLease.worker)
+            .join(Job, Job.id == JobLease.job_id)
+            .where(Job.state.in_(active), JobLease.heartbeat_at < cutoff)
+        ).all()
+    actions = []
+    for job_id, stage, unit, seen, worker in stale:
+        with session_scope(cfg.db_url) as s:
+            won = s.execute(delete(JobLease).where(
+                JobLease.job_id == job_id, JobLease.stage == stage, JobLease.unit == unit,
+                JobLease.heartbeat_at == seen)).rowcount == 1
+        if not won or unit_recorded(cfg, job_id, stage, unit):
+            continue
+        args = [a for a in stage_units(cfg, job_id, stage) if unit_name(stage, a) == unit]
+        if args:
+            send(job_id, stage, args)
+            with session_scope(cfg.db_url) as s:  # a sign of life: the quiet-job check below waits again
+                s.execute(update(Job).where(Job.id == job_id).values(swept_at=now))
+            age = (now - seen).total_seconds()
+            actions.append(f"job {job_id}: {stage} {unit} lost with {worker} (lease not renewed for {age:.0f}s); sent again")
+    for action in actions:
+        log.warning("%s", action)
+    return actions + sweep(cfg, send, cfg.lease_seconds, queue_busy, now=now, when_busy=None)
 
 
 def last_activity(s, job: Job):
@@ -253,13 +331,15 @@ def missing_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
     return [args for args in stage_units(cfg, job_id, stage) if unit_name(stage, args) not in done]
 
 
-def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now: dt.datetime | None = None) -> list[str]:
+def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now: dt.datetime | None = None,
+          when_busy: float | None = 10) -> list[str]:
     """Find active jobs with no sign of life for ``stall_seconds`` and send their missing tasks
     again (tasks lost with a killed worker, a restarted broker, or a hand-over that failed to send).
 
     ``send(job_id, stage, units)`` queues tasks. ``queue_busy()`` says whether the broker still holds
     queued tasks; while it does, a quiet job is probably only waiting its turn, so it is left alone
-    unless it has been quiet for ten times ``stall_seconds``. Safe to run in every worker at once:
+    unless it has been quiet for ``when_busy`` times ``stall_seconds`` (never, for None). Safe to
+    run in every worker at once:
     each stalled job is claimed by one sweeper (compare-and-set on ``jobs.swept_at``). Re-sent
     tasks that were not lost after all only find their unit done. ``now``: the time to judge by
     (default: the clock; tests pass a later one instead of waiting)."""
@@ -275,7 +355,7 @@ def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now
     actions = []
     busy = None
     for job_id, stage, quiet_since in candidates:
-        if (now - quiet_since).total_seconds() < 10 * stall_seconds:
+        if when_busy is None or (now - quiet_since).total_seconds() < when_busy * stall_seconds:
             if busy is None:
                 busy = bool(queue_busy())
             if busy:

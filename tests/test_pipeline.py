@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from miner import corpora, mining, orchestration, steps
 from miner.config import Config
@@ -269,6 +269,81 @@ def test_sweep_resends_lost_tasks_and_lost_hand_overs(cfg, tmp_path, muse):
     # ... and once it is gone, the same sweep sends the missing tasks.
     assert orchestration.sweep(cfg, resend, stall_seconds=1, now=later)
     assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 13)]
+
+
+def _embed_stage_job(cfg, tmp_path):
+    """A job ingested and handed over to embed (its 13 embed tasks sent nowhere)."""
+    src, tgt = small_case(tmp_path)
+    options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key, shard_size=64)
+    job_id = create_job(cfg, src, tgt, JobOptions(**options))
+    assert orchestration.hand_over(cfg, job_id, None, "ingest", lambda stage, units: None)
+    for side in ("src", "tgt"):
+        corpora.ingest(cfg, job_id, side)
+    assert orchestration.advance(cfg, job_id, "ingest", lambda stage, units: None)
+    return job_id
+
+
+def _lease_row(cfg, job_id, unit, age_s):
+    with session_scope(cfg.db_url) as s:
+        s.execute(insert(JobLease).values(job_id=job_id, stage="embed", unit=unit, worker="dead@host",
+                                          started_at=utcnow() - dt.timedelta(seconds=age_s + 60),
+                                          heartbeat_at=utcnow() - dt.timedelta(seconds=age_s)))
+
+
+def test_one_task_per_unit_and_a_dead_task_s_unit_is_taken_over(cfg, tmp_path):
+    """A unit runs in one task at a time: a second delivery finds the lease held by a live task and
+    stops (UnitTaken); a lease not renewed for lease_seconds is taken over; a task whose lease was
+    taken over stops at its next chunk."""
+    from miner.errors import UnitTaken
+
+    job_id = _embed_stage_job(cfg, tmp_path)
+    with orchestration.leased(cfg, job_id, "embed", "src:0", interval=0.05):
+        with pytest.raises(UnitTaken):
+            with orchestration.leased(cfg, job_id, "embed", "src:0"):
+                pass
+        orchestration.check_stop(job_id)  # still ours
+    _lease_row(cfg, job_id, "src:64", age_s=cfg.lease_seconds + 1)  # its worker died
+    with orchestration.leased(cfg, job_id, "embed", "src:64", interval=0.05):
+        with session_scope(cfg.db_url) as s:
+            lease = s.execute(select(JobLease).where(JobLease.unit == "src:64")).scalar_one()
+            assert lease.worker != "dead@host" and (utcnow() - lease.heartbeat_at).total_seconds() < 5
+            # Now another task takes it over in turn (this one looked dead: a long pause, a lost network).
+            s.execute(update(JobLease).where(JobLease.unit == "src:64")
+                      .values(worker="other@host", started_at=utcnow() + dt.timedelta(seconds=1)))
+        assert orchestration._lost_event.get().wait(60)  # its next heartbeat finds the lease gone ...
+        with pytest.raises(UnitTaken):
+            orchestration.check_stop(job_id)  # ... and the task stops at its next chunk
+    with session_scope(cfg.db_url) as s:  # the other task's lease is left alone
+        assert s.execute(select(JobLease.worker).where(JobLease.unit == "src:64")).scalar_one() == "other@host"
+
+
+def test_recover_resends_a_dead_worker_s_units_at_once(cfg, tmp_path):
+    """recover() sends a unit whose lease was not renewed for lease_seconds again, once whoever
+    calls; not a unit with a live lease, nor a recorded one; and, when the queues are empty, the
+    units of a quiet job that no task holds (lost before their task took a lease)."""
+    job_id = _embed_stage_job(cfg, tmp_path)
+    sent = []
+    resend = lambda job, stage, units: sent.append((job, stage, list(units)))  # noqa: E731
+    _lease_row(cfg, job_id, "src:0", age_s=cfg.lease_seconds + 5)   # dead
+    _lease_row(cfg, job_id, "src:64", age_s=1)                      # alive
+    _lease_row(cfg, job_id, "src:128", age_s=cfg.lease_seconds + 5)  # dead, but its unit was recorded
+    orchestration.record_step(cfg, job_id, "embed", "src:128", 64)
+    actions = orchestration.recover(cfg, resend, queue_busy=lambda: True)
+    assert sent == [(job_id, "embed", [("src", 0, 64)])]
+    assert "src:0 lost with dead@host" in actions[0] and len(actions) == 1
+    assert orchestration.recover(cfg, resend, queue_busy=lambda: True) == []  # sent once
+    assert len(sent) == 1
+    with session_scope(cfg.db_url) as s:  # the stale leases are gone, the live one stays
+        assert set(s.scalars(select(JobLease.unit).where(JobLease.job_id == job_id))) == {"src:64"}
+
+    # Later, with no live lease and nothing queued: the units no task holds are sent.
+    with session_scope(cfg.db_url) as s:
+        s.execute(delete(JobLease).where(JobLease.job_id == job_id))
+    sent.clear()
+    later = utcnow() + dt.timedelta(seconds=cfg.lease_seconds + 5)
+    assert orchestration.recover(cfg, resend, queue_busy=lambda: True, now=later) == []  # tasks queued: wait
+    assert orchestration.recover(cfg, resend, queue_busy=lambda: False, now=later)
+    assert [(stage, len(units)) for _, stage, units in sent] == [("embed", 12)]  # 13 less the recorded one
 
 
 def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):

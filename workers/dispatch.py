@@ -60,16 +60,28 @@ def sweep_once(app: Celery, cfg: Config) -> list[str]:
                                cfg.stall_seconds, lambda: queue_busy(app))
 
 
+def recover_once(app: Celery, cfg: Config) -> list[str]:
+    return orchestration.recover(cfg, lambda job_id, stage, units: send_stage(app, job_id, stage, units),
+                                 lambda: queue_busy(app))
+
+
 def start_sweeper(app: Celery, cfg: Config) -> threading.Thread:
-    """A daemon thread in the worker's main process: every few seconds, re-send the missing tasks
-    of stalled jobs (see :func:`miner.orchestration.sweep`)."""
-    interval = max(1.0, min(30.0, cfg.stall_seconds / 3))
+    """A daemon thread in the worker's main process: every heartbeat, send again the units of dead
+    workers (:func:`miner.orchestration.recover`: leases not renewed for ``MINER_LEASE_SECONDS``);
+    every few seconds, the missing tasks of jobs quiet for ``MINER_STALL_SECONDS``
+    (:func:`miner.orchestration.sweep`: tasks lost with a restarted broker)."""
+    every = max(0.5, cfg.heartbeat_seconds)
+    sweep_every = max(1.0, min(30.0, cfg.stall_seconds / 3))
 
     def loop() -> None:
+        next_sweep = time.monotonic() + sweep_every
         while True:
-            time.sleep(interval)
+            time.sleep(every)
             try:
-                sweep_once(app, cfg)
+                recover_once(app, cfg)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    sweep_once(app, cfg)
             except Exception as exc:  # database or broker away: try again next round
                 log.warning("stall sweep failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 

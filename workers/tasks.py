@@ -2,7 +2,9 @@
 under a lease, then hands over to the next stage when its own is complete
 (:func:`miner.orchestration.advance`, sending by task name through :mod:`workers.dispatch`).
 
-Failures: a cancelled (or already failed) job stops quietly. A transient error -- the database or
+Failures: a cancelled (or already failed) job stops quietly, and so does a task whose unit is
+recorded already or leased by another live task (a message delivered twice, or a dead worker's
+message that came back after :func:`miner.orchestration.recover` sent its unit again). A transient error -- the database or
 the broker away for a moment -- is retried by Celery (``autoretry_for`` with exponential backoff and
 jitter, up to 8 times); if even the retry cannot be sent, Celery drops the message and the job's
 stall sweep sends the task again later. Any other error, or a transient one that outlasts the
@@ -65,9 +67,14 @@ class StageTask(app.Task):
         cfg = self.app.miner_config
         fn = STEP_FUNCTIONS[self.stage]
         try:
-            beat = max(0.5, min(orchestration.HEARTBEAT_SECONDS, cfg.stall_seconds / 3))
-            trust = self.stage == "embed" and bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
             unit = orchestration.unit_name(self.stage, args)
+            if orchestration.unit_recorded(cfg, job_id, self.stage, unit):
+                # Delivered again (a dead worker's message back after its unit was sent anew): drop it.
+                log.info("job %s %s %s: already done; this delivery is dropped", job_id, self.stage, unit)
+                orchestration.advance(cfg, job_id, self.stage, sender(self.app, job_id))
+                return None
+            beat = max(0.5, min(cfg.heartbeat_seconds, cfg.stall_seconds / 3))
+            trust = self.stage == "embed" and bool((get_job(cfg, job_id).options or {}).get("trust_remote_code"))
             with trusting(trust), orchestration.leased(cfg, job_id, self.stage, unit, interval=beat):
                 result = fn(cfg, job_id, *args)
             orchestration.advance(cfg, job_id, self.stage, sender(self.app, job_id))
