@@ -289,7 +289,8 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float | No
             log.debug("could not release the lease of job %s %s %s: %s", job_id, stage, unit, exc)
 
 
-def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None = None) -> list[str]:
+def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None = None,
+            quiet_jobs: bool = True) -> list[str]:
     """Send again, at once, the work of workers that died (run every heartbeat by each worker):
 
     * a unit whose lease was not renewed for ``cfg.lease_seconds``: its task is gone (the worker was
@@ -300,7 +301,9 @@ def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None
       (lost after the last unit was recorded) are sent, as :func:`sweep` does for quiet jobs.
 
     A message of the dead worker that comes back later finds its unit recorded or leased and is
-    dropped (:func:`leased`, workers/tasks.py). ``send(job_id, stage, units)`` queues tasks."""
+    dropped (:func:`leased`, workers/tasks.py). ``send(job_id, stage, units)`` queues tasks.
+    ``quiet_jobs=False``: the stale leases only (one query; the workers check them every heartbeat,
+    the quiet jobs less often)."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=cfg.lease_seconds)
     active = [JobState.QUEUED.value, JobState.RUNNING.value]
@@ -327,6 +330,8 @@ def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None
             actions.append(f"job {job_id}: {stage} {unit} lost with {worker} (lease not renewed for {age:.0f}s); sent again")
     for action in actions:
         log.warning("%s", action)
+    if not quiet_jobs:
+        return actions
     return actions + sweep(cfg, send, cfg.lease_seconds, queue_busy, now=now, when_busy=None)
 
 

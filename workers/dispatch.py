@@ -60,9 +60,9 @@ def sweep_once(app: Celery, cfg: Config) -> list[str]:
                                cfg.stall_seconds, lambda: queue_busy(app))
 
 
-def recover_once(app: Celery, cfg: Config) -> list[str]:
+def recover_once(app: Celery, cfg: Config, quiet_jobs: bool = True) -> list[str]:
     return orchestration.recover(cfg, lambda job_id, stage, units: send_stage(app, job_id, stage, units),
-                                 lambda: queue_busy(app))
+                                 lambda: queue_busy(app), quiet_jobs=quiet_jobs)
 
 
 def start_sweeper(app: Celery, cfg: Config) -> threading.Thread:
@@ -71,14 +71,19 @@ def start_sweeper(app: Celery, cfg: Config) -> threading.Thread:
     every few seconds, the missing tasks of jobs quiet for ``MINER_STALL_SECONDS``
     (:func:`miner.orchestration.sweep`: tasks lost with a restarted broker)."""
     every = max(0.5, cfg.heartbeat_seconds)
+    quiet_every = max(every, cfg.lease_seconds / 3)  # jobs quiet with no lease: a few queries per job
     sweep_every = max(1.0, min(30.0, cfg.stall_seconds / 3))
 
     def loop() -> None:
+        next_quiet = time.monotonic() + quiet_every
         next_sweep = time.monotonic() + sweep_every
         while True:
             time.sleep(every)
             try:
-                recover_once(app, cfg)
+                quiet = time.monotonic() >= next_quiet
+                if quiet:
+                    next_quiet = time.monotonic() + quiet_every
+                recover_once(app, cfg, quiet_jobs=quiet)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + sweep_every
                     sweep_once(app, cfg)
