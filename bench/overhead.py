@@ -415,6 +415,7 @@ def example_corpus() -> dict:
 
 def measure(size, args, common) -> dict:
     work = Path(args.out) / "overhead"
+    work.mkdir(parents=True, exist_ok=True)
     if size == "example":
         corpus = example_corpus()
     else:

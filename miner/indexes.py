@@ -17,9 +17,7 @@ about 9 s), an IVF index a small fraction of that.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Iterable
@@ -148,87 +146,109 @@ def train_size(spec: IndexSpec, n: int) -> int:
     return min(n, max(want, min(TRAIN_MAX, n)))
 
 
-def _knn_one_thread(xq, xb, k, metric=None, thread_id=None):
-    """``faiss.knn`` for one of ``big_batch_search``'s computation threads: one FAISS thread each
-    (OpenMP's thread count is a per-thread setting: this thread only). ``thread_id`` is what
-    ``big_batch_search`` passes with several computation threads; unused."""
+def _list_vectors(invlists, list_no: int, dim: int):
+    """The vectors and ids of one inverted list of an ``IndexIVFFlat``, as numpy views (no copy;
+    they stay valid while the index lives -- memory-mapped lists stay on disk)."""
     import faiss
 
-    faiss.omp_set_num_threads(1)
-    return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT if metric is None else metric)
+    size = invlists.list_size(list_no)
+    if size == 0:
+        return None, None
+    codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * dim * 4)
+    ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+    return codes.view(np.float32).reshape(size, dim), ids
 
 
 def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
            timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search of an IVF index (``nprobe`` lists per query; default: the
-    index's own setting, which is left alone). Same result as ``index.search``, much faster for many
-    queries.
+    index's own setting). Same result as ``index.search``, much faster for many queries.
 
-    FAISS's own IVF search walks query by query, reading each query's ``nprobe`` lists from memory:
-    memory-bound. An ``IndexIVFFlat`` is searched list by list instead, by FAISS's
-    ``faiss.contrib.big_batch_search``: the queries are assigned to their ``nprobe`` nearest
-    centroids (one BLAS product, here), grouped by list, and each list's vectors are compared with
-    all the queries that probe it in one ``faiss.knn``; the results go to a ``faiss.ResultHeap``.
-    With several FAISS threads it runs ``threaded=2`` with one computation thread per FAISS thread,
-    each single-threaded (:func:`_knn_one_thread`): letting FAISS's threads work inside each small
-    per-list ``faiss.knn`` instead (``threaded=0``) took 1.7 to 6.7 s (medians; single rounds from
-    0.30 to 24 s) where this takes 0.54 to 0.67 s, on the 2 cores with other processes busy (OpenMP's
-    barriers wait for descheduled threads). Few queries (no more (query, list) pairs than lists + 1,
-    which its bucket sort refuses), any other index (IVF-PQ) and other metrics are searched by FAISS
-    itself (``big_batch_search`` would be wrong for IVF-PQ here: it subtracts the centroid from the
-    query for residual codes, which is right for L2 only).
+    FAISS's own IVF search walks query by query, reading each query's ``nprobe`` lists from
+    memory: with 512-d float vectors that is memory-bound (about 0.5 ms per query at 1M vectors,
+    nlist 4096, nprobe 16, on two cores). Here the search goes list by list instead: the queries
+    are assigned to their ``nprobe`` nearest centroids (one BLAS product), grouped by list, and
+    each list's vectors are compared with all the queries that probe it in one BLAS product
+    (``faiss.knn``), so each list is read once per block of queries. The per-list top-``k`` are
+    merged at the end, vectorised. An index that does not store plain vectors (IVF-PQ) is
+    searched by FAISS itself.
 
-    Measured (issue 12, ``python bench/ivf_search.py``: 200,000 x 256-d clustered unit vectors,
-    ``choose_index``'s ivf2048 / nprobe 16, one 10,000-query shard, k 4; 2-core machine, load
-    average 1.2 to 4.3 from other work; medians of 3 rounds): this package's former list-by-list
-    loop (one ``faiss.knn`` per list in a Python thread pool, per-list top-k merged with numpy) took
-    0.498 / 0.526 s at 1 thread (two runs) against 0.468 / 0.512 s for ``big_batch_search``
-    (former / big_batch 1.064 / 1.028), and 0.609 / 0.627 s at 2 threads against 0.543 / 0.609 s
-    for its ``threaded=2`` form (1.121 / 1.031; a third run, 7 rounds at 2 threads: 0.638 against
-    0.667 s, 0.957). Not faster, so FAISS's function replaced it (kept only if >= 10% faster). Both
-    returned identical ids and similarities on all 40,000 slots (as did ``index.search``). After
-    the change the same command gave 0.492 s (1 thread) and 0.599 s (2 threads) for this function
-    against 0.535 / 0.665 s for the former loop. ``python bench/ivf_search.py`` reproduces the
-    comparison (its ``former`` row is the replaced loop, kept in the script).
+    ``faiss.contrib.big_batch_search`` does the same, and was measured against this function
+    (issue 12; 2-core VM, 2026-12-01): equal on one 10,000-query shard of 200,000 x 256-d
+    (``python bench/ivf_search.py``: 0.50-0.64 s against 0.47-0.67 s, ratios 0.96-1.12, identical
+    results), but clearly slower on whole jobs: ``python bench/scale.py --n 300000 --planted 30000
+    --sample 30000`` (512-d, nlist 2048, 30 query shards per direction) took 22.0 + 21.6 s of kNN
+    here against 31.6 + 31.1 s with it (mining 70 s against 90 s), and the kNN stage of
+    ``python bench/memory.py`` (200,000 x 64-d) 11.2 s against 21.8 s. So this one is kept. (It also
+    prints to stdout at every verbosity, fails on small query batches and is wrong for
+    inner-product IVF-PQ.)
 
-    Returns ``(sims, ids)``, ``(n, k)`` float32 / int64, best first, ties among the ``k`` returned
-    broken higher id first (which of several exactly tied candidates at the ``k``-th place is kept
-    is the heap's choice, and with several threads may depend on the order the lists finish);
+    Returns ``(sims, ids)``, ``(n, k)`` float32 / int64, best first, ties broken higher id first;
     where the probed lists hold fewer than ``k`` vectors the row ends with id -1 and similarity
-    ``-inf``. ``timings``, if given, accumulates the seconds of the ``coarse`` assignment, the list
-    ``scan`` (``big_batch_search``) and the ``merge`` (missing marks, tie order).
+    ``-inf``. ``timings``, if given, accumulates the seconds of the ``coarse`` assignment, the
+    list ``scan`` and the ``merge``.
     """
     import faiss
-    from faiss.contrib.big_batch_search import big_batch_search
 
     clock = time.perf_counter()
     ivf = faiss.extract_index_ivf(index)
     probe = int(nprobe or ivf.nprobe)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = q.shape[0]
-    flat = faiss.downcast_index(index)
-    if type(flat) is not faiss.IndexIVFFlat or ivf.metric_type != faiss.METRIC_INNER_PRODUCT or n == 0:
+    flat_codes = isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
+    if not flat_codes or ivf.metric_type != faiss.METRIC_INNER_PRODUCT or n == 0:
         return index.search(q, k, params=faiss.SearchParametersIVF(nprobe=probe))
     probe = max(1, min(probe, ivf.nlist))
-    if n * probe <= ivf.nlist + 1:
-        # big_batch_search's bucket sort fails unless there are more (query, list) pairs than
-        # lists + 1 (e.g. a last query shard of a few sentences); so few queries are cheap anyway.
-        coarse = clock
-        sims, ids = index.search(q, k, params=faiss.SearchParametersIVF(nprobe=probe))
+    _, assign = ivf.quantizer.search(q, probe)  # (n, probe) list numbers, -1 where none
+    coarse = time.perf_counter()
+    flat = assign.ravel()
+    order = np.argsort(flat, kind="stable")
+    lists = flat[order]
+    cuts = np.flatnonzero(np.diff(lists)) + 1
+    starts = np.concatenate([[0], cuts]).tolist()
+    ends = np.concatenate([cuts, [len(lists)]]).tolist()
+    # Row r of the candidates holds the top-k of query r // probe in its (r % probe)-th list.
+    cand_sims = np.full((n * probe, k), -np.inf, dtype=np.float32)
+    cand_ids = np.full((n * probe, k), -1, dtype=np.int64)
+    invlists, dim = ivf.invlists, ivf.d
+
+    def scan(groups, single: bool = False) -> None:
+        if single:
+            faiss.omp_set_num_threads(1)  # OpenMP's thread count is per thread: set it in each pool thread
+        for lo, hi in groups:
+            list_no = int(lists[lo])
+            if list_no < 0:
+                continue
+            vectors, ids = _list_vectors(invlists, list_no, dim)
+            if vectors is None:
+                continue
+            rows = order[lo:hi]
+            kk = min(k, len(vectors))
+            sims, local = faiss.knn(q[rows // probe], vectors, kk, metric=faiss.METRIC_INNER_PRODUCT)
+            cand_sims[rows, :kk] = sims
+            cand_ids[rows, :kk] = ids[local]
+
+    groups = list(zip(starts, ends))
+    threads = faiss.omp_get_max_threads()
+    if threads > 1 and len(groups) >= 4 * threads:
+        # The per-list products are small: one Python thread per core, each running FAISS
+        # single-threaded, keeps the cores busier than FAISS's own threads would (FAISS
+        # releases the GIL). The rows each thread writes are disjoint.
+        from concurrent.futures import ThreadPoolExecutor
+
+        faiss.omp_set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda part: scan(part, single=True), [groups[i::threads] for i in range(threads)]))
+        finally:
+            faiss.omp_set_num_threads(threads)
     else:
-        _, assign = ivf.quantizer.search(q, probe)  # (n, probe) list numbers; big_batch_search sorts it in place
-        coarse = time.perf_counter()
-        threads = faiss.omp_get_max_threads()
-        pool = ({"threaded": 2, "computation_threads": threads, "prefetch_threads": 1, "knn": _knn_one_thread}
-                if threads > 1 else {})
-        # It prints progress at every verbosity (one line per list at verbose=0): discarded.
-        with contextlib.redirect_stdout(io.StringIO()):
-            sims, ids = big_batch_search(flat, q, k, verbose=1, q_assign=assign, **pool)
+        scan(groups)
     scanned = time.perf_counter()
-    missing = ids < 0  # FAISS's empty slots hold -FLT_MAX
-    sims[missing] = -np.inf
-    best = np.lexsort((-ids, -sims), axis=1)
-    sims, ids = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
+    cand_sims = cand_sims.reshape(n, probe * k)
+    cand_ids = cand_ids.reshape(n, probe * k)
+    best = np.lexsort((-cand_ids, -cand_sims), axis=1)[:, :k]
+    sims, ids = np.take_along_axis(cand_sims, best, 1), np.take_along_axis(cand_ids, best, 1)
     if timings is not None:
         for key, seconds in (("coarse", coarse - clock), ("scan", scanned - coarse),
                              ("merge", time.perf_counter() - scanned)):

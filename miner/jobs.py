@@ -13,7 +13,7 @@ from miner.defaults import threshold_choice
 from miner.db import Candidate, Corpus, Job, JobStage, JobState, JobStep, session_scope, utcnow
 from miner.errors import JobNotFound, UsageError
 from miner.mining import Margin, Retrieval
-from miner.orchestration import STAGES, missing_units, unit_name
+from miner.orchestration import STAGES, load_job, missing_units, unit_name
 
 
 
@@ -180,12 +180,7 @@ def create_job(cfg: Config, src: Path, tgt: Path, options: JobOptions, request_k
         return job.id
 
 
-def get_job(cfg: Config, job_id: int) -> Job:
-    with session_scope(cfg.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
-        return job
+get_job = load_job  # the job row, or JobNotFound
 
 
 def latest_job_id(cfg: Config) -> int:

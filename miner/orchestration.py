@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select, update
 
 from miner.config import Config
 from miner.db import Corpus, CorpusState, Job, JobLease, JobStage, JobState, JobStep, insert_ignore, session_scope, utcnow
-from miner.errors import JobCancelled, MinerError, UnitTaken
+from miner.errors import JobCancelled, JobNotFound, MinerError, UnitTaken
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,11 @@ def shard_spans(n: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def load_job(cfg: Config, job_id: int) -> Job:
+    """The job row (detached), or JobNotFound."""
     with session_scope(cfg.db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise MinerError(f"job {job_id} does not exist")
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         return job
 
 
@@ -73,7 +74,7 @@ def ensure_active(cfg: Config, job_id: int) -> Job:
     with session_scope(cfg.db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise MinerError(f"job {job_id} does not exist")
+            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         if job.state == JobState.CANCELLED.value:
             raise JobCancelled(f"job {job_id} was cancelled")
         if job.state == JobState.FAILED.value:
