@@ -4,13 +4,13 @@
 
 Both search an IVF index list by list: the queries are assigned to their ``nprobe`` nearest
 centroids, grouped by inverted list, and each list is compared with all the queries that probe it
-in one product. Before issue 12 the product did this with its own loop (per-list ``faiss.knn`` in a
-Python thread pool, per-list top-k merged with numpy: ``former_search`` below, kept verbatim);
+in one product. The product does this with its own loop (per-list ``faiss.knn`` in a Python thread
+pool, each thread running FAISS single-threaded, per-list top-k merged with numpy);
 ``big_batch_search`` is FAISS's version (per-list ``faiss.knn``, results added to a
 ``faiss.ResultHeap``). This script measures which is faster on the same index, queries, ``nprobe``,
-``k`` and threads, and whether they return the same neighbours. The own loop was found no faster
-(see the docstring of ``miner.indexes.search`` for the figures), so ``miner.indexes.search`` now
-calls ``big_batch_search``; the ``product`` row measures it as it is now, ``former`` the old loop.
+``k`` and threads, and whether they return the same neighbours. On one query shard they were about
+equal; on whole jobs (``bench/scale.py``, ``bench/memory.py``) the product's loop was clearly faster,
+so ``miner.indexes.search`` keeps it (figures in its docstring).
 
 Data (generated once per setting under ``--workdir``, deterministic, reused by later runs)
 ------------------------------------------------------------------------------------------
@@ -29,26 +29,23 @@ What is timed (wall clock, ``time.perf_counter``; CPU seconds of the process bes
 
 * ``product``: ``search_side(index, spec, queries, k, blocks)`` then ``mark_missing``: exactly the
   kNN step's two calls (``miner/steps.py:knn``), with the product's code as it is;
-* ``former``: the same with the loop that ``miner.indexes.search`` was before issue 12
-  (``former_search``);
 * ``big_batch``: ``big_batch_search(index, queries, k)`` (sequential, ``threaded=0``: FAISS's OpenMP
   threads inside each ``faiss.knn``), then ``mark_missing``;
 * ``big_batch-prefetch``: the same with ``threaded=1`` (the next list is copied out while one is
   computed);
 * ``big_batch-pool``: ``threaded=2`` with ``computation_threads=threads`` (one FAISS thread each),
-  the closest to the former loop's scheme (one Python thread per core), and what the product now
-  runs with 2+ threads; only with 2+ threads;
+  the closest to the product's scheme (one Python thread per core); only with 2+ threads;
 * ``faiss``: FAISS's own ``index.search`` (query by query), for reference.
 
 ``big_batch_search`` prints progress even at ``verbose=0`` (one line per list); it runs with
 ``verbose=1`` (a few lines per call) and its stdout is discarded. Each thread count runs in its own
 process with ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``, threadpoolctl and
-``faiss.omp_set_num_threads`` set to it (what ``workers.app.limit_threads`` does in a worker: the
+``faiss.omp_set_num_threads`` set to it (what ``miner.config.limit_threads`` does in a worker: the
 product runs 2 worker processes x 1 thread on 2 cores by default, or 1 x 2 with ``--concurrency 1``).
 Every method runs once untimed (warm-up, and the results compared), then ``--repeat`` rounds, the
 order of the methods rotating from round to round so that a change of machine load hits all of them;
-the table gives the median and every round. The ratios ``former / big_batch`` and ``product /
-big_batch`` use the fastest big_batch variant (by median) and, per round, the same round's figures.
+the table gives the median and every round. The ratio ``product / big_batch`` uses the fastest
+big_batch variant (by median) and, per round, the same round's figures.
 
 Agreement: against the product's result, the share of identical neighbour ids (same slot), the share
 of queries with the same set of ids, the largest similarity difference, the slots where the ids
@@ -66,9 +63,9 @@ Usage (from the repository root)::
     python bench/ivf_search.py --index ivf --nlist 1024 --nprobe 32
     python bench/ivf_search.py --json out.json      # table on stdout, JSON to out.json (``--json``: JSON only)
 
-Progress goes to stderr. The verdict line says whether the former loop is clearly faster (median
-ratio <= 0.90 and faster in every round, at every thread count) than the best big_batch variant,
-i.e. whether it should have been kept.
+Progress goes to stderr. The verdict line says whether the product's loop is clearly faster (median
+ratio <= 0.90 and faster in every round, at every thread count) than the best big_batch variant on
+this one query shard.
 """
 
 from __future__ import annotations
@@ -99,7 +96,7 @@ from common import dump_json, loadavg, log, machine, synthetic_embeddings
 
 DATA_VERSION = 1
 CLEARLY_FASTER = 0.90  # product / big_batch median ratio at or below which the product's search is kept
-METHODS = ("product", "former", "big_batch", "big_batch-prefetch", "big_batch-pool", "faiss")
+METHODS = ("product", "big_batch", "big_batch-prefetch", "big_batch-pool", "faiss")
 BIG_BATCH = ("big_batch", "big_batch-prefetch", "big_batch-pool")
 MB = 1024
 
@@ -173,96 +170,6 @@ def _list_size_stats(index) -> dict:
 # --------------------------------------------------------------------------- measuring process
 
 
-def _former_list_vectors(invlists, list_no: int, dim: int):
-    """The vectors and ids of one inverted list of an ``IndexIVFFlat``, as numpy views (no copy;
-    they stay valid while the index lives -- memory-mapped lists stay on disk)."""
-    import faiss
-
-    size = invlists.list_size(list_no)
-    if size == 0:
-        return None, None
-    codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * dim * 4)
-    ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
-    return codes.view(np.float32).reshape(size, dim), ids
-
-
-def former_search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
-           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``miner.indexes.search`` as it was before issue 12 (verbatim but for this docstring): the
-    product's own list-by-list loop, replaced by ``faiss.contrib.big_batch_search`` after this
-    benchmark found it no faster. Kept here so that the comparison can be rerun: the queries are
-    assigned to their ``nprobe`` nearest centroids, grouped by list, each list's vectors compared
-    with its queries in one ``faiss.knn`` (a Python thread per FAISS thread, FAISS set to one thread
-    in the calling thread only -- OpenMP's setting is per thread, so the pool's threads kept the
-    default), the per-list top-k merged with ``np.lexsort``."""
-    import faiss
-
-    clock = time.perf_counter()
-    ivf = faiss.extract_index_ivf(index)
-    probe = int(nprobe or ivf.nprobe)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    n = q.shape[0]
-    flat_codes = isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
-    if not flat_codes or ivf.metric_type != faiss.METRIC_INNER_PRODUCT or n == 0:
-        return index.search(q, k, params=faiss.SearchParametersIVF(nprobe=probe))
-    probe = max(1, min(probe, ivf.nlist))
-    _, assign = ivf.quantizer.search(q, probe)  # (n, probe) list numbers, -1 where none
-    coarse = time.perf_counter()
-    flat = assign.ravel()
-    order = np.argsort(flat, kind="stable")
-    lists = flat[order]
-    cuts = np.flatnonzero(np.diff(lists)) + 1
-    starts = np.concatenate([[0], cuts]).tolist()
-    ends = np.concatenate([cuts, [len(lists)]]).tolist()
-    # Row r of the candidates holds the top-k of query r // probe in its (r % probe)-th list.
-    cand_sims = np.full((n * probe, k), -np.inf, dtype=np.float32)
-    cand_ids = np.full((n * probe, k), -1, dtype=np.int64)
-    invlists, dim = ivf.invlists, ivf.d
-
-    def scan(groups) -> None:
-        for lo, hi in groups:
-            list_no = int(lists[lo])
-            if list_no < 0:
-                continue
-            vectors, ids = _former_list_vectors(invlists, list_no, dim)
-            if vectors is None:
-                continue
-            rows = order[lo:hi]
-            kk = min(k, len(vectors))
-            sims, local = faiss.knn(q[rows // probe], vectors, kk, metric=faiss.METRIC_INNER_PRODUCT)
-            cand_sims[rows, :kk] = sims
-            cand_ids[rows, :kk] = ids[local]
-
-    groups = list(zip(starts, ends))
-    threads = faiss.omp_get_max_threads()
-    if threads > 1 and len(groups) >= 4 * threads:
-        # The per-list products are small: one Python thread per core, each running FAISS
-        # single-threaded, keeps the cores busier than FAISS's own threads would (FAISS
-        # releases the GIL). The rows each thread writes are disjoint.
-        from concurrent.futures import ThreadPoolExecutor
-
-        faiss.omp_set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(scan, [groups[i::threads] for i in range(threads)]))
-        finally:
-            faiss.omp_set_num_threads(threads)
-    else:
-        scan(groups)
-    scanned = time.perf_counter()
-    cand_sims = cand_sims.reshape(n, probe * k)
-    cand_ids = cand_ids.reshape(n, probe * k)
-    best = np.lexsort((-cand_ids, -cand_sims), axis=1)[:, :k]
-    sims, ids = np.take_along_axis(cand_sims, best, 1), np.take_along_axis(cand_ids, best, 1)
-    if timings is not None:
-        for key, seconds in (("coarse", coarse - clock), ("scan", scanned - coarse),
-                             ("merge", time.perf_counter() - scanned)):
-            timings[key] = timings.get(key, 0.0) + seconds
-    return sims, ids
-
-
-
-
 def set_threads(threads: int) -> None:
     """What ``workers.app.limit_threads`` does (the environment variables are set by the parent)."""
     import faiss
@@ -293,11 +200,6 @@ def searchers(index, spec, k: int, threads: int, blocks=None) -> dict:
     def product(q):
         return mark_missing(*search_side(index, spec, q, k, blocks))
 
-    def former(q):  # the kNN step's two calls before issue 12
-        if spec.kind == "ivfpq":
-            return product(q)  # search_side used FAISS's own search for IVF-PQ then too
-        return mark_missing(*former_search(index, q, k, spec.nprobe))
-
     def quiet(**kw):
         def run(q):
             with contextlib.redirect_stdout(io.StringIO()):  # it prints even at verbose=0
@@ -312,7 +214,7 @@ def searchers(index, spec, k: int, threads: int, blocks=None) -> dict:
     def reference(q):
         return mark_missing(*index.search(q, k, params=faiss.SearchParametersIVF(nprobe=spec.nprobe)))
 
-    out = {"product": product, "former": former, "big_batch": quiet(), "big_batch-prefetch": quiet(threaded=1)}
+    out = {"product": product, "big_batch": quiet(), "big_batch-prefetch": quiet(threaded=1)}
     if threads > 1:
         out["big_batch-pool"] = quiet(threaded=2, computation_threads=threads, prefetch_threads=1, knn=one_thread_knn)
     out["faiss"] = reference
@@ -412,7 +314,7 @@ def summarise(run: dict, memory: dict) -> dict:
                      "peak_extra_mb": memory.get(m, {}).get("peak_extra_mb"), **run["agreement"][m]})
     out = {"threads": run["threads"], "rows": rows, "best_big_batch": best, "omp_threads": run["omp_threads"],
            "loadavg_end": run["loadavg_end"]}
-    for name in ("former", "product"):  # the issue-12 question (the replaced loop), then the product as it is now
+    for name in ("product",):  # the issue-12 question: is the product's own loop clearly faster?
         ratio = med[name] / med[best]
         rounds = [a / b for a, b in zip(times[name], times[best])]
         out[name] = {"ratio": ratio, "round_ratios": rounds,
@@ -443,7 +345,7 @@ def print_table(report: dict) -> None:
                   f"{row['max_dsim']:>10.1e}{row['differ_not_tie']:>8}{row['missing'][1]:>9}{peak:>9}")
         print()
     for t in report["by_threads"]:
-        for name in ("former", "product"):
+        for name in ("product",):
             r = t[name]
             print(f"threads {t['threads']}: {name} / {t['best_big_batch']} = {r['ratio']:.3f} (median); per round "
                   + " ".join(f"{x:.3f}" for x in r["round_ratios"])
@@ -500,14 +402,15 @@ def main(argv=None) -> int:
         summary = summarise(run, memory)
         summary["memory"] = memory
         by_threads.append(summary)
-    clearly = all(t["former"]["clearly_faster"] for t in by_threads)
-    verdict = (f"the former list-by-list loop is clearly faster than big_batch_search (median ratio <= "
-               f"{CLEARLY_FASTER:.2f} and faster in every round) at every thread count: it should have stayed"
+    clearly = all(t["product"]["clearly_faster"] for t in by_threads)
+    verdict = (f"the product's list-by-list search is clearly faster than big_batch_search on this query shard (median "
+               f"ratio <= {CLEARLY_FASTER:.2f} and faster in every round) at every thread count"
                if clearly else
-               f"the former list-by-list loop is not clearly faster than big_batch_search (that needs a median "
-               f"ratio <= {CLEARLY_FASTER:.2f} and faster in every round, at every thread count): replacing it holds")
+               f"the product's list-by-list search is not clearly faster than big_batch_search on one query shard "
+               f"(median ratio <= {CLEARLY_FASTER:.2f} and faster in every round needed); whole jobs decide it: see "
+               f"miner.indexes.search")
     if info["spec"]["kind"] != "ivf":
-        verdict = "IVF-PQ: the product uses FAISS's own search (former = product); big_batch_search is no option"
+        verdict = "IVF-PQ: the product uses FAISS's own search; big_batch_search is no option"
     import faiss
 
     report = {"command": "python bench/ivf_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
