@@ -42,11 +42,6 @@ REPO = common.REPO
 KILL_STAGES = ("embed", "knn", "finish")
 
 
-def _miner(env: dict, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "miner", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO))
-
-
 def _worker(env: dict, folder: Path, n: int):
     log = open(folder / f"worker{n}.log", "wb")  # noqa: SIM115 - closed by _stop
     proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--loglevel", "WARNING",
@@ -82,7 +77,7 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
     env.update(MINER_HOME=str(folder / "home"), MINER_DB_URL=postgres.create_database(name),
                MINER_BROKER_URL=f"{redis.url}/0", MINER_RESULT_BACKEND=f"{redis.url}/1",
                MINER_ARTIFACTS=str(folder / "artifacts"), MINER_THREADS="1", **extra_env)
-    assert _miner(env, "db", "upgrade").returncode == 0
+    assert common.miner(env, "db", "upgrade").returncode == 0
     engine = create_engine(env["MINER_DB_URL"])
 
     def state(job_id):
@@ -98,11 +93,7 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
     kills = []
     try:
         started = time.monotonic()
-        result = _miner(env, "submit", corpus["src"], corpus["tgt"], "--src-lang", "xx", "--tgt-lang", "en",
-                        "--shard-size", shard)
-        if result.returncode != 0:
-            raise SystemExit(f"{name}: submit failed: {result.stderr[-2000:]}")
-        job_id = int(result.stdout.strip().splitlines()[-1])
+        job_id = common.submit(env, corpus, shard, name)
         for stage in KILL_STAGES if chaos else ():
             while not running(job_id, stage):
                 if time.monotonic() - started > timeout or state(job_id) in ("done", "failed"):
@@ -124,7 +115,7 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
     if state(job_id) != "done":
         raise SystemExit(f"{name}: job {job_id} {state(job_id)}")
     out = folder / "pairs.tsv"
-    assert _miner(env, "export", job_id, "-o", out).returncode == 0
+    assert common.miner(env, "export", job_id, "-o", out).returncode == 0
     logs = "".join(p.read_text(errors="replace") for p in sorted(folder.glob("worker*.log")))
     recovered = re.findall(r"job \d+: (\w+) (\S+) lost with (\S+) \(lease not renewed for (\d+)s\); sent again", logs)
     swept = re.findall(r"quiet for \d+s[^\n]*", logs)

@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -264,3 +265,18 @@ def emit(result: dict, target: str | None, print_table) -> None:
         print_table(result)
         if target:
             dump_json(result, target)
+
+
+def miner(env: dict, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m miner ARGS`` with ``env``, from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "miner", *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO))
+
+
+def submit(env: dict, corpus: dict, shard_size: int, name: str = "") -> int:
+    """``miner submit`` the corpus (``--src-lang xx --tgt-lang en``); returns the job id."""
+    result = miner(env, "submit", corpus["src"], corpus["tgt"], "--src-lang", "xx", "--tgt-lang", "en",
+                   "--shard-size", shard_size)
+    if result.returncode != 0:
+        raise SystemExit(f"{name}: submit failed: {result.stderr[-2000:]}")
+    return int(result.stdout.strip().splitlines()[-1])

@@ -50,11 +50,6 @@ def _env(home: Path, cores_dir: Path) -> dict:
     return env
 
 
-def _miner(env: dict, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "miner", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO))
-
-
 def _embed_figures(db: Path, job_id: int) -> dict:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT items, seconds, finished_at, worker FROM job_steps WHERE job_id = ? AND stage = 'embed'",
@@ -72,7 +67,7 @@ def run_config(name: str, workers: list[list[str]], corpus: dict, shard: int, ou
     folder = Path(tempfile.mkdtemp(prefix=f"{name.replace(' ', '-')}-", dir=out))
     home, cores_dir = folder / "home", folder / "cores"
     env = _env(home, cores_dir)
-    assert _miner(env, "db", "upgrade").returncode == 0
+    assert common.miner(env, "db", "upgrade").returncode == 0
     procs = []
     try:
         for i, extra in enumerate(workers):
@@ -82,20 +77,16 @@ def run_config(name: str, workers: list[list[str]], corpus: dict, shard: int, ou
                                            stderr=subprocess.STDOUT, cwd=str(folder), start_new_session=True), log))
         deadline = time.monotonic() + 120
         while True:  # every worker answers a ping: all are set up and registered
-            names = json.loads(_miner(env, "workers", "--json", "--timeout", "1").stdout or "[]")
+            names = json.loads(common.miner(env, "workers", "--json", "--timeout", "1").stdout or "[]")
             if len(names) == len(workers):
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
                 raise SystemExit(f"{name}: the workers did not start; see {folder}")
         common.log(f"{name}: {len(workers)} worker(s) ready; submitting")
         started = time.monotonic()
-        result = _miner(env, "submit", corpus["src"], corpus["tgt"], "--src-lang", "xx", "--tgt-lang", "en",
-                        "--shard-size", shard)
-        if result.returncode != 0:
-            raise SystemExit(f"{name}: submit failed: {result.stderr[-2000:]}")
-        job_id = int(result.stdout.strip().splitlines()[-1])
+        job_id = common.submit(env, corpus, shard, name)
         while True:
-            status = json.loads(_miner(env, "status", job_id, "--json").stdout)
+            status = json.loads(common.miner(env, "status", job_id, "--json").stdout)
             if status["state"] in ("done", "failed", "cancelled"):
                 break
             if time.monotonic() - started > timeout:

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from miner.config import Config
 from miner.defaults import threshold_choice
@@ -221,6 +221,8 @@ def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
         job.finished_at = None
         job.dispatched = None
         job.attempt += 1
+        # The finish is what completes the job: it runs again (a delivery of a recorded unit is dropped).
+        s.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.stage == "finish"))
 
 
 def _iso(value: dt.datetime | None) -> str | None:

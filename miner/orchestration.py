@@ -210,18 +210,6 @@ def unit_recorded(cfg: Config, job_id: int, stage: str, unit: str) -> bool:
             JobStep.job_id == job_id, JobStep.stage == stage, JobStep.unit == unit)) > 0
 
 
-def already_done(cfg: Config, job_id: int, stage: str, unit: str) -> bool:
-    """Whether a delivery of this unit has nothing left to do: its completion is recorded -- and,
-    for ``finish``, which is what completes the job, the job is done too (``miner retry --force``
-    runs the finish of a done job again; its other units are skipped)."""
-    if not unit_recorded(cfg, job_id, stage, unit):
-        return False
-    if stage != "finish":
-        return True
-    with session_scope(cfg.db_url) as s:
-        return s.scalar(select(Job.state).where(Job.id == job_id)) == JobState.DONE.value
-
-
 def _take_lease(cfg: Config, job_id: int, stage: str, unit: str, lost_after: float) -> dt.datetime:
     """Take the unit's lease: a new one, or one not renewed for ``lost_after`` seconds (its task is
     gone). Returns our token (its ``started_at``); raises UnitTaken when a live task holds it."""

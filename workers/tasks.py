@@ -68,7 +68,7 @@ class StageTask(app.Task):
         fn = STEP_FUNCTIONS[self.stage]
         try:
             unit = orchestration.unit_name(self.stage, args)
-            if orchestration.already_done(cfg, job_id, self.stage, unit):
+            if orchestration.unit_recorded(cfg, job_id, self.stage, unit):
                 # Delivered again (a dead worker's message back after its unit was sent anew): drop it.
                 log.info("job %s %s %s: already done; this delivery is dropped", job_id, self.stage, unit)
                 orchestration.advance(cfg, job_id, self.stage, sender(self.app, job_id))
