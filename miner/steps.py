@@ -67,6 +67,19 @@ def model_for(cfg: Config, name: str, expected_key: str | None = None):
         return _models[key]
 
 
+def warm_imports() -> None:
+    """Import what the stages after embedding use (FAISS; SciPy for the automatic threshold), so a
+    small job does not wait for them at its kNN and finish steps (``miner mine``'s workers call this
+    in the background after preloading the model)."""
+    import importlib
+
+    for name in ("faiss", "scipy.special", "scipy.optimize", "scipy.stats"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the step that needs it reports it
+            log.warning("could not import %s ahead of time: %s", name, exc)
+
+
 def set_threads(threads: int) -> None:
     """The loaded model (if any) encodes with ``threads`` threads from now on."""
     from miner.encoders import set_threads as set_model_threads

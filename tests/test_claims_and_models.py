@@ -197,3 +197,39 @@ def test_processes_meeting_a_new_embedded_database_at_once_all_start(tmp_path):
         messages = [errors.get(timeout=5) for proc in procs if proc.exitcode != 0]
         assert messages == [], messages
         assert current_revision(url) == head_revision()
+
+
+def test_muse_encodes_as_its_sentence_transformers_module_without_importing_torch(tmp_path):
+    """The workers' muse (numpy, no torch) gives the sentence-transformers module's embeddings, and
+    neither loading it nor sizing a task's threads imports torch or sentence-transformers (their
+    imports were most of a small job's fixed cost)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from miner.encoders import encode, load_model, resolve_model
+    from miner.muse import MUSE
+
+    texts = [line for line in (Path(__file__).parents[1] / "examples" / "sample.de").read_text().splitlines()]
+    texts += ["", "x", "Ein sehr langer Satz " * 60]
+    ours = encode(load_model(resolve_model("muse"), threads=1), texts, batch_size=64)
+    theirs = SentenceTransformer(modules=[MUSE(threads=1)], device="cpu").encode(
+        texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    assert ours.shape == theirs.shape == (len(texts), 512) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+    code = (
+        "import sys\n"
+        "from miner.config import limit_threads\n"
+        "from miner.encoders import encode, load_model, resolve_model\n"
+        "limit_threads(1)\n"
+        "out = encode(load_model(resolve_model('muse'), threads=1), ['Hallo Welt', 'Hello world'])\n"
+        "assert out.shape == (2, 512), out.shape\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

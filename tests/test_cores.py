@@ -104,7 +104,6 @@ def test_a_loaded_model_follows_the_thread_count():
     model = load_model(resolve_model("muse"), threads=2)
     before = encode(model, ["Ich habe Hunger.", "I am hungry."])
     set_threads(model, 1)
-    module = model[0]
-    assert module.threads == module._use.threads == 1
-    assert module._use._backend.threads == 1  # loaded by the first encode, changed in place
+    assert model.threads == model._use.threads == 1
+    assert model._use._backend.threads == 1  # loaded with the model, changed in place
     np.testing.assert_allclose(encode(model, ["Ich habe Hunger.", "I am hungry."]), before, atol=1e-6)

@@ -112,5 +112,6 @@ def _init_child(**kwargs) -> None:
                     steps.model_for(cfg, model)
             except Exception as exc:  # the embed task will report it properly
                 log.warning("could not preload model %s: %s", model, exc)
+            steps.warm_imports()
 
         threading.Thread(target=preload, name="miner-preload", daemon=True).start()
