@@ -68,7 +68,7 @@ def _prepare_job(ctx: click.Context, src: Path, tgt: Path, **opts) -> tuple[int,
 
 def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_probability, min_probability, fmt,
             max_score, min_length, max_length, max_length_ratio, drop_identical, drop_digit_mismatch, dedup, langid,
-            langid_min_share, progress: bool = True) -> None:
+            langid_min_share, with_ids=False, progress: bool = True) -> None:
     """Write the job's pairs as ``export`` does (:func:`miner.export.export_pairs`), with its summary lines."""
     from miner.export import export_pairs
     from miner.filters import FilterOptions
@@ -79,7 +79,7 @@ def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_pr
                             drop_digit_mismatch=drop_digit_mismatch, langid=langid, langid_min_share=langid_min_share,
                             dedup=dedup)
     result = export_pairs(cfg, job_id, output, fmt=fmt, header=header, filters=filters, warn=warn, progress=progress,
-                          with_probability=with_probability)
+                          with_probability=with_probability, with_ids=with_ids)
     if result.summary:
         click.echo(f"job {job_id} {result.summary}", err=True)
     where = " and ".join(result.paths)
@@ -127,14 +127,15 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
     done, as `miner export` does: TSV lines score<TAB>source<TAB>target, best first (JSONL for
     .jsonl names, or --format), with the same filters.
     """
-    export_names = ("min_score", "header", "with_probability", "min_probability", "fmt", "max_score", "min_length",
+    export_names = ("min_score", "header", "with_probability", "with_ids", "min_probability", "fmt", "max_score", "min_length",
                     "max_length", "max_length_ratio", "drop_identical", "drop_digit_mismatch", "dedup", "langid",
                     "langid_min_share")
     export_opts = {name: opts.pop(name) for name in export_names}
     from miner.export import check_output
     from miner.local_workers import signal_workers, start_workers, stop_workers
 
-    check_output(output, export_opts["fmt"], export_opts["header"], export_opts["with_probability"])  # before mining
+    check_output(output, export_opts["fmt"], export_opts["header"], export_opts["with_probability"],
+                 export_opts["with_ids"])  # before mining
     job_id, existing = _prepare_job(ctx, src, tgt, **opts)
     cfg = _db(ctx)
     click.echo(f"job {job_id}", err=True)

@@ -139,6 +139,19 @@ def job_options(fn):
                      show_default=True, help="Longer lines (characters) are skipped and counted."),
         click.option("--on-decode-error", type=click.Choice(["skip", "replace", "fail"]), default="skip",
                      show_default=True, help="Lines that are not valid UTF-8: skip (counted), replace bytes, or fail."),
+        click.option("--input-format", "input_format", type=click.Choice(["auto", "text", "tsv", "jsonl"]),
+                     default="auto", show_default=True,
+                     help="How SRC and TGT are read: text (one sentence per line; ids are 1-based line numbers), "
+                          "tsv (ID<TAB>TEXT as BUCC, or --columns; more columns are kept as metadata), jsonl "
+                          "(objects with text, optional id, other fields kept as metadata); auto: jsonl for "
+                          ".jsonl/.ndjson names, else text."),
+        click.option("--columns", default=None, metavar="NAMES",
+                     help="TSV column names, comma-separated, e.g. id,text,url (default id,text); 'text' is "
+                          "required, 'id' optional (else line numbers), the others are kept as metadata."),
+        click.option("--on-bad-row", "on_bad_row", type=click.Choice(["skip", "fail"]), default="skip",
+                     show_default=True,
+                     help="TSV/JSONL rows that cannot be read (too few columns, invalid JSON, no text, an id "
+                          "used twice): skip (counted) or fail with the line number."),
         click.option("--index", "index", type=click.Choice(["auto", "flat", "ivf", "ivfpq"]), default="auto",
                      show_default=True,
                      help="Search index per side: auto = exact (flat) up to 100,000 sentences, IVF up to 2M, then IVF-PQ."),
@@ -169,15 +182,20 @@ def export_options(fn):
         click.option("--min-score", type=float, default=None,
                      help="Keep pairs scoring >= this (equal scores are kept; LASER keeps > only). Default: the job's "
                           "threshold, automatic or not; this wins."),
-        click.option("--header", is_flag=True, help="Write a header line (score, source, target[, probability])."),
+        click.option("--header", is_flag=True,
+                     help="Write a header line (score, source, target[, probability][, src_id, tgt_id])."),
         click.option("--with-probability", is_flag=True,
                      help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "
                           "(--threshold auto jobs; empty / null otherwise)."),
+        click.option("--with-ids", "with_ids", is_flag=True,
+                     help="Add src_id and tgt_id columns to TSV (after score, source, target and the probability): "
+                          "the input ids (--input-format tsv/jsonl), else 1-based line numbers; a sentence on "
+                          "several lines lists every id, comma-separated. JSONL always has ids and metadata."),
         click.option("--min-probability", type=click.FloatRange(min=0, max=1), default=None,
                      help="Drop pairs whose estimated probability is below P (--threshold auto jobs only)."),
         click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "moses"]), default=None,
-                     help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line; default for "
-                          ".jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG)."),
+                     help="tsv (default; .gz compresses), jsonl (score, src, tgt, 1-based src_line/tgt_line, src_id/tgt_id, "
+                          "src_ids/tgt_ids, src_meta/tgt_meta; default for .jsonl names), moses (two files OUTPUT.SRC_LANG and OUTPUT.TGT_LANG)."),
         click.option("--max-score", type=float, default=None, help="Drop pairs scoring above this (likely boilerplate)."),
         click.option("--min-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side shorter than N characters."),
         click.option("--max-length", type=click.IntRange(min=0), default=None, help="Drop pairs with a side longer than N characters."),

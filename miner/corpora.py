@@ -15,12 +15,13 @@ import time
 from sqlalchemy import delete, insert, select, update
 
 from miner.config import Config
-from miner.db import Corpus, CorpusState, Job, Sentence, session_scope, utcnow
+from miner.db import Corpus, CorpusState, Job, Sentence, SentenceDuplicate, session_scope, utcnow
 from miner.errors import InputFileError, JobCancelled
 from miner.orchestration import ensure_active, record_step
-from miner.reader import ReadStats, batched, check_input_file, file_digest, read_sentences
+from miner.reader import ReadStats, batched, check_input_file, file_digest
+from miner.records import RowParser, read_records
 
-READER_VERSION = 1
+READER_VERSION = 2  # 2: ids, metadata and duplicate occurrences are stored (miner.records)
 INGEST_BATCH = 5000
 STALE_INGEST_SECONDS = 120
 
@@ -36,11 +37,7 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
     job = ensure_active(cfg, job_id)
     path = job.src_path if side == "src" else job.tgt_path
     check_input_file(path)
-    settings = {
-        "max_chars": int(job.options["max_line_length"]),
-        "on_decode_error": job.options["on_decode_error"],
-        "reader": READER_VERSION,
-    }
+    settings = reader_settings(job.options, path)
     sha = file_digest(path)
     key = corpus_key(sha, settings)
     corpus_id, reused = _claim_corpus(cfg, key, sha, path, settings)
@@ -63,8 +60,25 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
     return corpus_id
 
 
+def reader_settings(options: dict, path) -> dict:
+    """What the reader needs to read one side of a job; part of the corpus key."""
+    from miner.records import parse_columns, resolve_format
+
+    settings = {
+        "max_chars": int(options["max_line_length"]),
+        "on_decode_error": options["on_decode_error"],
+        "reader": READER_VERSION,
+        "input_format": resolve_format(options.get("input_format") or "auto", path),
+    }
+    if settings["input_format"] != "text":
+        settings["on_bad_row"] = options.get("on_bad_row") or "skip"
+    if settings["input_format"] == "tsv":
+        settings["columns"] = parse_columns(options.get("columns"))
+    return settings
+
+
 def _describe_stats(stats: dict) -> str:
-    names = ("lines", "blank", "duplicates", "too_long", "decode_errors")
+    names = ("lines", "blank", "duplicates", "too_long", "decode_errors", "bad_rows")
     return ", ".join(f"{name.replace('_', ' ')}: {stats.get(name, 0)}" for name in names)
 
 
@@ -123,17 +137,30 @@ def _fill_corpus(cfg: Config, corpus_id: int, path: str, settings: dict) -> None
     with session_scope(cfg.db_url) as s:
         beat = s.scalar(select(Corpus.heartbeat_at).where(Corpus.id == corpus_id))
         beat = _beat_corpus(s, corpus_id, beat)
+        s.execute(delete(SentenceDuplicate).where(SentenceDuplicate.corpus_id == corpus_id))
         s.execute(delete(Sentence).where(Sentence.corpus_id == corpus_id))
-    sentences = read_sentences(
-        path, max_chars=settings["max_chars"], on_decode_error=settings["on_decode_error"], stats=stats
-    )
+    fmt = settings.get("input_format", "text")
+    parse = None if fmt == "text" else RowParser(fmt, path, columns=settings.get("columns"),
+                                                 policy=settings.get("on_bad_row", "skip"), stats=stats)
+    records = read_records(path, parse=parse, max_chars=settings["max_chars"],
+                           on_decode_error=settings["on_decode_error"], stats=stats)
     idx = 0
-    for batch in batched(sentences, INGEST_BATCH):
-        rows = [{"corpus_id": corpus_id, "idx": idx + i, "line_no": ln, "text": text} for i, (ln, text) in enumerate(batch)]
-        idx += len(rows)
+    for batch in batched(records, INGEST_BATCH):
+        rows, dups = [], []
+        for line_no, text, ext_id, meta, dup_of in batch:
+            if dup_of is None:
+                rows.append({"corpus_id": corpus_id, "idx": idx, "line_no": line_no, "text": text,
+                             "ext_id": ext_id, "meta": meta})
+                idx += 1
+            else:
+                dups.append({"corpus_id": corpus_id, "line_no": line_no, "idx": dup_of, "ext_id": ext_id,
+                             "meta": meta})
         with session_scope(cfg.db_url) as s:
             beat = _beat_corpus(s, corpus_id, beat)  # first: a task that lost the corpus writes nothing
-            s.execute(insert(Sentence), rows)
+            if rows:
+                s.execute(insert(Sentence), rows)
+            if dups:
+                s.execute(insert(SentenceDuplicate), dups)
     with session_scope(cfg.db_url) as s:
         beat = _beat_corpus(s, corpus_id, beat)
         s.execute(

@@ -84,8 +84,26 @@ class Sentence(Base):
 
     corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    line_no: Mapped[int] = mapped_column(BigInteger)
+    line_no: Mapped[int] = mapped_column(BigInteger)  # 0-based physical line of its first occurrence
     text: Mapped[str] = mapped_column(Text)
+    # The input's id of its first occurrence (TSV/JSONL, miner.records); None: the id is line_no + 1.
+    ext_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The row's other fields (TSV columns, JSONL keys), once per sentence; None when there are none.
+    meta: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+class SentenceDuplicate(Base):
+    """A later line of an input file with the text of an earlier one: the sentence (``idx``) is
+    stored once, and keeps this occurrence's id and metadata too."""
+
+    __tablename__ = "sentence_duplicates"
+    __table_args__ = (Index("ix_sentence_duplicates_idx", "corpus_id", "idx"),)
+
+    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), primary_key=True)
+    line_no: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    ext_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Job(Base):

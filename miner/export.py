@@ -37,12 +37,20 @@ from sqlalchemy.orm import aliased
 
 from miner.artifacts import as_user_file, atomic_path
 from miner.config import Config
-from miner.db import Candidate, Job, JobState, Sentence, session_scope
+from miner.db import Candidate, Job, JobState, Sentence, SentenceDuplicate, session_scope
+from miner.records import display_id
 from miner.errors import JobNotFound, OutputClosed, UsageError
 from miner.filters import FilterChain, FilterOptions
 
 HEADER = "score\tsource\ttarget\n"
 HEADER_PROBABILITY = "score\tsource\ttarget\tprobability\n"
+ID_SEPARATOR = ","  # between the ids of a sentence that occurs on several lines (--with-ids)
+
+
+def header_line(with_probability: bool = False, with_ids: bool = False) -> str:
+    """The TSV header: score, source, target[, probability][, src_id, tgt_id]."""
+    names = ["score", "source", "target"] + ["probability"] * with_probability + ["src_id", "tgt_id"] * with_ids
+    return "\t".join(names) + "\n"
 FORMATS = ("tsv", "jsonl", "moses")
 
 
@@ -64,15 +72,18 @@ def iter_records(cfg: Config, job_id: int, min_score: float | None) -> Iterator[
         yield record[:5]
 
 
-def iter_rows(cfg: Config, job_id: int, min_score: float | None, min_probability: float | None = None
-              ) -> Iterator[tuple[float, str, str, int, int, float | None]]:
+def iter_rows(cfg: Config, job_id: int, min_score: float | None, min_probability: float | None = None,
+              provenance: bool = False) -> Iterator[tuple]:
     """:func:`iter_records` plus each pair's estimated probability (None when the job has none),
-    optionally only pairs with ``probability >= min_probability``."""
+    optionally only pairs with ``probability >= min_probability``; ``provenance`` adds the sentence
+    indices, and each side's input id (None: the line number is the id) and metadata (None: none)
+    of its first occurrence."""
     job = load_done_job(cfg, job_id)
     src, tgt = aliased(Sentence), aliased(Sentence)
+    extra = (Candidate.src_idx, Candidate.tgt_idx, src.ext_id, tgt.ext_id, src.meta, tgt.meta) if provenance else ()
     with session_scope(cfg.db_url) as s:
         query = (
-            select(Candidate.score, src.text, tgt.text, src.line_no, tgt.line_no, Candidate.probability)
+            select(Candidate.score, src.text, tgt.text, src.line_no, tgt.line_no, Candidate.probability, *extra)
             .join(src, (src.corpus_id == job.src_corpus_id) & (src.idx == Candidate.src_idx))
             .join(tgt, (tgt.corpus_id == job.tgt_corpus_id) & (tgt.idx == Candidate.tgt_idx))
             .where(*_floors(job_id, min_score, min_probability))
@@ -80,7 +91,32 @@ def iter_rows(cfg: Config, job_id: int, min_score: float | None, min_probability
         )
         for row in s.execute(query.execution_options(yield_per=10000)):
             yield (float(row[0]), row[1], row[2], int(row[3]), int(row[4]),
-                   None if row[5] is None else float(row[5]))
+                   None if row[5] is None else float(row[5]), *row[6:])
+
+
+def duplicate_occurrences(cfg: Config, corpus_id: int) -> dict[int, list[tuple[int, str | None, dict | None]]]:
+    """{sentence idx: [(line_no, input id, metadata), ...]} of the later lines of a corpus that repeat
+    an earlier sentence (:class:`miner.db.SentenceDuplicate`), in file order."""
+    out: dict[int, list] = {}
+    with session_scope(cfg.db_url) as s:
+        query = (select(SentenceDuplicate.idx, SentenceDuplicate.line_no, SentenceDuplicate.ext_id,
+                        SentenceDuplicate.meta)
+                 .where(SentenceDuplicate.corpus_id == corpus_id).order_by(SentenceDuplicate.line_no))
+        for idx, line_no, ext_id, meta in s.execute(query.execution_options(yield_per=20000)):
+            out.setdefault(int(idx), []).append((int(line_no), ext_id, meta))
+    return out
+
+
+class Provenance:
+    """The ids of a job's sentences for the export: the first occurrence's (on the sentence row) and
+    those of later lines with the same text (:func:`duplicate_occurrences`)."""
+
+    def __init__(self, cfg: Config, job: Job) -> None:
+        self.more = {"src": duplicate_occurrences(cfg, job.src_corpus_id),
+                     "tgt": duplicate_occurrences(cfg, job.tgt_corpus_id)}
+
+    def ids(self, side: str, idx: int, line_no: int, ext_id: str | None) -> list[str]:
+        return [display_id(ext_id, line_no)] + [display_id(e, ln) for ln, e, _ in self.more[side].get(idx, ())]
 
 
 def _floors(job_id: int, min_score: float | None, min_probability: float | None = None) -> list:
@@ -156,7 +192,8 @@ def moses_paths(out: str, src_lang: str, tgt_lang: str) -> tuple[str, str]:
     return f"{base}.{a}{gz}", f"{base}.{b}{gz}"
 
 
-def check_output(out: str, fmt: str | None = None, header: bool = False, with_probability: bool = False) -> str:
+def check_output(out: str, fmt: str | None = None, header: bool = False, with_probability: bool = False,
+                 with_ids: bool = False) -> str:
     """The output format (``fmt``, else from the name: :func:`infer_format`), or a UsageError when the
     options do not fit it or the output's folder does not exist. ``miner mine`` calls it before mining."""
     fmt = fmt or infer_format(out)
@@ -166,6 +203,8 @@ def check_output(out: str, fmt: str | None = None, header: bool = False, with_pr
         raise UsageError("--header applies to TSV output only")
     if with_probability and fmt == "moses":
         raise UsageError("--with-probability applies to TSV and JSONL output, not moses")
+    if with_ids and fmt == "moses":
+        raise UsageError("--with-ids applies to TSV output (JSONL always has ids), not moses")
     if fmt == "moses" and out == "-":
         moses_paths(out, "src", "tgt")  # raises: moses writes two files
     if out != "-" and not Path(out).parent.exists():
@@ -193,12 +232,14 @@ def export_pairs(
     warn: Callable[[str], None] | None = None,
     progress: bool = False,
     with_probability: bool = False,
+    with_ids: bool = False,
 ) -> ExportResult:
     """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold,
-    :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability."""
+    :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability,
+    ``with_ids`` the sentences' input ids to TSV (JSONL always has ids and metadata)."""
     from miner.jobs import effective_threshold
 
-    fmt = check_output(out, fmt, header, with_probability)
+    fmt = check_output(out, fmt, header, with_probability, with_ids)
     job = load_done_job(cfg, job_id)
     filters = filters or FilterOptions()
     if filters.min_probability is not None and not has_probabilities(cfg, job_id):
@@ -222,7 +263,8 @@ def export_pairs(
             likely = count_candidates(cfg, job_id, filters.min_score, filters.min_probability)
             chain.counts["min-probability"] = above - likely
             above = likely
-    records = iter_rows(cfg, job_id, filters.min_score, filters.min_probability)
+    provenance = Provenance(cfg, job) if (with_ids or fmt == "jsonl") else None
+    records = iter_rows(cfg, job_id, filters.min_score, filters.min_probability, provenance=provenance is not None)
     first = next(records, None)  # raises before an output file is created
     bar = None
     if progress:
@@ -235,21 +277,30 @@ def export_pairs(
         with ExitStack() as stack:
             handles = [stack.enter_context(_open_out(path)) for path in paths]
             if header:
-                handles[0].write(HEADER_PROBABILITY if with_probability else HEADER)
+                handles[0].write(header_line(with_probability, with_ids))
             if first is not None:
-                for score, source, target, src_line, tgt_line, probability in _chain(first, records):
+                for row in _chain(first, records):
+                    score, source, target, src_line, tgt_line, probability = row[:6]
                     if bar is not None:
                         bar.update(1)
                     if not chain.keep(source, target, score):
                         continue
-                    if fmt == "tsv" and with_probability:
-                        shown = "" if probability is None else f"{probability:.6f}"
-                        handles[0].write(f"{score:.6f}\t{source}\t{target}\t{shown}\n")
-                    elif fmt == "tsv":
-                        handles[0].write(f"{score:.6f}\t{source}\t{target}\n")
+                    if provenance is not None:
+                        src_idx, tgt_idx, src_ext, tgt_ext, src_meta, tgt_meta = row[6:]
+                        src_ids = provenance.ids("src", src_idx, src_line, src_ext)
+                        tgt_ids = provenance.ids("tgt", tgt_idx, tgt_line, tgt_ext)
+                    if fmt == "tsv":
+                        line = f"{score:.6f}\t{source}\t{target}"
+                        if with_probability:
+                            line += "\t" + ("" if probability is None else f"{probability:.6f}")
+                        if with_ids:
+                            line += f"\t{ID_SEPARATOR.join(src_ids)}\t{ID_SEPARATOR.join(tgt_ids)}"
+                        handles[0].write(line + "\n")
                     elif fmt == "jsonl":
                         record = {"score": score, "src": source, "tgt": target,
-                                  "src_line": src_line + 1, "tgt_line": tgt_line + 1}
+                                  "src_line": src_line + 1, "tgt_line": tgt_line + 1,
+                                  "src_id": src_ids[0], "tgt_id": tgt_ids[0], "src_ids": src_ids, "tgt_ids": tgt_ids,
+                                  "src_meta": src_meta or {}, "tgt_meta": tgt_meta or {}}
                         if with_probability:
                             record["probability"] = probability
                         handles[0].write(json.dumps(record, ensure_ascii=False) + "\n")

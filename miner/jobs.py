@@ -44,6 +44,10 @@ class JobOptions:
     storage: str = "auto"  # embeddings on disk: float32, float16, auto (float16 for approximate indexes)
     # let the model run its own code when the workers load it (--trust-remote-code); no effect on results
     trust_remote_code: bool = False
+    # how the inputs are read (miner.records): auto, text, tsv, jsonl; the TSV column names; bad rows
+    input_format: str = "auto"
+    columns: str | None = None
+    on_bad_row: str = "skip"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -57,6 +61,16 @@ class JobOptions:
         if self.threshold_method not in (None, *THRESHOLD_METHODS):
             raise UsageError(f"unknown threshold method {self.threshold_method!r}; "
                              f"choose {', '.join(THRESHOLD_METHODS)}")
+        from miner.records import BAD_ROW_POLICIES, INPUT_FORMATS, parse_columns
+
+        if self.input_format not in INPUT_FORMATS:
+            raise UsageError(f"unknown input format {self.input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
+        if self.on_bad_row not in BAD_ROW_POLICIES:
+            raise UsageError(f"unknown bad-row policy {self.on_bad_row!r}; use one of {', '.join(BAD_ROW_POLICIES)}")
+        if self.columns is not None:
+            if self.input_format not in ("tsv", "auto"):
+                raise UsageError(f"--columns names TSV columns; it does not apply to --input-format {self.input_format}")
+            object.__setattr__(self, "columns", ",".join(parse_columns(self.columns)))  # frozen
         if self.threshold_method == "auto" and self.threshold is not None:
             raise UsageError(f"an automatic threshold takes no value, got {self.threshold}")
         if self.threshold_method in ("fixed", "calibrated") and self.threshold is None:
@@ -142,14 +156,21 @@ def fallback_warning(job_id: int, info: dict | None) -> str | None:
 #: Options that change the stored candidates (threshold and shard size do not).
 REQUEST_OPTIONS = ("src_lang", "tgt_lang", "model_key", "k", "margin", "retrieval", "max_line_length", "on_decode_error",
                    "index", "nlist", "nprobe", "storage")
+# Reader options that enter the key only when they read a file differently from plain text, so a
+# plain-text job keeps the key it had before they existed.
+FORMAT_OPTIONS = ("columns", "on_bad_row")
 
 
-def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions) -> str:
-    """What makes two submissions the same job: both files' contents and the options that change results."""
+def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions, formats: tuple[str, str] | None = None) -> str:
+    """What makes two submissions the same job: both files' contents and the options that change results
+    (``formats``: how each side is read, :func:`miner.records.resolve_format`)."""
     import hashlib
     import json
 
     data = {"src": src_sha256, "tgt": tgt_sha256, **{name: getattr(options, name) for name in REQUEST_OPTIONS}}
+    if formats is not None and set(formats) != {"text"}:
+        data["formats"] = list(formats)
+        data.update({name: getattr(options, name) for name in FORMAT_OPTIONS})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -381,7 +402,7 @@ def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
 
 
 def _skipped(stats: dict) -> dict:
-    return {key: stats.get(key, 0) for key in ("blank", "duplicates", "too_long", "decode_errors")}
+    return {key: stats.get(key, 0) for key in ("blank", "duplicates", "too_long", "decode_errors", "bad_rows")}
 
 
 def list_jobs(cfg: Config, limit: int = 50) -> list[dict]:
@@ -401,6 +422,20 @@ def list_jobs(cfg: Config, limit: int = 50) -> list[dict]:
             }
             for j in jobs
         ]
+
+
+def check_input_formats(src: Path, tgt: Path, options: JobOptions, warn) -> None:
+    """Before the job exists: ``--columns`` needs a TSV side, and a plain-text side whose first lines
+    all look like ``ID<TAB>TEXT`` (BUCC files) gets a warning that suggests ``--input-format tsv``."""
+    from miner.records import looks_like_id_tsv, resolve_format
+
+    formats = {path: resolve_format(options.input_format, path) for path in (src, tgt)}
+    if options.columns is not None and "tsv" not in formats.values():
+        raise UsageError("--columns names TSV columns; pass --input-format tsv")
+    for path, fmt in formats.items():
+        if fmt == "text" and looks_like_id_tsv(path):
+            warn(f"{path} looks like ID<TAB>TEXT lines (e.g. BUCC); it is read as plain text, ids included -- "
+                 "pass --input-format tsv to read the ids")
 
 
 def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> tuple[int, bool]:
@@ -443,11 +478,18 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
         nprobe=opts.get("nprobe"),
         storage=opts.get("storage") or "auto",
         trust_remote_code=trust,
+        input_format=opts.get("input_format") or "auto",
+        columns=opts.get("columns"),
+        on_bad_row=opts.get("on_bad_row") or "skip",
     )
+    check_input_formats(src, tgt, options, warn)
     cfg = open_db()
     from miner.reader import file_digest
 
-    key = request_key(file_digest(src), file_digest(tgt), options)
+    from miner.records import resolve_format
+
+    formats = (resolve_format(options.input_format, src), resolve_format(options.input_format, tgt))
+    key = request_key(file_digest(src), file_digest(tgt), options, formats)
     duplicate = find_duplicate(cfg, key)
     if duplicate is not None:
         other, state = duplicate

@@ -2,18 +2,19 @@
 
 Gold files: one pair per line, two tab-separated fields, blank lines ignored, UTF-8.
 
-* ``ids`` -- BUCC style ``SRC_ID<TAB>TGT_ID``: the line numbers of the pair in the job's original
-  input files, **1-based** by default (the first line is 1, as BUCC's ``de-000001`` ids, editors,
-  ``grep -n`` and ``sed -n 1p`` count; ``--id-base 0`` for 0-based ids). A BUCC prefix such as
-  ``de-`` is ignored, so BUCC gold files work as they are, given the job was mined from BUCC files
-  with the id column cut off (``cut -f2``), which keeps line numbers.
+* ``ids`` -- BUCC style ``SRC_ID<TAB>TGT_ID``: the ids of the input rows when the side was read
+  with ids of its own (``--input-format tsv`` with an id column, ``jsonl``; matched exactly, every
+  occurrence of a repeated sentence included), so BUCC gold files work as they come with BUCC files
+  mined directly. For a plain-text side the ids are line numbers, **1-based** by default (the first
+  line is 1, as editors, ``grep -n`` and ``sed -n 1p`` count; ``--id-base 0`` for 0-based ids); a
+  prefix such as ``de-`` is ignored there.
 * ``text`` -- ``SOURCE<TAB>TARGET`` sentences, compared after the reader's whitespace normalisation.
 
 ``auto`` (the default) picks ``ids`` when every field of every line is such an id.
 
-Matching is done on the job's sentences (the reader keeps one copy of each distinct line): a gold
-line number that ingest dropped as a duplicate of an earlier line is resolved through its text
-(the input file is read again when it is still there unchanged); gold pairs whose sentence is not
+Matching is done on the job's sentences (the reader keeps one copy of each distinct line, with the
+ids and line numbers of all its occurrences; for corpora read before those were stored, a repeated
+line is resolved through its text when the input file is still there unchanged); gold pairs whose sentence is not
 in the job at all (blank, too long, undecodable lines; text not found) cannot be found and count as
 misses ("unreachable"). Precision = gold pairs among the exported pairs / exported pairs; recall =
 gold pairs exported / distinct gold pairs (reachable or not); F1 their harmonic mean. Exported at
@@ -37,11 +38,12 @@ from sqlalchemy import func, select
 
 from miner import defaults
 from miner.config import Config
-from miner.db import Candidate, Corpus, Job, Sentence, session_scope
+from miner.db import Candidate, Corpus, Job, Sentence, SentenceDuplicate, session_scope
 from miner.encoders import ALIASES
 from miner.errors import InputFileError, UsageError
 from miner.export import load_done_job
 from miner.reader import file_digest, normalise, open_text_stream
+from miner.records import display_id
 
 GOLD_FORMATS = ("auto", "ids", "text")
 _ID = re.compile(r"(?:[A-Za-z]{2,3}[-_])?(\d+)")
@@ -55,8 +57,21 @@ class GoldFile:
     path: str
     format: str  # ids or text
     id_base: int
-    pairs: list[tuple]  # (src line, tgt line) 0-based, or (src text, tgt text) normalised
+    pairs: list[tuple]  # (src id, tgt id) as written, or (src text, tgt text) normalised
     file_lines: list[int]  # the gold file's line number (1-based) of each pair, for messages
+
+    def line_number(self, value: str, no: int) -> int:
+        """A gold id of a plain-text side as a 0-based line number (``de-000012`` -> 11 when 1-based)."""
+        match = _ID.fullmatch(value)
+        if match is None:
+            raise InputFileError(f"gold file {self.path}: line {no} is not two ids (SRC_ID<TAB>TGT_ID line numbers, "
+                                 f"e.g. 12<TAB>40 or de-000012<TAB>en-000040): {value!r}; the job's input has "
+                                 "no ids of its own on this side (mine it with --input-format tsv or jsonl)")
+        line = int(match.group(1)) - self.id_base
+        if line < 0:
+            raise InputFileError(f"gold file {self.path}: line {no} has id 0, but ids are 1-based line numbers; "
+                                 "pass --id-base 0 for 0-based ids")
+        return line
 
 
 def read_gold(path: str | Path, fmt: str = "auto", id_base: int = 1) -> GoldFile:
@@ -100,15 +115,11 @@ def read_gold(path: str | Path, fmt: str = "auto", id_base: int = 1) -> GoldFile
         fmt = "ids" if all(is_id) else "text"
     pairs: list[tuple] = []
     if fmt == "ids":
-        for fields, ok, no in zip(rows, is_id, numbers):
-            if not ok:
-                raise InputFileError(f"gold file {path}: line {no} is not two ids (SRC_ID<TAB>TGT_ID, "
-                                     f"e.g. 12<TAB>40 or de-000012<TAB>en-000040): {_clip(fields)}")
-            ids = [int(_ID.fullmatch(f.strip()).group(1)) - id_base for f in fields]
-            if min(ids) < 0:
-                raise InputFileError(f"gold file {path}: line {no} has id 0, but ids are 1-based line numbers; "
-                                     "pass --id-base 0 for 0-based ids")
-            pairs.append(tuple(ids))
+        for fields, no in zip(rows, numbers):
+            ids = tuple(f.strip() for f in fields)
+            if not all(ids):
+                raise InputFileError(f"gold file {path}: line {no} has an empty id: {_clip(fields)}")
+            pairs.append(ids)  # matched as they are, or read as line numbers (line_number), per side
     else:
         for fields, no in zip(rows, numbers):
             src, tgt = normalise(fields[0]), normalise(fields[1])
@@ -195,23 +206,36 @@ def resolve_gold(cfg: Config, job: Job, gold: GoldFile, warn: Callable[[str], No
     warn = warn or (lambda message: None)
     sides = {"src": (job.src_corpus_id, job.src_path, 0), "tgt": (job.tgt_corpus_id, job.tgt_path, 1)}
     maps: dict[str, dict] = {}
+    keys: dict[str, list] = {}
     for side, (corpus_id, path, i) in sides.items():
         wanted = {pair[i] for pair in gold.pairs}
         if gold.format == "text":
             maps[side] = _scan(cfg, corpus_id, Sentence.text, wanted)
+            keys[side] = [pair[i] for pair in gold.pairs]
             continue
         corpus = _corpus(cfg, corpus_id)
+        if has_input_ids(corpus):
+            maps[side] = _scan_ids(cfg, corpus_id, wanted)
+            keys[side] = [pair[i] for pair in gold.pairs]
+            continue
+        keys[side] = [gold.line_number(pair[i], no) for pair, no in zip(gold.pairs, gold.file_lines)]
+        wanted = set(keys[side])
         n_lines = int((corpus.stats or {}).get("lines") or 0)
         if n_lines and max(wanted) >= n_lines:
-            bad = next(no for pair, no in zip(gold.pairs, gold.file_lines) if pair[i] >= n_lines)
+            bad = next(no for line, no in zip(keys[side], gold.file_lines) if line >= n_lines)
             shown = max(wanted) + gold.id_base
             raise InputFileError(
                 f"gold file {gold.path}: line {bad}: {side} id {shown} is past the end of {path} "
-                f"({n_lines} lines, ids {gold.id_base}..{n_lines - 1 + gold.id_base}); is this the gold of job {job.id}?"
+                f"({n_lines} lines, ids {gold.id_base}..{n_lines - 1 + gold.id_base}); is this the gold of job {job.id}? "
+                f"(it read {path} as plain text, so its ids are line numbers; ID<TAB>TEXT files such as BUCC's are "
+                "mined with --input-format tsv)"
             )
         by_line = _scan(cfg, corpus_id, Sentence.line_no, wanted)
         missing = wanted - set(by_line)
-        if missing:
+        if missing:  # later lines with the text of an earlier one (stored since reader version 2)
+            by_line.update(_scan_duplicates(cfg, corpus_id, missing))
+            missing = wanted - set(by_line)
+        if missing and int((corpus.settings or {}).get("reader") or 1) < 2:
             texts = _texts_of_lines(path, corpus, missing)
             if texts is None:
                 warn(f"{len(missing)} {side} gold line(s) are not among job {job.id}'s sentences and {path} is gone "
@@ -224,13 +248,44 @@ def resolve_gold(cfg: Config, job: Job, gold: GoldFile, warn: Callable[[str], No
         maps[side] = by_line
     pairs: set[tuple[int, int]] = set()
     unreachable: set[tuple] = set()
-    for pair in gold.pairs:
-        s, t = maps["src"].get(pair[0]), maps["tgt"].get(pair[1])
+    for a, b in zip(keys["src"], keys["tgt"]):
+        s, t = maps["src"].get(a), maps["tgt"].get(b)
         if s is None or t is None:
-            unreachable.add(pair)
+            unreachable.add((a, b))
         else:
             pairs.add((s, t))
     return ResolvedGold(pairs, len(unreachable), gold)
+
+
+def has_input_ids(corpus: Corpus) -> bool:
+    """Whether a corpus was read with ids of its own (TSV with an id column, JSONL), so gold ids are
+    matched as they are rather than read as line numbers."""
+    settings = corpus.settings or {}
+    fmt = settings.get("input_format", "text")
+    return fmt == "jsonl" or (fmt == "tsv" and "id" in (settings.get("columns") or ()))
+
+
+def _scan_ids(cfg: Config, corpus_id: int, wanted: set) -> dict:
+    """{id: idx} for the wanted ids of a corpus read with ids: every occurrence of each sentence
+    (a JSONL row without an id has its 1-based line number as id)."""
+    found = {}
+    with session_scope(cfg.db_url) as s:
+        for table in (Sentence, SentenceDuplicate):
+            query = (select(table.ext_id, table.line_no, table.idx).where(table.corpus_id == corpus_id)
+                     .execution_options(yield_per=20000))
+            for ext_id, line_no, idx in s.execute(query):
+                key = display_id(ext_id, int(line_no))
+                if key in wanted:
+                    found[key] = int(idx)
+    return found
+
+
+def _scan_duplicates(cfg: Config, corpus_id: int, wanted: set) -> dict:
+    """{line: idx} of the repeated lines of a corpus that are in ``wanted`` (0-based lines)."""
+    with session_scope(cfg.db_url) as s:
+        rows = s.execute(select(SentenceDuplicate.line_no, SentenceDuplicate.idx)
+                         .where(SentenceDuplicate.corpus_id == corpus_id).execution_options(yield_per=20000))
+        return {int(line): int(idx) for line, idx in rows if line in wanted}
 
 
 # --------------------------------------------------------------------------- curves

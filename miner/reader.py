@@ -19,7 +19,8 @@ too long, duplicate. With policy ``replace`` a line with invalid UTF-8 is
 counted in ``decode_errors`` *and* carries on through the other checks, so
 ``lines == sentences + blank + too_long + duplicates`` holds for ``replace``
 and ``fail``, and ``lines == sentences + blank + too_long + duplicates +
-decode_errors`` for ``skip``.
+decode_errors`` for ``skip`` (plus ``bad_rows`` for TSV/JSONL rows that
+:mod:`miner.records` skipped, counted before the other checks).
 """
 
 from __future__ import annotations
@@ -41,16 +42,8 @@ from typing import IO, TypeVar, Union
 
 from miner.errors import InputFileError, UsageError
 
-__all__ = [
-    "DecodeErrorPolicy",
-    "ReadStats",
-    "batched",
-    "check_input_file",
-    "file_digest",
-    "normalise",
-    "open_text_stream",
-    "read_sentences",
-]
+__all__ = ["DecodeErrorPolicy", "ReadStats", "batched", "check_input_file", "file_digest", "normalise",
+           "open_text_stream", "read_sentences"]
 
 T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -101,6 +94,8 @@ class ReadStats:
             sentence of the same file.
         too_long: lines longer than ``max_chars`` after normalisation.
         decode_errors: lines with invalid UTF-8 (skipped or replaced).
+        bad_rows: TSV/JSONL rows that could not be read (:mod:`miner.records`;
+            skipped under ``--on-bad-row skip``).
     """
 
     lines: int = 0
@@ -109,6 +104,7 @@ class ReadStats:
     duplicates: int = 0
     too_long: int = 0
     decode_errors: int = 0
+    bad_rows: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict.
@@ -407,7 +403,7 @@ def read_sentences(
     policy = _coerce_policy(on_decode_error)
     if stats is None:
         stats = ReadStats()
-    return _read_sentences(path, max_chars, policy, stats)
+    return (record[:2] for record in _read_records(path, max_chars, policy, stats, None, False))
 
 
 def batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -438,14 +434,17 @@ def _decode_error(
     )
 
 
-def _read_sentences(
+def _read_records(
     path: PathLike,
     max_chars: int,
     policy: DecodeErrorPolicy,
     stats: ReadStats,
-) -> Iterator[tuple[int, str]]:
+    parse: Callable[[str, int], tuple | None] | None,
+    duplicates: bool,
+) -> Iterator[tuple[int, str, str | None, dict | None, int | None]]:
     chunk = min(max(4 * max_chars + 8, _MIN_CHUNK), _MAX_CHUNK)
-    seen: set[bytes] = set()
+    seen: dict[bytes, int] = {}  # text digest -> index of its sentence
+    ext_id = meta = None
     line_no = -1
     try:
         with open_text_stream(path) as f:
@@ -469,10 +468,20 @@ def _read_sentences(
                         if policy is DecodeErrorPolicy.SKIP:
                             continue
                         raw = first.decode("utf-8", errors="replace")
+                    if parse is not None:
+                        row = parse(raw[1:] if bom and raw.startswith(_BOM) else raw, line_no)
+                        if row is None:
+                            continue
+                        raw, ext_id, meta = row
                     text = normalise(raw, strip_bom=bom)
                     if len(text) > max_chars:
                         stats.too_long += 1
                         continue
+                elif parse is not None:  # a row longer than a chunk: not parsed
+                    while not second.endswith(b"\n") and second:
+                        second = readline(chunk)
+                    stats.too_long += 1
+                    continue
                 else:
                     outcome, text = _read_long_line(
                         path, readline, chunk, first, second, line_no,
@@ -487,12 +496,15 @@ def _read_sentences(
                     stats.blank += 1
                     continue
                 key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-                if key in seen:
+                first_idx = seen.get(key)
+                if first_idx is not None:
                     stats.duplicates += 1
+                    if duplicates:
+                        yield line_no, text, ext_id, meta, first_idx
                     continue
-                seen.add(key)
+                seen[key] = stats.sentences
                 stats.sentences += 1
-                yield line_no, text
+                yield line_no, text, ext_id, meta, None
     except _READ_ERRORS as exc:
         where = f" at line {line_no + 1}" if line_no >= 0 else ""
         raise InputFileError(

@@ -125,7 +125,7 @@ def test_messy_text_is_cleaned_and_counted(live):
     status = _wait(home, job_id)
     assert status["state"] == "done", status
     assert status["corpora"]["src"]["sentences"] == 3
-    assert status["corpora"]["src"]["skipped"] == {"blank": 1, "duplicates": 0, "too_long": 1, "decode_errors": 1}
+    assert status["corpora"]["src"]["skipped"] == {"blank": 1, "duplicates": 0, "too_long": 1, "decode_errors": 1, "bad_rows": 0}
     out = folder / "messy.tsv"
     assert run_miner(home, "export", str(job_id), "-o", out, "--min-score", "0").returncode == 0
     sources = {s for _, s, _ in read_tsv(out)}

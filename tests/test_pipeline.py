@@ -219,7 +219,7 @@ def test_ingest_counts_skips(cfg, tmp_path, muse):
     job_id = run_job(cfg, src, tgt)
     status = job_status(cfg, job_id)
     assert status["corpora"]["src"]["sentences"] == 2
-    assert status["corpora"]["src"]["skipped"] == {"blank": 2, "duplicates": 1, "too_long": 1, "decode_errors": 1}
+    assert status["corpora"]["src"]["skipped"] == {"blank": 2, "duplicates": 1, "too_long": 1, "decode_errors": 1, "bad_rows": 0}
     job = orchestration.load_job(cfg, job_id)
     with session_scope(cfg.db_url) as s:
         rows = s.execute(select(Sentence.line_no, Sentence.text).where(Sentence.corpus_id == job.src_corpus_id)

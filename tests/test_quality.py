@@ -358,9 +358,10 @@ def test_errors_are_one_line_with_exit_codes(tatoeba, tmp_path):
 
 
 def test_gold_ids_on_duplicate_and_skipped_lines(tatoeba, tmp_path):
-    """A gold line that ingest dropped as a duplicate is matched through its text (the input file
-    is read again); a blank line cannot be found and counts as a miss; once the input file has
-    changed, duplicates can no longer be resolved, which is said."""
+    """A gold line that repeats an earlier line's text is matched through the stored duplicate
+    occurrences (also once the input file has changed); a blank line cannot be found and counts as a
+    miss. A corpus read before occurrences were stored (reader 1) re-reads the input file, and says
+    when it has changed."""
     src, tgt = tmp_path / "dup.de", tmp_path / "dup.en"
     src.write_text("Ich habe Hunger.\nDas ist gut.\n\nIch  habe Hunger.\nDer Hund schläft.\n", encoding="utf-8")
     tgt.write_text("That is good.\nThe dog is sleeping.\nI am hungry.\n", encoding="utf-8")
@@ -372,6 +373,19 @@ def test_gold_ids_on_duplicate_and_skipped_lines(tatoeba, tmp_path):
     assert got["at_threshold"]["gold_found"] == 3 and got["at_threshold"]["exported"] == 3
     assert got["at_threshold"]["precision"] == 1.0 and got["at_threshold"]["recall"] == 0.75
     src.write_text("changed\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", str(job), "--gold", str(gold), "--json"])
+    assert result.exit_code == 0 and "warning" not in result.output
+    assert json.loads(result.output)["at_threshold"] == got["at_threshold"]
+
+    from sqlalchemy import delete, select, update
+
+    from miner.db import Corpus, Job, SentenceDuplicate, session_scope
+
+    with session_scope(tatoeba["cfg"].db_url) as s:  # as a corpus ingested by reader 1
+        corpus_id = s.scalar(select(Job.src_corpus_id).where(Job.id == job))
+        assert s.execute(delete(SentenceDuplicate).where(SentenceDuplicate.corpus_id == corpus_id)).rowcount == 1
+        settings = dict(s.get(Corpus, corpus_id).settings, reader=1)
+        s.execute(update(Corpus).where(Corpus.id == corpus_id).values(settings=settings))
     result = CliRunner().invoke(main, ["eval", str(job), "--gold", str(gold), "--json"])
     assert result.exit_code == 0
     assert "warning: 2 src gold line(s) are not among job" in result.output

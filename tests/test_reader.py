@@ -83,7 +83,7 @@ def test_formats(tmp_path, name, encode):
     assert out == SIMPLE_OUT
     assert stats.as_dict() == {
         "lines": 4, "sentences": 3, "blank": 1,
-        "duplicates": 0, "too_long": 0, "decode_errors": 0,
+        "duplicates": 0, "too_long": 0, "decode_errors": 0, "bad_rows": 0,
     }
     with open_text_stream(p) as f:
         assert f.read() == SIMPLE
@@ -176,7 +176,7 @@ def test_duplicates_keep_first_line_number(tmp_path):
     assert out == [(0, "a"), (1, "b"), (5, "c")]
     assert stats.as_dict() == {
         "lines": 7, "sentences": 3, "blank": 1,
-        "duplicates": 3, "too_long": 0, "decode_errors": 0,
+        "duplicates": 3, "too_long": 0, "decode_errors": 0, "bad_rows": 0,
     }
 
 
