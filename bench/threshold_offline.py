@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Offline evaluation of ``--threshold auto`` on the cases that ``bench/threshold.py --work DIR`` mined.
+
+``extract``: for each case of a ``bench/threshold.py --work DIR --json DIR/base.json`` run, rebuild the
+exact :class:`miner.autocut.CutInputs` that the finish step gives :func:`miner.autocut.decide` (from the
+job's stored score artifacts, as :func:`miner.steps.finish` does) plus, per candidate, whether it is a
+gold pair (text key match, as ``bench/threshold.py`` scores an export) and both sentences' lengths,
+into ``DIR/npz/CASE.npz``.
+
+``eval``: runs :func:`miner.autocut.decide` (the code on ``PYTHONPATH``) on every stored case and
+prints F1 at its cut against the oracle F1 (best cut over the same scores), tuning and extra cases
+apart, with the bench run's gap beside it ("base"). No mining: about 40 s instead of 10 minutes
+on 2 cores, so a method can be iterated on. On the current method it reproduces the bench's
+per-case cut, F1 and oracle exactly (22 cases, 2026-12-01).
+
+Usage (from the repository root)::
+
+    python bench/threshold.py --extra --work DIR --json DIR/base.json
+    python bench/threshold_offline.py extract DIR
+    python bench/threshold_offline.py eval DIR [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXTRA = {"tatoeba-fra-20k-distractors-20pct", "tatoeba-spa-1pct", "tatoeba-deu-no-distractors-50pct",
+         "un-fr-es-sparse", "un-ru-zh-30pct", "un-ar-fr-dense"}
+
+
+def extract(work: Path) -> None:
+    from threshold import key  # bench/threshold.py: the same text key as the bench
+
+    os.environ["MINER_HOME"] = str(work / "home")
+    from sqlalchemy import select
+
+    from miner import mining, steps
+    from miner.config import Config
+    from miner.db import Job, Sentence, session_scope
+    from miner.orchestration import job_sides
+
+    cfg = Config.from_env()
+    rows = _rows(work, cfg)
+    out_dir = work / "npz"
+    out_dir.mkdir(exist_ok=True)
+    for row in rows:
+        if (out_dir / f"{row['case']}.npz").exists():
+            continue
+        with session_scope(cfg.db_url) as s:
+            job = s.get(Job, row["job"])
+            if job.state != "done":
+                continue
+        sides = job_sides(cfg, job)
+        fwd_best, fwd_scores, fwd_decoy = steps._best(cfg, job, "fwd", sides["src"])
+        bwd_best, bwd_scores, bwd_decoy = steps._best(cfg, job, "bwd", sides["tgt"])
+        src, tgt, scores, direction = mining.retrieve(fwd_best, fwd_scores, bwd_best, bwd_scores,
+                                                      job.options["retrieval"], threshold=None)
+        texts = {}
+        with session_scope(cfg.db_url) as s:
+            for side in ("src", "tgt"):
+                corpus_id = sides[side].corpus_id
+                got = dict(s.execute(select(Sentence.idx, Sentence.text).where(Sentence.corpus_id == corpus_id)).all())
+                texts[side] = [got[i] for i in range(sides[side].n)]
+        folder = work / "cases" / row["case"]
+        gold = set()
+        for line in (folder / "gold.tsv").read_text(encoding="utf-8").splitlines():
+            if line:
+                a, b = line.split("\t")[:2]
+                gold.add((key(a), key(b)))
+        label = np.array([(key(texts["src"][i]), key(texts["tgt"][j])) in gold for i, j in zip(src.tolist(), tgt.tolist())])
+        src_len = np.array([len(texts["src"][i]) for i in src.tolist()])
+        tgt_len = np.array([len(texts["tgt"][j]) for j in tgt.tolist()])
+        np.savez(out_dir / f"{row['case']}.npz", scores=scores, direction=direction, src=src, tgt=tgt,
+                 fwd_best=fwd_best, bwd_best=bwd_best, fwd_scores=fwd_scores, bwd_scores=bwd_scores,
+                 fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy, label=label, src_len=src_len, tgt_len=tgt_len,
+                 n_gold=len(gold), fixed=float(job.options.get("fallback_threshold") or 1.05),
+                 margin=job.options["margin"])
+        print(f"{row['case']}: {len(scores)} candidates, {int(label.sum())} gold among them of {len(gold)}", flush=True)
+
+
+def _rows(work: Path, cfg=None) -> list[dict]:
+    """The bench's rows (``base.json``), or while it still runs, one row per job in its MINER_HOME
+    (the case is the name of the folder of the job's source file)."""
+    path = work / "base.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from sqlalchemy import select
+
+    from miner.db import Job, session_scope
+
+    with session_scope(cfg.db_url) as s:
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+    return [{"case": Path(job.src_path).parent.name, "job": job.id, "gap": float("nan")} for job in jobs]
+
+
+def load(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def inputs_of(case: dict):
+    from miner.autocut import CutInputs
+
+    def decoy(a):
+        return None if a.dtype == object or a.shape == () else a
+
+    return CutInputs(scores=case["scores"], direction=case["direction"], src=case["src"], tgt=case["tgt"],
+                     fwd_scores=case["fwd_scores"], bwd_scores=case["bwd_scores"],
+                     fwd_decoy=decoy(case["fwd_decoy"]), bwd_decoy=decoy(case["bwd_decoy"]))
+
+
+def f1_at(scores: np.ndarray, label: np.ndarray, n_gold: int, cut: float) -> float:
+    keep = scores >= cut
+    hits, exported = int(label[keep].sum()), int(keep.sum())
+    p = hits / exported if exported else 0.0
+    r = hits / n_gold if n_gold else 0.0
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def oracle(scores: np.ndarray, label: np.ndarray, n_gold: int) -> tuple[float, float]:
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], label[order]
+    hits = np.cumsum(y)
+    exported = np.arange(1, s.size + 1)
+    f1 = 2 * hits / (exported + n_gold)
+    last = np.r_[s[1:] != s[:-1], True]
+    f1 = np.where(last, f1, -1.0)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(s[i])
+
+
+def evaluate(work: Path, only: str = "") -> list[dict]:
+    from miner import autocut
+
+    path = work / "base.json"
+    rows = (json.loads(path.read_text(encoding="utf-8")) if path.exists() else
+            [{"case": p.stem, "gap": float("nan")} for p in sorted((work / "npz").glob("*.npz"))])
+    out = []
+    for row in rows:
+        if not (work / "npz" / f"{row['case']}.npz").exists():
+            continue
+        if only and row["case"] not in only.split(","):
+            continue
+        case = load(work / "npz" / f"{row['case']}.npz")
+        started = time.monotonic()
+        decision = autocut.decide(inputs_of(case), str(case["margin"]), float(case["fixed"]))
+        seconds = time.monotonic() - started
+        n_gold = int(case["n_gold"])
+        f = f1_at(case["scores"], case["label"], n_gold, decision.value)
+        best, best_t = oracle(case["scores"], case["label"], n_gold)
+        out.append({"case": row["case"], "extra": row["case"] in EXTRA, "method": decision.method,
+                    "cut": decision.value, "share": decision.evidence.get("share"),
+                    "true_share": float(case["label"].mean()), "precision": decision.evidence.get("precision"),
+                    "f1": f, "oracle_f1": best, "oracle_cut": best_t, "gap": best - f,
+                    "base_gap": row["gap"], "seconds": round(seconds, 2)})
+    return out
+
+
+def show(rows: list[dict]) -> str:
+    lines = [(f"{'case':<34} {'method':<8} {'cut':>6} {'est%':>5} {'true%':>5} | {'F1':>5} {'oracle':>6} {'at':>6} | "
+              f"{'gap':>5} {'base':>5} {'s':>5}")]
+    for extra in (False, True):
+        part = [r for r in rows if r["extra"] == extra]
+        if not part:
+            continue
+        for r in part:
+            est = f"{100 * r['share']:.1f}" if isinstance(r["share"], (int, float)) else "-"
+            lines.append(f"{r['case']:<34} {r['method']:<8} {r['cut']:>6.3f} {est:>5} {100 * r['true_share']:>5.1f} | "
+                         f"{100 * r['f1']:>5.1f} {100 * r['oracle_f1']:>6.1f} {r['oracle_cut']:>6.3f} | "
+                         f"{100 * r['gap']:>5.1f} {100 * r['base_gap']:>5.1f} {r['seconds']:>5.2f}")
+        gaps = [100 * r["gap"] for r in part]
+        base = [100 * r["base_gap"] for r in part]
+        lines.append(f"{'extra' if extra else 'tuning'}: mean gap {np.mean(gaps):.2f} (base {np.mean(base):.2f}), "
+                     f"max {max(gaps):.2f}, within 2 F1: {sum(g <= 2 for g in gaps)}/{len(gaps)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=("extract", "eval"))
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.command == "extract":
+        extract(args.work)
+        return 0
+    rows = evaluate(args.work, args.only)
+    print(show(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
