@@ -36,6 +36,7 @@ Usage (from the repository root)::
     python bench/memory.py --json                   # JSON on stdout instead of the table
     python bench/memory.py --json out.json          # table on stdout, JSON to out.json
     python bench/memory.py --check                  # exit 1 when the ratio misses the target
+    python bench/memory.py --metadata               # TSV inputs with an id and a url column, export with ids
 
 Progress goes to stderr.  Exit code 0 whether the target is met or not, unless ``--check``.
 """
@@ -260,8 +261,20 @@ def _stage_seconds(db: Path) -> dict[str, float]:
     return out
 
 
+def with_metadata(path: Path) -> Path:
+    """A TSV copy of a corpus with an id and a metadata column: ``s-<n><TAB>text<TAB>https://...``."""
+    out = path.with_name(path.name + ".meta.tsv")
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for n, line in enumerate(src):
+                dst.write(f"{path.suffix[1:]}-{n:09d}\t{line.rstrip(chr(10))}\thttps://example.org/doc/{n // 50}#{n}\n")
+        os.replace(tmp, out)
+    return out
+
+
 def run_job(lines: int, src: Path, tgt: Path, model: Path, *, shard_size: int, threads: int,
-            interval: float, workdir: Path, keep: bool, timeout: float) -> Result:
+            interval: float, workdir: Path, keep: bool, timeout: float, metadata: bool = False) -> Result:
     """Run one ``mine`` in a fresh MINER_HOME and measure its process tree."""
     home = Path(tempfile.mkdtemp(prefix=f"memory-{lines}-", dir=workdir))
     out_tsv = home / "out.tsv"
@@ -271,6 +284,8 @@ def run_job(lines: int, src: Path, tgt: Path, model: Path, *, shard_size: int, t
     cmd = [sys.executable, "-m", "miner", "mine", str(src), str(tgt), "--src-lang", "en", "--tgt-lang", "en",
            "--model", str(model), "--shard-size", str(shard_size), "--workers", "1", "--concurrency", "1",
            "-q", "-o", str(out_tsv)]
+    if metadata:
+        cmd += ["--input-format", "tsv", "--columns", "id,text,url", "--with-ids"]
     result = Result(lines=lines)
     procs: dict[int, Proc] = {}
     by_stage: dict[str, int] = {}
@@ -399,6 +414,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep each job's MINER_HOME (database, artifacts, logs)")
     ap.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                     help="write JSON: to stdout instead of the table, or to FILE")
+    ap.add_argument("--metadata", action="store_true",
+                    help="mine TSV copies of the corpora with an id and a metadata (url) column, export with ids")
     ap.add_argument("--check", action="store_true", help="exit 1 when the ratio exceeds --target (or a job fails)")
     return ap.parse_args(argv)
 
@@ -416,13 +433,17 @@ def main(argv=None) -> int:
         model = args.model
     report = dict(target=args.target, shard_size=args.shard_size, threads=args.threads, model=str(model),
                   lines_mean="per side (an N-line job = N source lines + N target lines)",
-                  overlap=args.overlap, seed=args.seed, python=sys.version.split()[0], cpus=os.cpu_count())
+                  overlap=args.overlap, seed=args.seed, python=sys.version.split()[0], cpus=os.cpu_count(),
+                  metadata=args.metadata)
     for name, n in (("small", args.small), ("large", args.large)):
         t = time.monotonic()
         src, tgt = make_corpus(n, args.out / "corpora", seed=args.seed, overlap=args.overlap)
+        if args.metadata:
+            src, tgt = with_metadata(src), with_metadata(tgt)
         log(f"{name}: corpus {n:,} lines per side ({time.monotonic() - t:.1f}s); mining ...")
         r = run_job(n, src, tgt, Path(model), shard_size=args.shard_size, threads=args.threads,
-                    interval=args.interval, workdir=args.out, keep=args.keep, timeout=args.timeout)
+                    interval=args.interval, workdir=args.out, keep=args.keep, timeout=args.timeout,
+                    metadata=args.metadata)
         log(f"{name}: {r.wall_s:.1f}s, exit {r.returncode}, pairs {r.pairs}, worker peak {r.peak_worker_mb:.1f} MB, "
             f"tree PSS {r.peak_tree_pss_mb:.1f} MB, wait4 {r.wait4_maxrss_mb:.1f} MB")
         report[name] = asdict(r)
