@@ -125,18 +125,13 @@ def limit_threads(threads: int) -> None:
     # torch and FAISS only when already imported: importing them here would cost a task that uses
     # neither (ingest, or muse's numpy encoder) a second or more. One imported later starts its
     # OpenMP pool from OMP_NUM_THREADS, set above.
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            torch.set_num_threads(threads)
-        except Exception:
-            pass
-    faiss = sys.modules.get("faiss")
-    if faiss is not None:
-        try:
-            faiss.omp_set_num_threads(threads)
-        except Exception:
-            pass
+    for name, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads")):
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                getattr(module, setter)(threads)
+            except Exception:
+                pass
 
 
 def default_home() -> Path:
