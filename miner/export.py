@@ -38,12 +38,11 @@ from sqlalchemy.orm import aliased
 from miner.artifacts import as_user_file, atomic_path
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, SentenceDuplicate, session_scope
-from miner.records import display_id
 from miner.errors import JobNotFound, OutputClosed, UsageError
 from miner.filters import FilterChain, FilterOptions
+from miner.records import display_id
 
-HEADER = "score\tsource\ttarget\n"
-HEADER_PROBABILITY = "score\tsource\ttarget\tprobability\n"
+FORMATS = ("tsv", "jsonl", "moses")
 ID_SEPARATOR = ","  # between the ids of a sentence that occurs on several lines (--with-ids)
 
 
@@ -51,7 +50,6 @@ def header_line(with_probability: bool = False, with_ids: bool = False) -> str:
     """The TSV header: score, source, target[, probability][, src_id, tgt_id]."""
     names = ["score", "source", "target"] + ["probability"] * with_probability + ["src_id", "tgt_id"] * with_ids
     return "\t".join(names) + "\n"
-FORMATS = ("tsv", "jsonl", "moses")
 
 
 def load_done_job(cfg: Config, job_id: int, action: str = "export") -> Job:

@@ -485,7 +485,6 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     check_input_formats(src, tgt, options, warn)
     cfg = open_db()
     from miner.reader import file_digest
-
     from miner.records import resolve_format
 
     formats = (resolve_format(options.input_format, src), resolve_format(options.input_format, tgt))

@@ -33,7 +33,6 @@ BAD_ROW_POLICIES = ("skip", "fail")
 DEFAULT_COLUMNS = ("id", "text")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-_SPACE_RUN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 
 def resolve_format(fmt: str, path) -> str:
@@ -67,7 +66,7 @@ def parse_columns(spec: str | list | tuple | None) -> list[str]:
 
 def _clean(value: str) -> str:
     """Whitespace and control characters collapsed to one space, ends stripped (TSV-safe)."""
-    return _SPACE_RUN.sub(" ", value).strip(" ")
+    return reader.normalise(value, strip_bom=False)
 
 
 class BadRow(Exception):
