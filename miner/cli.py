@@ -94,21 +94,12 @@ def _warn_filesystem_broker(cfg: Config) -> None:
 
 
 def _send(cfg: Config, job_id: int) -> None:
-    """Send the job's first tasks. When the broker cannot be reached, the job is marked failed (not
-    left queued, where nothing would ever pick it up and a new submit would call it a duplicate),
-    and ``miner retry JOB`` sends it again."""
-    from miner.orchestration import mark_failed
-    from workers.client import broker_errors, submit
+    """Send the job's first tasks (:func:`workers.client.send_or_fail`: a job whose broker cannot be
+    reached is marked failed, and ``miner retry JOB`` sends it again)."""
+    from workers.client import send_or_fail
 
     _warn_filesystem_broker(cfg)
-    try:
-        submit(cfg, job_id)
-    except broker_errors() as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        message = (f"could not reach the broker at {mask_url(cfg.broker_url)}: {detail}; "
-                   f"`miner retry {job_id}` sends it again once the broker is up")
-        mark_failed(cfg, job_id, message)
-        raise JobFailed(f"job {job_id}: {message}") from None
+    send_or_fail(cfg, job_id)
 
 
 @main.command()
@@ -502,6 +493,20 @@ def retry(ctx, job, wait, force):
         status = _watch(cfg, job)
         _raise_if_failed(status)
         _print_threshold(status)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any but a loopback address needs MINER_API_TOKEN.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8000, show_default=True)
+@click.pass_context
+def serve(ctx, host, port):
+    """Serve the HTTP API (/api, docs at /docs) and the dashboard (/) until interrupted."""
+    from miner.api import check_bind, serve as run
+
+    cfg = _config(ctx)
+    check_bind(cfg, host)  # before the database is touched
+    run(_db(ctx), host, port, log=lambda line: click.echo(line, err=True))
 
 
 @main.group()

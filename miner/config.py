@@ -44,11 +44,14 @@ ENV_VARS = {
     "MINER_HEARTBEAT_SECONDS": "a running unit renews its lease this often (default 3)",
     "MINER_LEASE_SECONDS": "a unit whose lease was not renewed for this long is lost and sent again (default 15)",
     "MINER_TRUST_REMOTE_CODE": "1: mine/submit act as if given --trust-remote-code (let a model run its own code)",
+    "MINER_API_TOKEN": "miner serve: every /api call needs 'Authorization: Bearer TOKEN' (and a non-loopback --host needs one)",
+    "MINER_INPUT_ROOTS": "miner serve: folders (os.pathsep-separated) that jobs submitted over HTTP may read from "
+                         "(default: the current directory)",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
 #: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
 #: (Docker/Kubernetes secrets), and is never printed unmasked.
-SECRET_VARS = ("MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND")
+SECRET_VARS = ("MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND", "MINER_API_TOKEN")
 
 
 def read_env(env: dict | None = None) -> dict:
@@ -167,6 +170,17 @@ def _float_env(env: dict, name: str, default: float) -> float:
     return value
 
 
+def _roots(raw: str | None) -> tuple[Path, ...]:
+    """``MINER_INPUT_ROOTS``: absolute folders, symlinks resolved; unset: the current directory."""
+    parts = [part for part in (raw or "").split(os.pathsep) if part.strip()]
+    if parts:
+        return tuple(Path(part.strip()).expanduser().resolve() for part in parts)
+    try:
+        return (Path.cwd().resolve(),)
+    except OSError:  # the current directory was removed: no root
+        return ()
+
+
 def _bool_env(env: dict, name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw == "":
@@ -197,6 +211,10 @@ class Config:
     trust_remote_code: bool = False
     # where the workers of this machine register to share its cores (miner.cores)
     cores_dir: Path = dataclasses.field(default_factory=lambda: default_cores_dir())
+    # miner serve (miner.api): the bearer token of /api (None: no token), and the folders that jobs
+    # submitted over HTTP may read from (default: the current directory)
+    api_token: str | None = None
+    input_roots: tuple[Path, ...] = dataclasses.field(default_factory=lambda: _roots(None))
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -218,6 +236,8 @@ class Config:
             lease_seconds=_float_env(env, "MINER_LEASE_SECONDS", 15.0),
             trust_remote_code=_bool_env(env, "MINER_TRUST_REMOTE_CODE", False),
             cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
+            api_token=(env.get("MINER_API_TOKEN") or "").strip() or None,
+            input_roots=_roots(env.get("MINER_INPUT_ROOTS")),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -266,10 +286,14 @@ class Config:
                 path.parent.mkdir(parents=True, exist_ok=True)
 
     def masked(self) -> dict:
-        """The configuration as a dict with passwords in URLs replaced by ``***``."""
+        """The configuration as a dict with passwords in URLs (and the API token) replaced by ``***``."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "api_token":
+                value = "***" if value else None
+            elif field.name == "input_roots":
+                value = os.pathsep.join(str(root) for root in value)
             out[field.name] = mask_url(str(value)) if isinstance(value, (str, Path)) else value
         return out
 

@@ -43,6 +43,14 @@ class JobNotFound(MinerError):
     exit_code = 2
 
 
+class JobStateError(UsageError):
+    """The job is not in a state that allows this (export before done, retry while running)."""
+
+
+class InputNotAllowed(UsageError):
+    """An input path outside the folders a server may read (``MINER_INPUT_ROOTS``)."""
+
+
 class JobFailed(MinerError):
     """A job ended in the failed or cancelled state."""
 

@@ -38,7 +38,7 @@ from sqlalchemy.orm import aliased
 from miner.artifacts import as_user_file, atomic_path
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, SentenceDuplicate, session_scope
-from miner.errors import JobNotFound, OutputClosed, UsageError
+from miner.errors import JobNotFound, JobStateError, OutputClosed, UsageError
 from miner.filters import FilterChain, FilterOptions
 from miner.records import display_id
 
@@ -59,7 +59,7 @@ def load_done_job(cfg: Config, job_id: int, action: str = "export") -> Job:
         if job is None:
             raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         if job.state != JobState.DONE.value:
-            raise UsageError(f"job {job_id} is {job.state}, not done; nothing to {action} yet (`miner status {job_id}`)")
+            raise JobStateError(f"job {job_id} is {job.state}, not done; nothing to {action} yet (`miner status {job_id}`)")
         return job
 
 
@@ -219,7 +219,67 @@ class ExportResult:
     counts: dict = field(default_factory=dict)
 
 
-def export_pairs(
+@dataclass
+class ExportPlan:
+    """An export checked and started (:func:`prepare_export`): the job, its filters, and the first
+    record read, so that every error is raised before anything is written."""
+
+    job_id: int
+    fmt: str
+    paths: list[str]
+    header: bool
+    with_probability: bool
+    with_ids: bool
+    filters: FilterOptions
+    chain: FilterChain
+    total: int | None
+    above: int | None
+    provenance: Provenance | None
+    records: Iterator[tuple]
+    written: int = 0
+
+    def lines(self, on_row: Callable[[], None] | None = None) -> Iterator[tuple[int, str]]:
+        """``(output index, text)`` of every line to write, in order: the header, then each kept pair
+        (output 1 is the target file of ``moses``). ``on_row()`` is called for each pair read."""
+        if self.header:
+            yield 0, header_line(self.with_probability, self.with_ids)
+        for row in self.records:
+            score, source, target, src_line, tgt_line, probability = row[:6]
+            if on_row is not None:
+                on_row()
+            if not self.chain.keep(source, target, score):
+                continue
+            if self.provenance is not None:
+                src_idx, tgt_idx, src_ext, tgt_ext, src_meta, tgt_meta = row[6:]
+                src_ids = self.provenance.ids("src", src_idx, src_line, src_ext)
+                tgt_ids = self.provenance.ids("tgt", tgt_idx, tgt_line, tgt_ext)
+            if self.fmt == "tsv":
+                line = f"{score:.6f}\t{source}\t{target}"
+                if self.with_probability:
+                    line += "\t" + ("" if probability is None else f"{probability:.6f}")
+                if self.with_ids:
+                    line += f"\t{ID_SEPARATOR.join(src_ids)}\t{ID_SEPARATOR.join(tgt_ids)}"
+                yield 0, line + "\n"
+            elif self.fmt == "jsonl":
+                record = {"score": score, "src": source, "tgt": target,
+                          "src_line": src_line + 1, "tgt_line": tgt_line + 1,
+                          "src_id": src_ids[0], "tgt_id": tgt_ids[0], "src_ids": src_ids, "tgt_ids": tgt_ids,
+                          "src_meta": src_meta or {}, "tgt_meta": tgt_meta or {}}
+                if self.with_probability:
+                    record["probability"] = probability
+                yield 0, json.dumps(record, ensure_ascii=False) + "\n"
+            else:
+                yield 0, source + "\n"
+                yield 1, target + "\n"
+            self.written += 1
+
+    def result(self) -> ExportResult:
+        summary = self.chain.summary(self.total, self.written) if self.filters.any_beyond_min_score else None
+        return ExportResult(written=self.written, paths=self.paths, candidates=self.total or 0, summary=summary,
+                            counts=dict(self.chain.counts))
+
+
+def prepare_export(
     cfg: Config,
     job_id: int,
     out: str,
@@ -228,13 +288,12 @@ def export_pairs(
     header: bool = False,
     filters: FilterOptions | None = None,
     warn: Callable[[str], None] | None = None,
-    progress: bool = False,
+    count: bool = False,
     with_probability: bool = False,
     with_ids: bool = False,
-) -> ExportResult:
-    """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold,
-    :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability,
-    ``with_ids`` the sentences' input ids to TSV (JSONL always has ids and metadata)."""
+) -> ExportPlan:
+    """Check the options and the job and read the first pair: every error of an export, before
+    anything is written (``count``: also count the candidates, for a progress bar)."""
     from miner.jobs import effective_threshold
 
     fmt = check_output(out, fmt, header, with_probability, with_ids)
@@ -252,7 +311,7 @@ def export_pairs(
         if path != "-" and not Path(path).parent.exists():
             raise UsageError(f"cannot write {path}: folder {Path(path).parent} does not exist")
     total = above = None
-    if filters.any_beyond_min_score or progress:
+    if filters.any_beyond_min_score or count:
         total = count_candidates(cfg, job_id)
         above = count_candidates(cfg, job_id, filters.min_score)
         if "min-score" in chain.counts:
@@ -264,59 +323,72 @@ def export_pairs(
     provenance = Provenance(cfg, job) if (with_ids or fmt == "jsonl") else None
     records = iter_rows(cfg, job_id, filters.min_score, filters.min_probability, provenance=provenance is not None)
     first = next(records, None)  # raises before an output file is created
+    return ExportPlan(job_id=job_id, fmt=fmt, paths=paths, header=header, with_probability=with_probability,
+                      with_ids=with_ids, filters=filters, chain=chain, total=total, above=above,
+                      provenance=provenance, records=iter(()) if first is None else _chain(first, records))
+
+
+def export_pairs(
+    cfg: Config,
+    job_id: int,
+    out: str,
+    *,
+    fmt: str | None = None,
+    header: bool = False,
+    filters: FilterOptions | None = None,
+    warn: Callable[[str], None] | None = None,
+    progress: bool = False,
+    with_probability: bool = False,
+    with_ids: bool = False,
+) -> ExportResult:
+    """Write the job's pairs that pass ``filters`` (the score floor defaults to the job's threshold,
+    :func:`miner.jobs.effective_threshold`); ``with_probability`` adds the estimated probability,
+    ``with_ids`` the sentences' input ids to TSV (JSONL always has ids and metadata)."""
+    plan = prepare_export(cfg, job_id, out, fmt=fmt, header=header, filters=filters, warn=warn, count=progress,
+                          with_probability=with_probability, with_ids=with_ids)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=above, desc=f"export job {job_id}", unit="pair", unit_scale=True, file=sys.stderr,
+        bar = tqdm(total=plan.above, desc=f"export job {job_id}", unit="pair", unit_scale=True, file=sys.stderr,
                    disable=None, mininterval=0.5)
-    n = 0
     try:
         with ExitStack() as stack:
-            handles = [stack.enter_context(_open_out(path)) for path in paths]
-            if header:
-                handles[0].write(header_line(with_probability, with_ids))
-            if first is not None:
-                for row in _chain(first, records):
-                    score, source, target, src_line, tgt_line, probability = row[:6]
-                    if bar is not None:
-                        bar.update(1)
-                    if not chain.keep(source, target, score):
-                        continue
-                    if provenance is not None:
-                        src_idx, tgt_idx, src_ext, tgt_ext, src_meta, tgt_meta = row[6:]
-                        src_ids = provenance.ids("src", src_idx, src_line, src_ext)
-                        tgt_ids = provenance.ids("tgt", tgt_idx, tgt_line, tgt_ext)
-                    if fmt == "tsv":
-                        line = f"{score:.6f}\t{source}\t{target}"
-                        if with_probability:
-                            line += "\t" + ("" if probability is None else f"{probability:.6f}")
-                        if with_ids:
-                            line += f"\t{ID_SEPARATOR.join(src_ids)}\t{ID_SEPARATOR.join(tgt_ids)}"
-                        handles[0].write(line + "\n")
-                    elif fmt == "jsonl":
-                        record = {"score": score, "src": source, "tgt": target,
-                                  "src_line": src_line + 1, "tgt_line": tgt_line + 1,
-                                  "src_id": src_ids[0], "tgt_id": tgt_ids[0], "src_ids": src_ids, "tgt_ids": tgt_ids,
-                                  "src_meta": src_meta or {}, "tgt_meta": tgt_meta or {}}
-                        if with_probability:
-                            record["probability"] = probability
-                        handles[0].write(json.dumps(record, ensure_ascii=False) + "\n")
-                    else:
-                        handles[0].write(source + "\n")
-                        handles[1].write(target + "\n")
-                    n += 1
+            handles = [stack.enter_context(_open_out(path)) for path in plan.paths]
+            for index, text in plan.lines(on_row=None if bar is None else lambda: bar.update(1)):
+                handles[index].write(text)
     except BrokenPipeError:
-        if "-" not in paths:
+        if "-" not in plan.paths:
             raise
-        raise OutputClosed(f"standard output was closed after {n} pairs") from None
+        raise OutputClosed(f"standard output was closed after {plan.written} pairs") from None
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         if bar is not None:
             bar.close()
-    summary = chain.summary(total, n) if filters.any_beyond_min_score else None
-    return ExportResult(written=n, paths=paths, candidates=total or 0, summary=summary, counts=dict(chain.counts))
+    return plan.result()
+
+
+def stream_export(cfg: Config, job_id: int, *, fmt: str = "tsv", header: bool = False,
+                  filters: FilterOptions | None = None, with_probability: bool = False, with_ids: bool = False,
+                  chunk_chars: int = 1 << 16) -> tuple[ExportPlan, Iterator[bytes]]:
+    """The bytes ``export_pairs(..., out="-")`` writes for one TSV or JSONL output, in chunks (the
+    HTTP export of :mod:`miner.api`). Errors are raised here, before the first chunk."""
+    plan = prepare_export(cfg, job_id, "-", fmt=fmt, header=header, filters=filters,
+                          with_probability=with_probability, with_ids=with_ids)
+
+    def chunks() -> Iterator[bytes]:
+        parts, size = [], 0
+        for _, text in plan.lines():
+            parts.append(text)
+            size += len(text)
+            if size >= chunk_chars:
+                yield "".join(parts).encode("utf-8")
+                parts, size = [], 0
+        if parts:
+            yield "".join(parts).encode("utf-8")
+
+    return plan, chunks()
 
 
 def export_tsv(cfg: Config, job_id: int, out: str, *, min_score: float | None = None, header: bool = False,

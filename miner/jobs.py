@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from miner.config import Config
 from miner.defaults import threshold_choice
 from miner.db import Candidate, Corpus, Job, JobStage, JobState, JobStep, session_scope, utcnow
-from miner.errors import JobNotFound, UsageError
+from miner.errors import JobNotFound, JobStateError, UsageError
 from miner.mining import Margin, Retrieval
 from miner.orchestration import STAGES, load_job, missing_units, unit_name
 
@@ -234,9 +234,9 @@ def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
         if job is None:
             raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
         if job.state in (JobState.RUNNING.value, JobState.QUEUED.value) and not force:
-            raise UsageError(f"job {job_id} is {job.state}; cancel it first (`miner cancel {job_id}`) or pass --force")
+            raise JobStateError(f"job {job_id} is {job.state}; cancel it first (`miner cancel {job_id}`) or pass --force")
         if job.state == JobState.DONE.value and not force:
-            raise UsageError(f"job {job_id} is done; pass --force to run its tasks again")
+            raise JobStateError(f"job {job_id} is done; pass --force to run its tasks again")
         job.state = JobState.QUEUED.value
         job.error = None
         job.finished_at = None
@@ -405,9 +405,15 @@ def _skipped(stats: dict) -> dict:
     return {key: stats.get(key, 0) for key in ("blank", "duplicates", "too_long", "decode_errors", "bad_rows")}
 
 
-def list_jobs(cfg: Config, limit: int = 50) -> list[dict]:
+def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[dict]:
+    """The latest ``limit`` jobs, newest first; ``state``: only the jobs in that state."""
+    if state is not None and state not in {s.value for s in JobState}:
+        raise UsageError(f"unknown job state {state!r}; use one of {', '.join(s.value for s in JobState)}")
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
     with session_scope(cfg.db_url) as s:
-        jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+        jobs = s.scalars(query).all()
         return [
             {
                 "id": j.id,

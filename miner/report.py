@@ -180,14 +180,29 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
 def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str | Path | None = None, *,
                  per_band: int = 10, seed: int = 0, log: Callable[[str], None] | None = None) -> dict:
     """Write the HTML (and the PNG, default: the HTML name with .png). Returns a summary dict."""
-    log = log or (lambda message: None)
-    if per_band < 0:
-        raise UsageError(f"--sample must be at least 0, got {per_band}")
     html_path = Path(html_path)
     png_path = Path(png_path) if png_path else html_path.with_suffix(".png")
     for path in (html_path, png_path):
         if not path.parent.exists():
             raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    page, png, summary = render_report(cfg, job_id, per_band=per_band, seed=seed, log=log)
+    summary.update(html=str(html_path), png=str(png_path))
+    with atomic_path(png_path) as tmp:
+        tmp.write_bytes(png)
+        as_user_file(tmp)
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+        as_user_file(tmp)
+    return summary
+
+
+def render_report(cfg: Config, job_id: int, *, per_band: int = 10, seed: int = 0,
+                  log: Callable[[str], None] | None = None) -> tuple[str, bytes, dict]:
+    """The report's HTML page, its PNG and a summary dict (``bands`` with their samples in
+    ``samples``), without writing anything (``miner report`` and :mod:`miner.api`)."""
+    log = log or (lambda message: None)
+    if per_band < 0:
+        raise UsageError(f"--sample must be at least 0, got {per_band}")
     job = load_done_job(cfg, job_id, "report")
     log(f"report job {job_id}: reading the candidates")
     scores, src_len, tgt_len, src_idx, tgt_idx = _load(cfg, job)
@@ -222,19 +237,12 @@ def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str 
         "fitted": fitted_curves(density) is not None,
         "candidates": int(len(scores)),
         "above_threshold": n_above,
-        "html": str(html_path),
-        "png": str(png_path),
         "bands": [{"name": b.name, "lo": b.lo, "hi": b.hi, "count": b.count, "sampled": len(b.sample)} for b in bands],
         "extreme_length_ratio_above": int(((ratio[above] > 2) | (ratio[above] < 0.5)).sum()),
     }
     page = _html(job, corpora, summary, bands, png, scores)
-    with atomic_path(png_path) as tmp:
-        tmp.write_bytes(png)
-        as_user_file(tmp)
-    with atomic_path(html_path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-        as_user_file(tmp)
-    return summary
+    summary["samples"] = {b.name: b.sample for b in bands}
+    return page, png, summary
 
 
 def _fmt_range(lo: float, hi: float) -> str:

@@ -1,0 +1,479 @@
+"""``miner serve``: the HTTP API (FastAPI) and the dashboard, over the same library calls as the CLI.
+
+JSON API (OpenAPI at ``/docs``):
+
+* ``POST /api/jobs`` -- a body ``{"src", "tgt", "src_lang", "tgt_lang", ...}`` with any option of
+  ``miner submit`` by its long name with underscores; ``201`` and the job object (``existing``:
+  false), or ``200`` and the job that already mines these files with these options (``existing``:
+  true; ``"force": true`` mines again). ``warnings`` lists what ``submit`` would warn about.
+* ``GET /api/jobs`` (newest first; ``?state=``, ``?limit=``), ``GET /api/jobs/{id}`` (the object of
+  ``miner status ID --json``), ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry``.
+* ``GET /api/jobs/{id}/export?format=tsv|jsonl&min_score=...`` -- streamed, the bytes ``miner
+  export`` writes with the same options; ``GET /api/jobs/{id}/report`` (the HTML of ``miner
+  report``) and ``/report.png``; ``GET /healthz`` (database and broker reachable).
+
+Errors are ``{"error": "one line"}`` with 400 (bad option or input file), 401 (token), 403 (input
+outside ``MINER_INPUT_ROOTS``), 404 (no such job), 409 (not in a state that allows it), 422 (a body
+or parameter of the wrong shape), 503 (database or broker unreachable); never a stack trace.
+
+Security: ``MINER_API_TOKEN`` set, every ``/api`` call needs ``Authorization: Bearer TOKEN`` (the
+dashboard's pages and their GET calls may use the cookie that ``/login`` sets instead); inputs are
+confined to ``MINER_INPUT_ROOTS`` (symlinks resolved). The dashboard pages are in
+:mod:`miner.dashboard`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from miner import defaults
+from miner.config import Config, mask_url
+from miner.errors import (InputFileError, InputNotAllowed, JobFailed, JobNotFound, JobStateError, MinerError,
+                          ModelError, UsageError)
+
+TOKEN_COOKIE = "miner_token"
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+class ApiError(Exception):
+    """An HTTP error with its status and one-line message."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def status_code(exc: MinerError) -> int:
+    """The HTTP status of a library error (the CLI's exit codes, as HTTP)."""
+    if isinstance(exc, InputNotAllowed):
+        return 403
+    if isinstance(exc, JobNotFound):
+        return 404
+    if isinstance(exc, JobStateError):
+        return 409
+    if isinstance(exc, JobFailed):
+        return 503  # the job's tasks could not be sent: the broker is down
+    if isinstance(exc, (UsageError, InputFileError, ModelError)):
+        return 400
+    return 500
+
+
+def one_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0]
+
+
+# --------------------------------------------------------------------------- request bodies
+
+Threshold = Annotated[float, Field(allow_inf_nan=False)] | Literal["auto"]
+
+
+class JobRequest(BaseModel):
+    """A job: the options of ``miner submit`` by their long names with underscores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    src: str = Field(description="Source corpus: a path under MINER_INPUT_ROOTS (relative: to the first root).")
+    tgt: str = Field(description="Target corpus, as src.")
+    src_lang: str = Field(min_length=1)
+    tgt_lang: str = Field(min_length=1)
+    model: str = defaults.MODEL
+    k: int = Field(defaults.K, ge=1)
+    margin: Literal["ratio", "distance", "absolute"] = defaults.MARGIN
+    retrieval: Literal["max", "intersect", "fwd", "bwd"] = defaults.RETRIEVAL
+    threshold: Threshold | None = None
+    shard_size: int = Field(defaults.SHARD_SIZE, ge=1)
+    max_line_length: int = Field(defaults.MAX_LINE_LENGTH, ge=1)
+    on_decode_error: Literal["skip", "replace", "fail"] = "skip"
+    input_format: Literal["auto", "text", "tsv", "jsonl"] = "auto"
+    columns: str | None = None
+    on_bad_row: Literal["skip", "fail"] = "skip"
+    index: Literal["auto", "flat", "ivf", "ivfpq"] = "auto"
+    nlist: int | None = Field(None, ge=1)
+    nprobe: int | None = Field(None, ge=1)
+    storage: Literal["auto", "float32", "float16"] = "auto"
+    trust_remote_code: bool | None = None
+    force: bool = False
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def confine(cfg: Config, raw: str) -> Path:
+    """The input path, symlinks resolved, when it lies under one of ``cfg.input_roots``; a relative
+    path is relative to the first root. :class:`InputNotAllowed` otherwise."""
+    if _URL.match(raw):
+        raise UsageError(f"{raw[:200]}: URLs are not read; give a file path under MINER_INPUT_ROOTS")
+    if not cfg.input_roots:
+        raise InputNotAllowed("no input folder is allowed (MINER_INPUT_ROOTS)")
+    path = Path(raw)
+    if not path.is_absolute():
+        path = cfg.input_roots[0] / path
+    real = path.resolve()
+    if any(real == root or real.is_relative_to(root) for root in cfg.input_roots):
+        return real
+    raise InputNotAllowed(f"{raw[:200]} is outside the folders this server reads "
+                          f"({', '.join(str(r) for r in cfg.input_roots)}; MINER_INPUT_ROOTS)")
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Service:
+    """The library calls behind the routes, with one configuration (also used by the dashboard)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._send_lock = threading.Lock()
+        self._reports: dict[tuple, tuple[str, bytes, dict]] = {}
+        self._report_lock = threading.Lock()
+
+    def submit(self, request: JobRequest) -> tuple[dict, bool]:
+        from miner.jobs import job_status, prepare_job
+
+        cfg = self.cfg
+        options = request.model_dump()
+        src, tgt = confine(cfg, options.pop("src")), confine(cfg, options.pop("tgt"))
+        warnings: list[str] = []
+        job_id, existing = prepare_job(cfg, src, tgt, warn=warnings.append, open_db=lambda: cfg, **options)
+        if not existing:
+            self.send(job_id)
+            if not self.ping():
+                warnings.append("no worker answered; the job waits in the queue until you start one with "
+                                "`miner worker`")
+        return {**job_status(cfg, job_id), "existing": existing, "warnings": warnings}, existing
+
+    def send(self, job_id: int) -> None:
+        from workers.client import send_or_fail
+
+        with self._send_lock:  # one Celery producer at a time
+            send_or_fail(self.cfg, job_id)
+
+    def ping(self) -> list[str]:
+        from workers.client import ping
+
+        return ping(self.cfg, 0.5)
+
+    def status(self, job_id: int) -> dict:
+        from miner.jobs import job_status
+
+        return job_status(self.cfg, job_id)
+
+    def jobs(self, state: str | None, limit: int) -> list[dict]:
+        """``miner jobs --json`` rows, each with ``progress`` (0 to 1) and, for live jobs, the stages."""
+        from miner.jobs import list_jobs
+
+        rows = list_jobs(self.cfg, limit, state)
+        for row in rows:
+            if row["state"] in ("queued", "running"):
+                try:
+                    status = self.status(row["id"])
+                except JobNotFound:
+                    continue
+                row["progress"] = progress_fraction(status)
+                row["stages"] = status["stages"]
+                row["pairs"] = status["pairs"]
+            else:
+                row["progress"] = 1.0 if row["state"] == "done" else None
+        return rows
+
+    def cancel(self, job_id: int) -> dict:
+        from miner.jobs import cancel_job
+
+        old = cancel_job(self.cfg, job_id)
+        return {**self.status(job_id), "previous_state": old}
+
+    def retry(self, job_id: int, force: bool) -> dict:
+        from miner.jobs import get_job, reset_for_retry
+
+        old = get_job(self.cfg, job_id).state
+        reset_for_retry(self.cfg, job_id, force=force)
+        self.send(job_id)
+        return {**self.status(job_id), "previous_state": old}
+
+    def report(self, job_id: int, per_band: int = 10, seed: int = 0) -> tuple[str, bytes, dict]:
+        """``miner report``'s page, PNG and summary; kept while the job's row does not change."""
+        from miner.jobs import get_job
+        from miner.report import render_report
+
+        job = get_job(self.cfg, job_id)
+        key = (job_id, job.attempt, str(job.finished_at), per_band, seed)
+        with self._report_lock:
+            if key in self._reports:
+                return self._reports[key]
+        rendered = render_report(self.cfg, job_id, per_band=per_band, seed=seed)
+        with self._report_lock:
+            if len(self._reports) > 16:
+                self._reports.clear()
+            self._reports[key] = rendered
+        return rendered
+
+    def health(self) -> tuple[bool, dict]:
+        from sqlalchemy import text
+
+        from miner.db import session_scope
+        from workers.client import broker_problem
+
+        out = {"database": "ok", "broker": "ok"}
+        try:
+            with session_scope(self.cfg.db_url) as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure: not reachable
+            out["database"] = f"cannot reach the database at {mask_url(self.cfg.db_url)}: {one_line(exc)}"
+        problem = broker_problem(self.cfg)
+        if problem:
+            out["broker"] = problem
+        return out["database"] == "ok" and out["broker"] == "ok", out
+
+
+def progress_fraction(status: dict) -> float:
+    """0 to 1: the mean over the stages of their finished share of units (unknown totals count 0)."""
+    if status["state"] == "done":
+        return 1.0
+    shares = [min(1.0, s["done"] / s["total"]) if s.get("total") else 0.0 for s in status["stages"]]
+    return round(sum(shares) / max(len(shares), 1), 4)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _authorised(cfg: Config, request: Request) -> bool:
+    if not cfg.api_token:
+        return True
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), cfg.api_token.encode()):
+        return True
+    cookie = request.cookies.get(TOKEN_COOKIE, "")
+    # The dashboard's cookie only reads: a page of another site cannot make the browser change a job.
+    return request.method in ("GET", "HEAD") and hmac.compare_digest(cookie.encode(), cfg.api_token.encode())
+
+
+class JsonBodies:
+    """ASGI middleware: a POST body under /api is JSON whatever its Content-Type says (``curl -d``
+    sends form encoding)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return 400, f"the body is not valid JSON: {one_line(first.get('ctx', {}).get('error', '')) or 'parse error'}"
+    if first.get("type") in ("model_attributes_type", "dict_type") and list(first.get("loc", ())) == ["body"]:
+        return 422, "the body must be a JSON object such as {\"src\": ..., \"tgt\": ..., \"src_lang\": ..., \"tgt_lang\": ...}"
+    parts = []
+    for error in errors[:3]:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        where = ".".join(loc)
+        message = one_line(error.get("msg", "invalid"))
+        if error.get("type") == "extra_forbidden":
+            message = "unknown option"
+        parts.append(f"{where}: {message}" if where else message)
+    return 422, "; ".join(parts) or "invalid request"
+
+
+def create_app(cfg: Config) -> FastAPI:
+    """The FastAPI application of ``miner serve`` for this configuration."""
+    from miner import dashboard
+
+    service = Service(cfg)
+    app = FastAPI(title="bitext-miner", version=_version(),
+                  description="Mine translated sentence pairs: submit jobs, follow them, export the pairs.")
+    app.state.service = service
+    app.add_middleware(JsonBodies)
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(MinerError)
+    async def _miner_error(request, exc: MinerError):
+        return error(status_code(exc), one_line(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, exc: RequestValidationError):
+        return error(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        return error(exc.status_code, one_line(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _other(request, exc: Exception):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from workers.client import is_broker_error
+
+        if isinstance(exc, SQLAlchemyError):
+            return error(503, f"database error at {mask_url(cfg.db_url)}: {one_line(getattr(exc, 'orig', exc) or exc)}")
+        if is_broker_error(exc):
+            return error(503, f"cannot reach the broker at {mask_url(cfg.broker_url)}: {one_line(exc)}")
+        message = f"internal error: {type(exc).__name__}: {one_line(exc)}"
+        print(f"miner serve: {request.method} {request.url.path}: {message}", file=sys.stderr, flush=True)
+        return error(500, message)
+
+    def require_token(request: Request) -> None:
+        if not _authorised(cfg, request):
+            raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' (MINER_API_TOKEN)",
+                           {"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+    @api.post("/jobs", status_code=201, summary="Submit a job (as `miner submit`)")
+    def submit_job(request: JobRequest, response: Response) -> dict:
+        job, existing = service.submit(request)
+        if existing:
+            response.status_code = 200
+        return job
+
+    @api.get("/jobs", summary="Jobs, newest first")
+    def list_jobs(state: Literal["queued", "running", "done", "failed", "cancelled"] | None = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+        return service.jobs(state, limit)
+
+    @api.get("/jobs/{job_id}", summary="A job's state and progress (as `miner status ID --json`)")
+    def get_job(job_id: int) -> dict:
+        return service.status(job_id)
+
+    @api.post("/jobs/{job_id}/cancel", summary="Cancel a job (as `miner cancel`)")
+    def cancel_job(job_id: int) -> dict:
+        return service.cancel(job_id)
+
+    @api.post("/jobs/{job_id}/retry", summary="Run a job again (as `miner retry`; finished shards are kept)")
+    def retry_job(job_id: int, request: Annotated[RetryRequest | None, Body()] = None) -> dict:
+        return service.retry(job_id, bool(request and request.force))
+
+    @api.get("/jobs/{job_id}/export", summary="The job's pairs, streamed (as `miner export -o -`)",
+             response_class=StreamingResponse)
+    def export_job(
+        job_id: int,
+        format: Literal["tsv", "jsonl", "moses"] = "tsv",
+        min_score: float | None = None,
+        max_score: float | None = None,
+        min_length: Annotated[int | None, Query(ge=0)] = None,
+        max_length: Annotated[int | None, Query(ge=0)] = None,
+        max_length_ratio: Annotated[float | None, Query(ge=1)] = None,
+        drop_identical: bool = False,
+        drop_digit_mismatch: bool = False,
+        dedup: bool = False,
+        langid: bool = False,
+        langid_min_share: Annotated[float, Query(gt=0, le=1)] = 0.25,
+        min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
+        header: bool = False,
+        with_probability: bool = False,
+        with_ids: bool = False,
+    ):
+        from miner.export import stream_export
+        from miner.filters import FilterOptions
+
+        if format == "moses":
+            raise ApiError(400, "--format moses writes two files; export tsv or jsonl over HTTP")
+        filters = FilterOptions(min_score=min_score, max_score=max_score, min_probability=min_probability,
+                                min_length=min_length, max_length=max_length, max_length_ratio=max_length_ratio,
+                                drop_identical=drop_identical, drop_digit_mismatch=drop_digit_mismatch,
+                                langid=langid, langid_min_share=langid_min_share, dedup=dedup)
+        _, chunks = stream_export(cfg, job_id, fmt=format, header=header, filters=filters,
+                                  with_probability=with_probability, with_ids=with_ids)
+        media = "text/tab-separated-values" if format == "tsv" else "application/x-ndjson"
+        return StreamingResponse(chunks, media_type=f"{media}; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="job-{job_id}.{format}"'})
+
+    @api.get("/jobs/{job_id}/report", summary="The HTML report (as `miner report`)", response_class=HTMLResponse)
+    def report(job_id: int, per_band: Annotated[int, Query(ge=0, le=1000)] = 10, seed: int = 0):
+        page, _, _ = service.report(job_id, per_band, seed)
+        return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP})
+
+    @api.get("/jobs/{job_id}/report.png", summary="The report's picture: score histogram with the threshold",
+             response_class=Response)
+    def report_png(job_id: int):
+        _, png, _ = service.report(job_id)
+        return Response(png, media_type="image/png")
+
+    app.include_router(api)
+
+    @app.get("/healthz", summary="Database and broker reachable")
+    def healthz():
+        ok, parts = service.health()
+        return JSONResponse(parts if ok else {"error": parts["database"] if parts["database"] != "ok"
+                                              else parts["broker"], **parts}, status_code=200 if ok else 503)
+
+    dashboard.add_routes(app, service, authorised=lambda request: _authorised(cfg, request))
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitext-miner")
+    except PackageNotFoundError:
+        return "0"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(cfg: Config, host: str) -> None:
+    """A server reachable from other machines needs a token."""
+    if not is_loopback(host) and not cfg.api_token:
+        raise UsageError(f"--host {host} is reachable from other machines; set MINER_API_TOKEN first (every /api "
+                         "call then needs 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")
+
+
+def serve(cfg: Config, host: str, port: int, log) -> None:
+    """Run the server until interrupted (uvicorn); ``log(line)`` prints the address."""
+    import uvicorn
+
+    import socket
+
+    check_bind(cfg, host)
+    try:  # one clear line instead of uvicorn's log when the port is taken
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    app = create_app(cfg)
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    roots = ", ".join(str(r) for r in cfg.input_roots)
+    log(f"serving on http://{shown}:{port} (dashboard /, API /api, docs /docs); inputs under {roots}; "
+        f"{'token required' if cfg.api_token else 'no token (MINER_API_TOKEN unset)'}")
+    server.run()
