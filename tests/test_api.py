@@ -1,0 +1,308 @@
+"""``miner serve`` as a real process (issue 15): the JSON API with a real worker, its errors, the
+token, the input folders, and the dashboard in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, miner_env, run_miner, start_workers, stop_workers
+from .servers import free_port
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "t0ken-for-tests"
+REQUEST = {"src": "sample.de", "tgt": "sample.en", "src_lang": "de", "tgt_lang": "en"}
+
+
+class Server:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.home = folder / "home"
+        self.roots = folder / "inputs"
+        self.roots.mkdir()
+        for name in ("sample.de", "sample.en"):
+            shutil.copy(ROOT / "examples" / name, self.roots / name)
+        self.env = {"MINER_API_TOKEN": TOKEN, "MINER_INPUT_ROOTS": str(self.roots)}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(folder / "serve.log", "ab")  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "miner", "serve", "--port", str(self.port)],
+            env=miner_env(self.home, **self.env), stdout=self.log, stderr=subprocess.STDOUT, cwd=str(folder),
+            start_new_session=True,
+        )
+        self.workers = []
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"miner serve exited: {self.log_text()}"
+            try:
+                if call(self, "GET", "/healthz", token=None)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"/healthz did not answer within {timeout}s: {self.log_text()}")
+
+    def log_text(self) -> str:
+        return (self.folder / "serve.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        stop_workers(self.workers)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def call(server: Server, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One HTTP request (urllib); returns (status, headers, body) for errors too."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(server.url + path, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and "Content-Type" not in request.headers:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def call_json(server: Server, method: str, path: str, body=None, **kwargs):
+    status, _, data = call(server, method, path, body, **kwargs)
+    return status, json.loads(data)
+
+
+def wait_state(server: Server, job_id: int, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    job = {}
+    while time.monotonic() < deadline:
+        status, job = call_json(server, "GET", f"/api/jobs/{job_id}")
+        assert status == 200, job
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s")
+
+
+def assert_error(status: int, data: bytes, expected: int, fragment: str = "") -> str:
+    assert status == expected, (status, data[:500])
+    body = json.loads(data)
+    assert list(body) == ["error"], body
+    message = body["error"]
+    assert message and "\n" not in message and "Traceback" not in message, message
+    assert fragment.lower() in message.lower(), message
+    return message
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api")
+    server = Server(folder)
+    try:
+        server.wait_healthy()  # the schema exists before the worker starts
+        server.workers = start_workers(folder, server.home, {}, 1)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mined(server) -> dict:
+    """The README example submitted over HTTP and followed until done."""
+    status, job = call_json(server, "POST", "/api/jobs", REQUEST)
+    assert status == 201, job
+    assert job["existing"] is False and job["state"] in ("queued", "running")
+    assert job["src"] == str(server.roots / "sample.de")
+    if job["state"] != "done":  # not done yet: nothing to export
+        code, _, data = call(server, "GET", f"/api/jobs/{job['id']}/export")
+        if call_json(server, "GET", f"/api/jobs/{job['id']}")[1]["state"] != "done":
+            assert_error(code, data, 409, "not done")
+    done = wait_state(server, job["id"])
+    assert done["state"] == "done", done
+    return done
+
+
+def test_submit_watch_and_export_like_the_cli(server, mined):
+    job_id = mined["id"]
+    # The job object is `miner status ID --json`.
+    cli = json.loads(run_miner(server.home, "status", str(job_id), "--json").stdout)
+    _, api = call_json(server, "GET", f"/api/jobs/{job_id}")
+    assert api.keys() == cli.keys()
+    assert api["state"] == cli["state"] == "done" and api["pairs"] == cli["pairs"] > 100
+    # Listing: newest first, filtered by state.
+    _, jobs = call_json(server, "GET", "/api/jobs")
+    assert jobs[0]["id"] == max(j["id"] for j in jobs) and job_id in [j["id"] for j in jobs]
+    assert job_id in [j["id"] for j in call_json(server, "GET", "/api/jobs?state=done")[1]]
+    assert job_id not in [j["id"] for j in call_json(server, "GET", "/api/jobs?state=failed")[1]]
+    # The same files and options again: the same job, 200; "force" mines again (then cancelled).
+    status, again = call_json(server, "POST", "/api/jobs", REQUEST)
+    assert status == 200 and again["id"] == job_id and again["existing"] is True and again["warnings"]
+    # Export: the bytes of `miner export` with the same options.
+    for query, args, name in [
+        ("format=tsv", [], "plain.tsv"),
+        ("format=tsv&header=true&max_length_ratio=1.5&min_score=1.1", ["--header", "--max-length-ratio", "1.5",
+                                                                       "--min-score", "1.1"], "filtered.tsv"),
+        ("format=jsonl&dedup=true", ["--format", "jsonl", "--dedup"], "pairs.jsonl"),
+    ]:
+        status, headers, data = call(server, "GET", f"/api/jobs/{job_id}/export?{query}")
+        assert status == 200, data[:300]
+        out = server.folder / name
+        result = run_miner(server.home, "export", str(job_id), "-o", out, *args)
+        assert result.returncode == 0, result.stderr
+        assert data == out.read_bytes() and data, query
+    assert call(server, "GET", f"/api/jobs/{job_id}/export?format=tsv&max_length_ratio=1.2")[2].count(b"\n") < \
+        mined["pairs"]
+    # The report, and its picture.
+    status, headers, page = call(server, "GET", f"/api/jobs/{job_id}/report")
+    assert status == 200 and page.startswith(b"<!DOCTYPE html>") and b"Pairs per score band" in page
+    status, headers, png = call(server, "GET", f"/api/jobs/{job_id}/report.png")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    # Retry a done job needs force (409); cancel of a done job leaves it done.
+    assert_error(*call(server, "POST", f"/api/jobs/{job_id}/retry")[::2], 409, "force")
+    status, cancelled = call_json(server, "POST", f"/api/jobs/{job_id}/cancel")
+    assert status == 200 and cancelled["state"] == "done" and cancelled["previous_state"] == "done"
+
+
+def test_bad_requests_are_one_line_json_errors(server, mined):
+    post = lambda body=None, raw=None: call(server, "POST", "/api/jobs", body, raw=raw)[::2]  # noqa: E731
+    assert_error(*post(raw=b"{not json"), 400, "not valid JSON")
+    assert_error(*post([1, 2]), 422, "JSON object")
+    assert_error(*post({"src": "sample.de"}), 422, "tgt: Field required")
+    assert_error(*post({**REQUEST, "k": 0}), 422, "k: ")
+    assert_error(*post({**REQUEST, "threshold": "high"}), 422, "threshold")
+    assert_error(*post({**REQUEST, "no_such_option": 1}), 422, "no_such_option: unknown option")
+    assert_error(*post({**REQUEST, "src": "missing.de"}), 400, "missing.de")
+    assert_error(*post({**REQUEST, "columns": "id,text", "input_format": "text"}), 400, "columns")
+    # curl -d sends a form content type: the body is still read as JSON.
+    assert_error(*post(raw=b'{"src": "sample.de"}'), 422, "Field required")
+    assert_error(*call(server, "GET", "/api/jobs?state=bogus")[::2], 422, "state")
+    assert_error(*call(server, "GET", "/api/jobs/987654")[::2], 404, "no job 987654")
+    assert_error(*call(server, "GET", "/api/jobs/abc")[::2], 422, "job_id")
+    for path in ("/api/jobs/987654/export", "/api/jobs/987654/report"):
+        assert_error(*call(server, "GET", path)[::2], 404, "no job")
+    assert_error(*call(server, "POST", "/api/jobs/987654/cancel")[::2], 404, "no job")
+    assert_error(*call(server, "POST", "/api/jobs/987654/retry")[::2], 404, "no job")
+    assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=moses")[::2], 400, "moses")
+    assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=xml")[::2], 422, "format")
+    assert_error(*call(server, "GET", "/api/nothing-here")[::2], 404)
+
+
+def test_token(server):
+    assert_error(*call(server, "GET", "/api/jobs", token=None)[::2], 401, "Bearer")
+    status, headers, data = call(server, "GET", "/api/jobs", token="wrong")
+    assert_error(status, data, 401)
+    assert {k.lower(): v for k, v in headers.items()}.get("www-authenticate") == "Bearer"
+    assert_error(*call(server, "POST", "/api/jobs", REQUEST, token=None)[::2], 401)
+    # The dashboard's cookie reads, and only reads.
+    status, _, _ = call(server, "GET", "/api/jobs", token=None, headers={"Cookie": f"miner_token={TOKEN}"})
+    assert status == 200
+    status, _, _ = call(server, "POST", "/api/jobs", REQUEST, token=None, headers={"Cookie": f"miner_token={TOKEN}"})
+    assert status == 401
+    assert call(server, "GET", "/healthz", token=None)[0] == 200
+    status, headers, page = call(server, "GET", "/", token=None)  # urllib follows the redirect to the form
+    assert status == 200 and b'action="/login"' in page
+
+
+def test_inputs_outside_the_roots_are_refused(server, tmp_path):
+    outside = tmp_path / "secret.de"
+    outside.write_text("Geheim.\n", encoding="utf-8")
+    link = server.roots / "link.de"
+    link.symlink_to(outside)
+    for src in ("/etc/passwd", "../../../../etc/passwd", str(outside), "link.de", "../home/miner.db"):
+        assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": src})[::2], 403, "outside")
+    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "tgt": "/etc/hostname"})[::2], 403, "outside")
+    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": "http://example.com/a.de"})[::2], 400, "URL")
+
+
+def test_serve_refuses_a_public_host_without_token(tmp_path):
+    result = run_miner(tmp_path / "home", "serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: --host 0.0.0.0") and result.stderr.count("\n") == 1, result.stderr
+    shown = run_miner(tmp_path / "home", "config", MINER_API_TOKEN="hunter2", MINER_INPUT_ROOTS="/data")
+    assert "api_token: ***" in shown.stdout and "hunter2" not in shown.stdout
+    assert "input_roots: /data" in shown.stdout
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+HOSTILE = "<script>window.__xss = 1</script>"
+HOSTILE_IMG = '"><img src=x onerror="window.__xss = 2">'
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+
+
+def hostile_corpus(folder: Path) -> tuple[Path, Path]:
+    """60 German-English pairs of the example, every third with markup in both sides."""
+    de = (ROOT / "examples" / "sample.de").read_text(encoding="utf-8").splitlines()
+    en = {line.split("\t")[0]: line.split("\t")[1]
+          for line in (ROOT / "examples" / "gold.tsv").read_text(encoding="utf-8").splitlines()}
+    pairs = [(d, en[d]) for d in de if d in en][:60]
+    pairs = [(f"{d} {HOSTILE if i % 2 else HOSTILE_IMG}", f"{e} {HOSTILE if i % 2 else HOSTILE_IMG}")
+             if i % 3 == 0 else (d, e) for i, (d, e) in enumerate(pairs)]
+    src, tgt = folder / "hostile.de", folder / "hostile.en"
+    src.write_text("\n".join(d for d, _ in pairs) + "\n", encoding="utf-8")
+    tgt.write_text("\n".join(e for _, e in reversed(pairs)) + "\n", encoding="utf-8")
+    return src, tgt
+
+
+def test_dashboard_follows_a_job_live_in_chromium(server, mined, tmp_path):
+    from .cdp import Browser
+
+    src, tgt = hostile_corpus(server.roots)
+    browser = Browser(chromium(), str(tmp_path / "profile"))
+    try:
+        browser.set_cookie("miner_token", TOKEN, server.url)
+        browser.open(server.url + "/")
+        browser.wait_for(f"document.getElementById('job-{mined['id']}') !== null", 20)
+        browser.evaluate("window.__opened = 1")  # gone if the page reloads
+        status, job = call_json(server, "POST", "/api/jobs",
+                                {"src": src.name, "tgt": tgt.name, "src_lang": "de", "tgt_lang": "en", "threshold": 1.0})
+        assert status == 201, job
+        row = f"document.querySelector('#job-{job['id']} .state')"
+        browser.wait_for(f"{row} !== null", 20)
+        seen: list = []
+        browser.wait_for(f"{row}.dataset.state === 'done' && {row}.dataset.state", 120, seen=seen)
+        assert browser.evaluate("window.__opened") == 1, "the jobs page reloaded"
+        assert browser.evaluate(f"document.getElementById('jobs-body').firstElementChild.id") == f"job-{job['id']}"
+        assert browser.evaluate(f"document.querySelector('#job-{job['id']} .bar > span').style.width") == "100%"
+
+        browser.navigate(f"{server.url}/jobs/{job['id']}")
+        browser.wait_for("(() => { const img = document.getElementById('histogram');"
+                         " return img !== null && img.complete && img.naturalWidth > 600; })()", 60)
+        cells = browser.evaluate("[...document.querySelectorAll('table.pairs td.text')].map(td => td.textContent)")
+        assert any(HOSTILE in cell for cell in cells) and any(HOSTILE_IMG in cell for cell in cells), cells[:6]
+        assert browser.evaluate("document.scripts.length") == 1  # dashboard.js only: no corpus text ran
+        assert browser.evaluate("document.querySelectorAll('img').length") == 1  # the histogram only
+        assert browser.evaluate("window.__xss === undefined")
+        stages = browser.evaluate("[...document.querySelectorAll('#stages tr[id]')].map(tr => tr.id)")
+        assert stages == ["stage-ingest", "stage-embed", "stage-index", "stage-knn", "stage-score", "stage-finish"]
+        links = browser.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
+        assert f"/api/jobs/{job['id']}/export?format=tsv" in links
+        assert browser.problems() == []
+    finally:
+        browser.close()
