@@ -337,6 +337,8 @@ DEPENDENCIES = {
                "migrate": "service_completed_successfully"},
     "miner": {"redis": "service_healthy", "postgres": "service_healthy",
               "migrate": "service_completed_successfully"},
+    "api": {"redis": "service_healthy", "postgres": "service_healthy",
+            "migrate": "service_completed_successfully"},
 }
 
 
@@ -349,6 +351,37 @@ def test_depends_on_conditions(compose, name):
     for dep, condition in got.items():
         if condition == "service_healthy":
             assert "healthcheck" in compose["services"][dep], f"{dep} has no healthcheck"
+
+
+@pytest.mark.parametrize("env", [{}, {**CUSTOM_ENV, "MINER_API_TOKEN": "t", "MINER_API_PORT": "9001"}],
+                         ids=["defaults", "custom"])
+def test_api_service(env):
+    """`miner serve` in a container: the real CLI parses its command, the port it listens on is the one
+    published (on the host's loopback only), it shares the workers' configuration plus its token and
+    input folder, and that folder is the /data mount the workers read jobs from."""
+    from miner.api import is_loopback
+
+    compose = load_compose(env)
+    api = compose["services"]["api"]
+    assert "api" in api["profiles"]
+    ctx = parse_cli(argv(api["command"])[1:])
+    assert ctx.command_path == "miner serve"
+    host, port = ctx.params["host"], ctx.params["port"]
+    assert not is_loopback(host), "inside a container, a loopback address cannot be reached through the port"
+    published = [p.rsplit(":", 2) for p in api["ports"]]
+    assert published == [["127.0.0.1", env.get("MINER_API_PORT", "8000"), str(port)]]
+    api_env = service_env(api)
+    assert api_env.get("MINER_API_TOKEN", None) == env.get("MINER_API_TOKEN", "")
+    cfg, worker = miner_config(compose, "api"), miner_config(compose, "worker")
+    assert (cfg.db_url, cfg.broker_url, cfg.result_backend, cfg.artifacts) == \
+        (worker.db_url, worker.broker_url, worker.result_backend, worker.artifacts)
+    assert {k: v for k, v in api_env.items() if k not in ("MINER_API_TOKEN", "MINER_INPUT_ROOTS")} == \
+        service_env(compose["services"]["worker"])
+    assert [str(root) for root in cfg.input_roots] == ["/data"]
+    data = {t: s for s, t in mounts(api)}.get("/data")
+    assert data and data == {t: s for s, t in mounts(compose["services"]["worker"])}.get("/data")
+    known = set(ENV_VARS) | {f"{var}_FILE" for var in SECRET_VARS}
+    assert sorted(k for k in api_env if k.startswith("MINER_") and k not in known) == []
 
 
 def test_flower_watches_the_same_broker(compose):
