@@ -133,6 +133,18 @@ def confine(cfg: Config, raw: str) -> Path:
                           f"({', '.join(str(r) for r in cfg.input_roots)}; MINER_INPUT_ROOTS)")
 
 
+def confine_model(cfg: Config, model: str) -> str:
+    """A model given as a local directory must lie under the input roots too (its absolute path);
+    aliases and Hugging Face ids pass as they are."""
+    name = model.strip()
+    if name in ("muse", "minilm"):
+        return name
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        return str(confine(cfg, str(path.absolute())))
+    return name
+
+
 # --------------------------------------------------------------------------- the service
 
 
@@ -151,6 +163,10 @@ class Service:
         cfg = self.cfg
         options = request.model_dump()
         src, tgt = confine(cfg, options.pop("src")), confine(cfg, options.pop("tgt"))
+        options["model"] = confine_model(cfg, options["model"])
+        if options.get("trust_remote_code") and not cfg.trust_remote_code:
+            raise InputNotAllowed("trust_remote_code lets a model run code in the workers; over HTTP it needs "
+                                  "MINER_TRUST_REMOTE_CODE=1 on the server")
         warnings: list[str] = []
         job_id, existing = prepare_job(cfg, src, tgt, warn=warnings.append, open_db=lambda: cfg, **options)
         if not existing:

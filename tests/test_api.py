@@ -231,6 +231,10 @@ def test_inputs_outside_the_roots_are_refused(server, tmp_path):
         assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": src})[::2], 403, "outside")
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "tgt": "/etc/hostname"})[::2], 403, "outside")
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": "http://example.com/a.de"})[::2], 400, "URL")
+    # A model directory is read too, and a model's own code runs only where the server allows it.
+    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "model": str(tmp_path)})[::2], 403, "outside")
+    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "trust_remote_code": True})[::2], 403,
+                 "MINER_TRUST_REMOTE_CODE")
 
 
 def test_serve_refuses_a_public_host_without_token(tmp_path):
