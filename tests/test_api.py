@@ -25,14 +25,14 @@ REQUEST = {"src": "sample.de", "tgt": "sample.en", "src_lang": "de", "tgt_lang":
 
 
 class Server:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, **extra: str) -> None:
         self.folder = folder
         self.home = folder / "home"
         self.roots = folder / "inputs"
         self.roots.mkdir()
         for name in ("sample.de", "sample.en"):
             shutil.copy(ROOT / "examples" / name, self.roots / name)
-        self.env = {"MINER_API_TOKEN": TOKEN, "MINER_INPUT_ROOTS": str(self.roots)}
+        self.env = {"MINER_API_TOKEN": TOKEN, "MINER_INPUT_ROOTS": str(self.roots), **extra}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(folder / "serve.log", "ab")  # noqa: SIM115 - closed in stop
@@ -180,6 +180,12 @@ def test_submit_watch_and_export_like_the_cli(server, mined):
     assert_error(*call(server, "POST", f"/api/jobs/{job_id}/retry")[::2], 409, "force")
     status, cancelled = call_json(server, "POST", f"/api/jobs/{job_id}/cancel")
     assert status == 200 and cancelled["state"] == "done" and cancelled["previous_state"] == "done"
+    # With force it runs again (finished units are kept) and ends with the same pairs.
+    status, retried = call_json(server, "POST", f"/api/jobs/{job_id}/retry", {"force": True})
+    assert status == 200 and retried["previous_state"] == "done" and retried["attempt"] == mined["attempt"] + 1
+    again = wait_state(server, job_id)
+    assert again["state"] == "done" and again["pairs"] == mined["pairs"]
+    assert call(server, "GET", f"/api/jobs/{job_id}/export?format=tsv")[2] == (server.folder / "plain.tsv").read_bytes()
 
 
 def test_bad_requests_are_one_line_json_errors(server, mined):
@@ -217,7 +223,14 @@ def test_token(server):
     assert status == 200
     status, _, _ = call(server, "POST", "/api/jobs", REQUEST, token=None, headers={"Cookie": f"miner_token={TOKEN}"})
     assert status == 401
-    assert call(server, "GET", "/healthz", token=None)[0] == 200
+    status, _, health = call(server, "GET", "/healthz", token=None)
+    assert status == 200 and json.loads(health) == {"database": "ok", "broker": "ok"}
+    status, _, schema = call(server, "GET", "/openapi.json", token=None)  # what /docs shows
+    paths = json.loads(schema)["paths"]
+    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel", "/api/jobs/{job_id}/retry",
+                 "/api/jobs/{job_id}/export", "/api/jobs/{job_id}/report", "/healthz"):
+        assert path in paths, path
+    assert call(server, "GET", "/docs", token=None)[0] == 200
     status, headers, page = call(server, "GET", "/", token=None)  # urllib follows the redirect to the form
     assert status == 200 and b'action="/login"' in page
 
@@ -235,6 +248,27 @@ def test_inputs_outside_the_roots_are_refused(server, tmp_path):
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "model": str(tmp_path)})[::2], 403, "outside")
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "trust_remote_code": True})[::2], 403,
                  "MINER_TRUST_REMOTE_CODE")
+
+
+def test_on_a_cluster(tmp_path, cluster_env):
+    """The same API over PostgreSQL and a Redis broker, with a worker of its own."""
+    upgrade = run_miner(tmp_path / "home", "db", "upgrade", **cluster_env)
+    assert upgrade.returncode == 0, upgrade.stderr
+    server = Server(tmp_path, **cluster_env)
+    try:
+        server.wait_healthy()
+        server.workers = start_workers(tmp_path, server.home, server.env, 1)
+        status, job = call_json(server, "POST", "/api/jobs", {**REQUEST, "shard_size": 100})
+        assert status == 201, job
+        done = wait_state(server, job["id"])
+        assert done["state"] == "done" and done["stages"][1]["total"] == 7, done  # 3 + 4 embed shards
+        data = call(server, "GET", f"/api/jobs/{job['id']}/export?format=jsonl")[2]
+        out = tmp_path / "cluster.jsonl"
+        result = run_miner(server.home, "export", str(job["id"]), "-o", out, **cluster_env)
+        assert result.returncode == 0, result.stderr
+        assert data == out.read_bytes() and data.count(b"\n") == done["pairs"]
+    finally:
+        server.stop()
 
 
 def test_serve_refuses_a_public_host_without_token(tmp_path):
