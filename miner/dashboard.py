@@ -261,9 +261,15 @@ def _results(service, job_id: int) -> list[str]:
     return out
 
 
-def login_page(message: str = "") -> HTMLResponse:
+def _local(target: str | None) -> str:
+    """Where to go after the login: a path of this server only."""
+    return target if target and target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+def login_page(message: str = "", target: str | None = None) -> HTMLResponse:
     body = f"""<h1>Token</h1><p class="error">{e(message)}</p>
-<form method="post" action="/login"><label>MINER_API_TOKEN <input type="password" name="token" autofocus></label>
+<form method="post" action="/login"><input type="hidden" name="next" value="{e(_local(target))}">
+<label>MINER_API_TOKEN <input type="password" name="token" autofocus></label>
 <button type="submit">open the dashboard</button></form>"""
     return _page("bitext-miner: token", body)
 
@@ -297,8 +303,8 @@ def add_routes(app: FastAPI, service, authorised: Callable[[Request], bool]) -> 
         return Response(CSS + widths, media_type="text/css; charset=utf-8")
 
     @app.get("/login", include_in_schema=False)
-    def login_form():
-        return login_page()
+    def login_form(next: str | None = None):
+        return login_page(target=next)
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request):
@@ -306,10 +312,11 @@ def add_routes(app: FastAPI, service, authorised: Callable[[Request], bool]) -> 
 
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
+        target = _local((form.get("next") or ["/"])[0])
         if not cfg.api_token:
-            return RedirectResponse("/", status_code=303)
+            return RedirectResponse(target, status_code=303)
         if not hmac.compare_digest(token.encode(), cfg.api_token.encode()):
-            return login_page("wrong token")
-        response = RedirectResponse("/", status_code=303)
+            return login_page("wrong token", target)
+        response = RedirectResponse(target, status_code=303)
         response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response

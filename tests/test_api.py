@@ -233,6 +233,23 @@ def test_token(server):
     assert call(server, "GET", "/docs", token=None)[0] == 200
     status, headers, page = call(server, "GET", "/", token=None)  # urllib follows the redirect to the form
     assert status == 200 and b'action="/login"' in page
+    # The form: a wrong token is refused, the right one sets the cookie and goes back to the page asked for.
+    import http.client
+
+    for token, expected in (("wrong", 200), (TOKEN, 303)):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("POST", "/login", body=f"token={token}&next=/jobs/1",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == expected, body[:300]
+        if expected == 303:
+            assert response.getheader("Location") == "/jobs/1"
+            cookie = response.getheader("Set-Cookie")
+            assert cookie.startswith(f"miner_token={TOKEN}") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+        else:
+            assert b"wrong token" in body
 
 
 def test_inputs_outside_the_roots_are_refused(server, tmp_path):
