@@ -236,7 +236,7 @@ def _results(service, job_id: int) -> list[str]:
            "</p>", f'<p class="note">Filters as <code>miner export</code>: e.g. <code>{e(base)}/export?format=tsv'
            "&amp;min_score=1.1&amp;dedup=true</code>.</p>"]
     try:
-        _, _, summary = service.report(job_id, 5, 0)
+        _, _, summary = service.report(job_id)  # the same rendering as report.png
     except MinerError as exc:
         return out + [f'<p class="note">{e(str(exc))}</p>']
     info = summary["threshold_info"]

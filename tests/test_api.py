@@ -356,6 +356,9 @@ def test_dashboard_follows_a_job_live_in_chromium(server, mined, tmp_path):
         assert browser.evaluate("window.__xss === undefined")
         stages = browser.evaluate("[...document.querySelectorAll('#stages tr[id]')].map(tr => tr.id)")
         assert stages == ["stage-ingest", "stage-embed", "stage-index", "stage-knn", "stage-score", "stage-finish"]
+        full = browser.evaluate("[...document.querySelectorAll('#stages .bar')]"
+                                ".map(bar => bar.firstElementChild.offsetWidth === bar.offsetWidth && bar.offsetWidth > 50)")
+        assert full == [True] * 6, full
         links = browser.evaluate("[...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
         assert f"/api/jobs/{job['id']}/export?format=tsv" in links
         assert browser.problems() == []
