@@ -43,12 +43,12 @@ class Server:
         )
         self.workers = []
 
-    def wait_healthy(self, timeout: float = 60) -> None:
+    def wait_healthy(self, timeout: float = 60, expect: int = 200) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"miner serve exited: {self.log_text()}"
             try:
-                if call(self, "GET", "/healthz", token=None)[0] == 200:
+                if call(self, "GET", "/healthz", token=None)[0] == expect:
                     return
             except OSError:
                 pass
@@ -284,6 +284,23 @@ def test_on_a_cluster(tmp_path, cluster_env):
         result = run_miner(server.home, "export", str(job["id"]), "-o", out, **cluster_env)
         assert result.returncode == 0, result.stderr
         assert data == out.read_bytes() and data.count(b"\n") == done["pairs"]
+    finally:
+        server.stop()
+
+
+def test_broker_down(tmp_path):
+    """/healthz says which part is unreachable (503); a job whose tasks cannot be sent is marked failed
+    and the answer says how to send it again."""
+    server = Server(tmp_path, MINER_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        server.wait_healthy(expect=503)
+        status, health = call_json(server, "GET", "/healthz", token=None)
+        assert status == 503 and health["database"] == "ok"
+        assert health["error"] == health["broker"] and "cannot reach the broker" in health["broker"]
+        message = assert_error(*call(server, "POST", "/api/jobs", REQUEST)[::2], 503, "could not reach the broker")
+        assert "miner retry" in message
+        _, jobs = call_json(server, "GET", "/api/jobs?state=failed")
+        assert len(jobs) == 1 and "could not reach the broker" in jobs[0]["error"]
     finally:
         server.stop()
 
