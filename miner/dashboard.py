@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from miner.errors import JobNotFound, JobStateError, MinerError
+from miner.errors import JobNotFound, MinerError
 
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 TOKEN_COOKIE = "miner_token"
@@ -138,7 +138,7 @@ document.addEventListener("DOMContentLoaded", () => {
 e = html.escape
 
 
-def _page(title: str, body: str, data: str = "") -> HTMLResponse:
+def _page(title: str, body: str, data: str = "", status: int = 200) -> HTMLResponse:
     page = "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -152,7 +152,8 @@ def _page(title: str, body: str, data: str = "") -> HTMLResponse:
         body,
         "</body></html>",
     ])
-    return HTMLResponse(page, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+    return HTMLResponse(page, status_code=status,
+                        headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
 
 def jobs_page(state: str | None) -> HTMLResponse:
@@ -290,8 +291,9 @@ def add_routes(app: FastAPI, service, authorised: Callable[[Request], bool]) -> 
             return RedirectResponse(f"/login?next={quote(f'/jobs/{job_id}')}", status_code=303)
         try:
             return job_page(service, job_id)
-        except (JobNotFound, JobStateError) as exc:
-            return _page("bitext-miner: no such job", f'<h1>Job {job_id}</h1><p class="error">{e(str(exc))}</p>')
+        except JobNotFound as exc:
+            return _page("bitext-miner: no such job", f'<h1>Job {job_id}</h1><p class="error">{e(str(exc))}</p>',
+                         status=404)
 
     @app.get("/dashboard.js", include_in_schema=False)
     def script():

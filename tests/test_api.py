@@ -210,6 +210,8 @@ def test_bad_requests_are_one_line_json_errors(server, mined):
     assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=moses")[::2], 400, "moses")
     assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=xml")[::2], 422, "format")
     assert_error(*call(server, "GET", "/api/nothing-here")[::2], 404)
+    status, _, page = call(server, "GET", "/jobs/987654", headers={"Cookie": f"miner_token={TOKEN}"}, token=None)
+    assert status == 404 and b"no job 987654" in page
 
 
 def test_token(server):
