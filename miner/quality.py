@@ -257,6 +257,21 @@ def resolve_gold(cfg: Config, job: Job, gold: GoldFile, warn: Callable[[str], No
     return ResolvedGold(pairs, len(unreachable), gold)
 
 
+def load_gold(cfg: Config, job: Job, path, fmt: str, id_base: int, warn=None) -> tuple[GoldFile, ResolvedGold]:
+    """Read and resolve a gold file for a job. ``auto`` takes a file whose fields do not look like
+    line numbers for sentence pairs; when the job read both sides with ids of their own and not one
+    gold pair is found as text, the fields are the input ids (of any shape) instead."""
+    gold = read_gold(path, fmt, id_base)
+    resolved = resolve_gold(cfg, job, gold, warn)
+    if fmt == "auto" and gold.format == "text" and not resolved.pairs and all(
+            has_input_ids(_corpus(cfg, cid)) for cid in (job.src_corpus_id, job.tgt_corpus_id)):
+        as_ids = read_gold(path, "ids", id_base)
+        found = resolve_gold(cfg, job, as_ids, warn)
+        if found.pairs:
+            return as_ids, found
+    return gold, resolved
+
+
 def has_input_ids(corpus: Corpus) -> bool:
     """Whether a corpus was read with ids of its own (TSV with an id column, JSONL), so gold ids are
     matched as they are rather than read as line numbers."""
@@ -399,9 +414,8 @@ def threshold_grid(curve: Curve, scores: np.ndarray, hit_scores: np.ndarray, mar
 def evaluate(cfg: Config, job_id: int, gold_path: str, *, fmt: str = "auto", id_base: int = 1, sample: bool = False,
              step: float | None = None, warn: Callable[[str], None] | None = None) -> dict:
     """Everything ``miner eval`` shows, as a JSON-ready dict."""
-    gold = read_gold(gold_path, fmt, id_base)
     job = load_done_job(cfg, job_id, "evaluate")
-    resolved = resolve_gold(cfg, job, gold, warn)
+    gold, resolved = load_gold(cfg, job, gold_path, fmt, id_base, warn)
     curve, scores = job_curve(cfg, job, resolved, sample)
     from miner.jobs import effective_threshold, threshold_method
 
@@ -488,9 +502,8 @@ def calibrate(cfg: Config, entries: list[tuple[int, str]], *, fmt: str = "auto",
         raise UsageError("give at least one dev job and its gold file")
     jobs, curves = [], []
     for job_id, gold_path in entries:
-        gold = read_gold(gold_path, fmt, id_base)
         job = load_done_job(cfg, job_id, "calibrate on")
-        resolved = resolve_gold(cfg, job, gold, warn)
+        gold, resolved = load_gold(cfg, job, gold_path, fmt, id_base, warn)
         curve, _ = job_curve(cfg, job, resolved, sample)
         if curve.n == 0:
             raise UsageError(f"job {job_id} has no candidates to calibrate on")

@@ -223,6 +223,18 @@ def test_jsonl_export_carries_ids_and_metadata(bucc_job):
         assert r["src_meta"] == {"meta": {"n": n, "tags": ["a"]}}
         assert r["tgt_id"] == str(r["tgt_line"]) and r["tgt_meta"] == {"url": f"http://e/{r['tgt_line'] - 1}"}
 
+    # gold by these ids ("s12", which do not look like line numbers): `auto` finds them as ids
+    src_id = {t: f"s{i}" for i, t in enumerate(bucc_job["case"]["de"][:60])}
+    tgt_id = {t: str(i + 1) for i, t in enumerate(english)}
+    pairs = [line.split("\t") for line in GOLD.read_text().splitlines()]
+    gold = [f"{src_id[s]}\t{tgt_id[t]}" for s, t in pairs if s in src_id and t in tgt_id]
+    assert len(gold) > 40
+    (folder / "round.gold").write_text("\n".join(gold) + "\n", encoding="utf-8")
+    job_id = result.stdout.strip().splitlines()[-1]
+    got = json.loads(run_miner(home, "eval", job_id, "--gold", folder / "round.gold", "--json").stdout)
+    assert got["gold"]["format"] == "ids" and got["gold"]["pairs"] == len(gold) and got["gold"]["unreachable"] == 0
+    assert got["best"]["f1"] > 0.9
+
 
 @pytest.mark.slow
 def test_bad_rows_through_the_cli(tmp_path):
