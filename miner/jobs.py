@@ -453,6 +453,7 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     from miner.encoders import check_trust, resolve_model
     from miner.languages import language_warnings, normalise_code
     from miner.reader import check_input_file
+    from miner.storage import check_store, is_url
 
     for path in (src, tgt):
         check_input_file(path)
@@ -489,6 +490,8 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
         on_bad_row=opts.get("on_bad_row") or "skip",
     )
     check_input_formats(src, tgt, options, warn)
+    if is_url(cfg.artifacts):  # a missing bucket, denied access or an endpoint down: one line now, not in a worker
+        check_store(cfg.artifacts)
     cfg = open_db()
     from miner.reader import file_digest
     from miner.records import resolve_format
