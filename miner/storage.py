@@ -233,3 +233,88 @@ def _touch(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+# --------------------------------------------------------------------------- inputs at URLs
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_BLOCK = 4 * 1024 * 1024
+
+
+def input_error(url: str, exc: BaseException) -> MinerError:
+    """The one-line InputFileError (exit 3) for an input at a URL: missing object, missing bucket,
+    access denied, endpoint down."""
+    from miner.errors import InputFileError
+
+    if isinstance(exc, InputFileError):
+        return exc
+    if isinstance(exc, FileNotFoundError) and "bucket" not in str(exc).lower():
+        return InputFileError(f"input file not found: {url} -- check the URL")
+    problem = exc if isinstance(exc, MinerError) else storage_error(url, exc)
+    return InputFileError(f"cannot read input file {problem}")
+
+
+def open_input(url: str):
+    """A remote input as a decompressed byte stream, read in 4 MiB blocks; gzip and xz by
+    extension, else by magic bytes. Closing it closes the remote file too."""
+    import gzip
+    import lzma
+
+    try:
+        fs, path = filesystem(url)
+        raw = fs.open(path, "rb", block_size=_BLOCK)
+    except Exception as exc:
+        raise input_error(url, exc) from None
+    lower = url.lower()
+    kind = "gz" if lower.endswith(".gz") else "xz" if lower.endswith(".xz") else None
+    try:
+        if kind is None:
+            head = raw.read(len(_XZ_MAGIC))
+            raw.seek(0)
+            kind = "gz" if head.startswith(_GZIP_MAGIC) else "xz" if head.startswith(_XZ_MAGIC) else None
+    except Exception as exc:
+        raw.close()
+        raise input_error(url, exc) from None
+    if kind is None:
+        return raw
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if kind == "gz" else lzma.LZMAFile(raw)
+    close_stream = stream.close
+
+    def close() -> None:
+        try:
+            close_stream()
+        finally:
+            raw.close()
+
+    stream.close = close  # the decompressor leaves a file object it was given open
+    return stream
+
+
+def input_size(url: str) -> int:
+    """Size of the object at ``url``; one-line errors for a missing object, a folder, no access."""
+    from miner.errors import InputFileError
+
+    try:
+        fs, path = filesystem(url)
+        info = fs.info(path)
+    except Exception as exc:
+        raise input_error(url, exc) from None
+    if info.get("type") == "directory":
+        raise InputFileError(f"input path is a folder: {url} -- pass the URL of a text file with one sentence per line")
+    return int(info.get("size") or 0)
+
+
+def input_digest(url: str) -> str:
+    """SHA-256 of the object's bytes, streamed (an ETag is no content hash)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        fs, path = filesystem(url)
+        with fs.open(path, "rb", block_size=_BLOCK) as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+    except Exception as exc:
+        raise input_error(url, exc) from None
+    return digest.hexdigest()
