@@ -277,7 +277,9 @@ def open_input(url: str):
         raw.close()
         raise input_error(url, exc) from None
     if kind is None:
-        return raw
+        import io
+
+        return io.BufferedReader(raw, buffer_size=_BLOCK)  # readline(limit), as a local file has
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if kind == "gz" else lzma.LZMAFile(raw)
     close_stream = stream.close
 

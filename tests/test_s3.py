@@ -211,3 +211,58 @@ def test_inputs_and_artifacts_at_urls_fail_with_one_line(tmp_path, s3_server, s3
     assert result.returncode == 0
     assert "aws_secret_access_key: ***" in result.stdout and "testing-secret" not in result.stdout
     assert f"artifacts: s3://{bucket}/errors" in result.stdout
+
+
+def test_cache_keeps_to_its_limit_least_recently_used_first(tmp_path, s3_server, s3_cluster_env, monkeypatch):
+    """Remote artifacts are copied once into MINER_CACHE; above MINER_CACHE_LIMIT the least recently
+    used copies go first, never one used within the last minute; an evicted copy is fetched again."""
+    from miner.artifacts import Artifacts
+    from miner.storage import Cache
+
+    bucket, _env = s3_cluster_env
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    cache = Cache(tmp_path / "cache", limit=5000)
+    art = Artifacts(f"s3://{bucket}/cache-test", cache)
+    shards = [art.embeddings("corpus", "model", i * 100, (i + 1) * 100) for i in range(3)]
+    for i, loc in enumerate(shards):
+        art.save_npy(loc, np.full((100, 4), i, dtype=np.float32))  # 1,728 bytes each
+    assert all(art.exists(loc) for loc in shards)
+    local = [cache.path_for(loc) for loc in shards]
+    assert all(p.exists() for p in local) and cache.usage() > cache.limit  # all used just now: none evicted
+    hour = time.time() - 3600
+    os.utime(local[0], (hour, hour))
+    os.utime(local[1], (hour + 60, hour + 60))
+    cache.evict()
+    assert [p.exists() for p in local] == [False, True, True] and cache.usage() <= cache.limit
+    assert float(art.load_npy(shards[0])[0, 0]) == 0.0  # fetched again from the bucket
+    assert local[0].exists()
+    assert not list((tmp_path / "cache").rglob(".*part*"))
+
+
+def test_reader_streams_urls_like_local_files(tmp_path, s3_server, s3_cluster_env, monkeypatch):
+    """The same reader on an object and on its local copy: plain, gzip by name, xz by magic bytes,
+    the same sentences and counters (duplicates, invalid UTF-8, too long), the same content digest."""
+    import lzma
+
+    from miner.errors import InputFileError
+    from miner.reader import ReadStats, check_input_file, file_digest, read_sentences
+
+    bucket, _env = s3_cluster_env
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    raw = b"Hallo Welt\n\nHallo  Welt\nbad \xff byte\n" + b"x" * 50 + b"\nEnde\n"
+    files = {"plain.de": raw, "packed.de.gz": gzip.compress(raw), "packed-no-suffix": lzma.compress(raw)}
+    for name, data in files.items():
+        local = tmp_path / name
+        local.write_bytes(data)
+        url = s3_server.upload(local, bucket, f"reader/{name}")
+        check_input_file(url)
+        got, want = ReadStats(), ReadStats()
+        assert list(read_sentences(url, max_chars=40, stats=got)) == list(read_sentences(local, max_chars=40, stats=want))
+        assert got == want and (got.duplicates, got.decode_errors, got.too_long, got.sentences) == (1, 1, 1, 2)
+        assert file_digest(url) == file_digest(local)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(InputFileError, match=r"input file is empty \(0 bytes\): s3://"):
+        check_input_file(s3_server.upload(empty, bucket, "reader/empty"))
