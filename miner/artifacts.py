@@ -148,14 +148,25 @@ class Artifacts:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
 
+    def opened(self, location: Location, read):
+        """``read(local path)`` of ``location``; under a remote root, a copy that another process
+        evicted from the cache between its fetch and ``read`` is fetched again."""
+        for attempt in range(3):
+            path = self.local(location)
+            try:
+                return read(path)
+            except FileNotFoundError:
+                if not self.remote or attempt == 2:
+                    raise
+
     def load_npz(self, location: Location) -> dict[str, np.ndarray]:
-        return load_npz(self.local(location))
+        return self.opened(location, load_npz)
 
     def load_npy(self, location: Location, mmap: bool = True) -> np.ndarray:
-        return np.load(self.local(location), mmap_mode="r" if mmap else None)
+        return self.opened(location, lambda path: np.load(path, mmap_mode="r" if mmap else None))
 
     def read_text(self, location: Location) -> str:
-        return self.local(location).read_text()
+        return self.opened(location, lambda path: path.read_text())
 
     def write_text(self, location: Location, text: str) -> None:
         with self.writing(location) as tmp:

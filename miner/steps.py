@@ -270,7 +270,7 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
             sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
         else:
             info = json.loads(art.read_text(manifest))
-            index = _load_index(art.local(art.at(info["index"])), spec.nprobe)
+            index = art.opened(art.at(info["index"]), lambda path: _load_index(path, spec.nprobe))
             blocks = _mapped_blocks(art, manifest) if spec.kind == "ivfpq" else None
             sims, ids = indexes.search_side(index, spec, queries, k, blocks)
             sims, ids = indexes.mark_missing(sims, ids)  # missing neighbours: id -1, similarity -inf

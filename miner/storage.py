@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -23,9 +22,10 @@ from miner.errors import MinerError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
-#: A cached file used (fetched, written or opened) this recently is never evicted: another task of
-#: this machine may be about to open it.
-IN_USE_SECONDS = 60.0
+#: Eviction removes any copy but the one just fetched or written: a copy another process of this
+#: machine has opened or memory-mapped stays readable (its disk space is freed when it is closed), and
+#: one removed between another process's fetch and its open is fetched again
+#: (:meth:`miner.artifacts.Artifacts.opened`).
 
 
 class StorageError(MinerError):
@@ -147,8 +147,8 @@ def parse_size(text: str, name: str = "MINER_CACHE_LIMIT") -> int:
 
 class Cache:
     """Local copies of remote files under ``folder`` (one file per URL), at most ``limit`` bytes
-    once the files used in the last :data:`IN_USE_SECONDS` are left out. A file's modification time
-    is its last use. Several processes of one machine may share the folder: downloads go to a
+    (beyond it only by the file just fetched, and by removed files still open). A file's
+    modification time is its last use. Several processes of one machine may share the folder: downloads go to a
     temporary name and are renamed into place."""
 
     def __init__(self, folder: Path, limit: int) -> None:
@@ -209,15 +209,14 @@ class Cache:
                 yield st.st_mtime, st.st_size, path
 
     def evict(self, keep: Path | None = None) -> None:
-        """Remove the least recently used files until the cache fits its limit (never ``keep``, a
-        file in use or a download under way). A file already memory-mapped stays readable."""
+        """Remove the least recently used files until the cache fits its limit (never ``keep`` or a
+        download under way). A file already opened or memory-mapped stays readable."""
         files = sorted(self._files())
         total = sum(size for _, size, _ in files)
-        now = time.time()
-        for mtime, size, path in files:
+        for _mtime, size, path in files:
             if total <= self.limit:
                 break
-            if path == keep or path.name.startswith(".") or now - mtime < IN_USE_SECONDS:
+            if path == keep or path.name.startswith("."):
                 continue
             try:
                 path.unlink()
