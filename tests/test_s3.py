@@ -267,3 +267,37 @@ def test_reader_streams_urls_like_local_files(tmp_path, s3_server, s3_cluster_en
     empty.write_bytes(b"")
     with pytest.raises(InputFileError, match=r"input file is empty \(0 bytes\): s3://"):
         check_input_file(s3_server.upload(empty, bucket, "reader/empty"))
+
+
+def test_a_bucket_gone_fails_the_job_with_one_line_and_retry_resumes(tmp_path, s3_server):
+    """The artifact bucket disappears between submit and the workers: the job fails with one line
+    naming the URL (not a traceback); once the bucket is back, `miner retry --wait` finishes it."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    client = s3_server.client()
+    bucket = s3_server.create_bucket("comes-and-goes")
+    home = tmp_path / "home"
+    env = dict(s3_server.env, MINER_ARTIFACTS=f"s3://{bucket}/a")
+    result = run_miner(home, "submit", examples / "sample.de", examples / "sample.en", "--src-lang", "de",
+                       "--tgt-lang", "en", **env)
+    assert result.returncode == 0, result.stderr
+    client.delete_bucket(Bucket=bucket)
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--threads", "1"],
+                              env=miner_env(home, **env), stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+                              start_new_session=True)
+    try:
+        watched = run_miner(home, "status", "1", "--watch", "--json", "--interval", "0.2", timeout=300, **env)
+        final = json.loads(watched.stdout.strip().splitlines()[-1])
+        assert final["state"] == "failed"
+        assert f"s3://{bucket}/a/" in final["error"] and f"bucket '{bucket}' does not exist" in final["error"]
+        assert "Traceback" not in final["error"] and "\n" not in final["error"]
+        s3_server.create_bucket(bucket)
+        result = run_miner(home, "retry", "1", "--wait", timeout=300, **env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        status = json.loads(run_miner(home, "status", "1", "--json", **env).stdout)
+        assert status["state"] == "done" and status["pairs"] > 100
+        assert s3_server.keys(bucket, "a/emb/")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        log.close()
