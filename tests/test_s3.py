@@ -271,7 +271,8 @@ def test_reader_streams_urls_like_local_files(tmp_path, s3_server, s3_cluster_en
 
 def test_a_bucket_gone_fails_the_job_with_one_line_and_retry_resumes(tmp_path, s3_server):
     """The artifact bucket disappears between submit and the workers: the job fails with one line
-    naming the URL (not a traceback); once the bucket is back, `miner retry --wait` finishes it."""
+    naming the URL (not a traceback); once the bucket is back, `miner retry --wait` finishes it.
+    Then `miner export -o s3://...` writes the same bytes as a local export."""
     examples = Path(__file__).resolve().parents[1] / "examples"
     client = s3_server.client()
     bucket = s3_server.create_bucket("comes-and-goes")
@@ -297,6 +298,17 @@ def test_a_bucket_gone_fails_the_job_with_one_line_and_retry_resumes(tmp_path, s
         status = json.loads(run_miner(home, "status", "1", "--json", **env).stdout)
         assert status["state"] == "done" and status["pairs"] > 100
         assert s3_server.keys(bucket, "a/emb/")
+        # export to the bucket: the same bytes as a local export, gzip by name; a missing bucket: one line
+        local = tmp_path / "pairs.tsv"
+        assert run_miner(home, "export", "1", "-o", local, "--header", **env).returncode == 0
+        result = run_miner(home, "export", "1", "-o", f"s3://{bucket}/out/pairs.tsv.gz", "--header", **env)
+        assert result.returncode == 0, result.stderr
+        body = client.get_object(Bucket=bucket, Key="out/pairs.tsv.gz")["Body"].read()
+        assert gzip.decompress(body) == local.read_bytes() and local.stat().st_size > 1000
+        result = run_miner(home, "export", "1", "-o", "s3://no-such-bucket-here/pairs.tsv", **env)
+        assert result.returncode == 1
+        assert one_error_line(result) == ("Error: s3://no-such-bucket-here/pairs.tsv: bucket 'no-such-bucket-here' "
+                                          "does not exist (create it, or fix the URL)")
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
