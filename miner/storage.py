@@ -123,13 +123,12 @@ def storage_error(url: str, exc: BaseException, what: str = "") -> MinerError:
 def check_store(url: str) -> None:
     """Fail at once with one line when the bucket of ``url`` is missing, denied or unreachable."""
     fs, path = filesystem(url)
-    bucket = path.split("/", 1)[0]
     try:
-        fs.ls(bucket, detail=False)  # missing bucket, denied, down: raises
+        fs.ls(path.rstrip("/"), detail=False)  # the prefix only: a policy may allow no more
     except FileNotFoundError as exc:
-        if bucket == path.rstrip("/"):
+        if "bucket" in str(exc).lower():
             raise storage_error(url, exc) from None
-        raise storage_error(url, exc) from None
+        # an empty prefix in a bucket that exists: fine
     except Exception as exc:
         raise storage_error(url, exc) from None
 
