@@ -556,7 +556,11 @@ def db_current(ctx):
 @click.pass_context
 def config(ctx):
     """Print the configuration in effect (passwords masked)."""
+    from miner.storage import aws_settings
+
     for key, value in _config(ctx).masked().items():
+        click.echo(f"{key}: {value}")
+    for key, value in aws_settings().items():  # object storage (MINER_ARTIFACTS or inputs at s3://...)
         click.echo(f"{key}: {value}")
 
 

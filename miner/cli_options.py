@@ -117,11 +117,25 @@ THRESHOLD_HELP = (
 )
 
 
+class InputPath(click.ParamType):
+    """An input corpus: a local path (a :class:`Path`), or an fsspec URL kept as a string
+    (``s3://bucket/de.txt.gz``; the workers stream it, :mod:`miner.storage`)."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        from miner.storage import is_url
+
+        if isinstance(value, Path) or not is_url(str(value)):
+            return Path(value)
+        return str(value)
+
+
 def job_options(fn):
     """The options shared by ``mine`` and ``submit``."""
     decorators = [
-        click.argument("src", type=click.Path(path_type=Path)),
-        click.argument("tgt", type=click.Path(path_type=Path)),
+        click.argument("src", type=InputPath()),
+        click.argument("tgt", type=InputPath()),
         click.option("--src-lang", required=True, help="Language code of SRC (ISO 639-1 or 639-3; a label)."),
         click.option("--tgt-lang", required=True, help="Language code of TGT."),
         click.option("--model", default=defaults.MODEL, show_default=True,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from miner import broker
 from miner.errors import UsageError
+from miner.storage import is_url, local_path, parse_size
 
 EMBED_QUEUE = "embed"
 DEFAULT_QUEUE = "miner"
@@ -34,7 +35,10 @@ ENV_VARS = {
     "MINER_DB_URL": "SQLAlchemy URL of the database (sqlite:///..., postgresql+psycopg://...)",
     "MINER_BROKER_URL": "Celery broker (redis://host:6379/0, ...; unset: a private Redis server under MINER_HOME)",
     "MINER_RESULT_BACKEND": "Celery result backend (not used for flow control)",
-    "MINER_ARTIFACTS": "folder for embeddings, indexes and kNN results, shared by all workers",
+    "MINER_ARTIFACTS": "folder or object-store URL (s3://bucket/prefix) for embeddings, indexes and kNN results, "
+                       "shared by all workers",
+    "MINER_CACHE": "local folder where a worker keeps copies of remote artifacts it memory-maps (default $MINER_HOME/cache)",
+    "MINER_CACHE_LIMIT": "size of MINER_CACHE (e.g. 20G, 512M); least recently used copies are removed first (default 20G)",
     "MINER_THREADS": "BLAS/torch/FAISS threads per worker process (unset: a share of the host's cores)",
     "MINER_CORES_DIR": "host-local folder where the workers of one machine register to share its cores "
                        "(default /tmp/bitext-miner-<uid>/cores; one volume for all worker containers of a host)",
@@ -181,6 +185,16 @@ def _roots(raw: str | None) -> tuple[Path, ...]:
         return ()
 
 
+DEFAULT_CACHE_LIMIT = 20 * 1024 ** 3
+
+
+def _artifacts(raw: str | None, home: Path) -> Path | str:
+    """``MINER_ARTIFACTS``: an fsspec URL as given (no trailing ``/``), else an absolute folder."""
+    if raw and is_url(raw.strip()):
+        return raw.strip().rstrip("/")
+    return local_path(raw or home / "artifacts").expanduser().absolute()
+
+
 def _bool_env(env: dict, name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw == "":
@@ -200,7 +214,7 @@ class Config:
     db_url: str
     broker_url: str
     result_backend: str
-    artifacts: Path
+    artifacts: Path | str  # a local folder, or an fsspec URL (s3://bucket/prefix; miner.storage)
     threads: int | None = None  # BLAS/torch/FAISS threads per worker process; None = a share of the host's cores (miner.cores)
     embed_batch_size: int = 256
     device: str | None = None  # torch device for sentence-transformers models (None = auto)
@@ -215,6 +229,9 @@ class Config:
     # submitted over HTTP may read from (default: the current directory)
     api_token: str | None = None
     input_roots: tuple[Path, ...] = dataclasses.field(default_factory=lambda: _roots(None))
+    # the local copies of remote artifacts (MINER_ARTIFACTS=s3://...): folder and size limit in bytes
+    cache: Path | None = None
+    cache_limit: int = DEFAULT_CACHE_LIMIT
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -227,7 +244,7 @@ class Config:
             db_url=env.get("MINER_DB_URL") or f"sqlite:///{home / 'miner.db'}",
             broker_url=env.get("MINER_BROKER_URL") or broker.url_for(home),
             result_backend=env.get("MINER_RESULT_BACKEND") or f"db+sqlite:///{home / 'results.db'}",
-            artifacts=Path(env.get("MINER_ARTIFACTS") or home / "artifacts").expanduser().absolute(),
+            artifacts=_artifacts(env.get("MINER_ARTIFACTS"), home),
             threads=_int_env(env, "MINER_THREADS", None),
             embed_batch_size=_int_env(env, "MINER_EMBED_BATCH_SIZE", 256),
             device=env.get("MINER_DEVICE") or None,
@@ -238,6 +255,8 @@ class Config:
             cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
             api_token=(env.get("MINER_API_TOKEN") or "").strip() or None,
             input_roots=_roots(env.get("MINER_INPUT_ROOTS")),
+            cache=Path(env.get("MINER_CACHE") or home / "cache").expanduser().absolute(),
+            cache_limit=parse_size(env["MINER_CACHE_LIMIT"]) if env.get("MINER_CACHE_LIMIT") else DEFAULT_CACHE_LIMIT,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -273,7 +292,8 @@ class Config:
     def ensure_dirs(self) -> None:
         """Create the local folders this configuration points at."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.artifacts, Path):
+            self.artifacts.mkdir(parents=True, exist_ok=True)
         self.log_folder.mkdir(parents=True, exist_ok=True)
         if broker.is_embedded_url(self.broker_url):
             self.broker_folder.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from miner.artifacts import as_user_file, atomic_path
+from miner.storage import is_url
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, SentenceDuplicate, session_scope
 from miner.errors import JobNotFound, JobStateError, OutputClosed, UsageError
@@ -162,6 +163,10 @@ def _open_out(out: str) -> Iterator[IO[str]]:
         yield sys.stdout
         sys.stdout.flush()
         return
+    if is_url(out):
+        with _url_out(out) as fh:
+            yield fh
+        return
     path = Path(out)
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot write {out}: folder {path.parent} does not exist")
@@ -173,6 +178,38 @@ def _open_out(out: str) -> Iterator[IO[str]]:
             with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                 yield fh
         as_user_file(tmp)
+
+
+@contextmanager
+def _url_out(url: str) -> Iterator[IO[str]]:
+    """``-o s3://bucket/pairs.tsv[.gz]``: written to a local temporary file, then sent in one upload
+    (the object appears complete or not at all)."""
+    import tempfile
+
+    from miner.storage import filesystem, storage_error
+
+    with tempfile.TemporaryDirectory(prefix="miner-export-") as folder:
+        tmp = Path(folder) / Path(url.rsplit("/", 1)[-1] or "export").name
+        opener = gzip.open if url.endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8", newline="\n") as fh:
+            yield fh
+        fs, path = filesystem(url)
+        try:
+            fs.put_file(str(tmp), path)
+        except Exception as exc:
+            raise storage_error(url, exc, "upload") from None
+
+
+def _check_folder(out: str) -> None:
+    """The folder of a local output must exist; the bucket of a URL must answer."""
+    if out == "-":
+        return
+    if is_url(out):
+        from miner.storage import check_store
+
+        check_store(out)
+    elif not Path(out).parent.exists():
+        raise UsageError(f"cannot write {out}: folder {Path(out).parent} does not exist")
 
 
 def infer_format(out: str) -> str:
@@ -205,8 +242,7 @@ def check_output(out: str, fmt: str | None = None, header: bool = False, with_pr
         raise UsageError("--with-ids applies to TSV output (JSONL always has ids), not moses")
     if fmt == "moses" and out == "-":
         moses_paths(out, "src", "tgt")  # raises: moses writes two files
-    if out != "-" and not Path(out).parent.exists():
-        raise UsageError(f"cannot write {out}: folder {Path(out).parent} does not exist")
+    _check_folder(out)
     return fmt
 
 
@@ -308,8 +344,8 @@ def prepare_export(
     chain = FilterChain(filters, job.src_lang, job.tgt_lang, warn=warn)
     paths = list(moses_paths(out, job.src_lang, job.tgt_lang)) if fmt == "moses" else [out]
     for path in paths:
-        if path != "-" and not Path(path).parent.exists():
-            raise UsageError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+        if not is_url(path):
+            _check_folder(path)
     total = above = None
     if filters.any_beyond_min_score or count:
         total = count_candidates(cfg, job_id)

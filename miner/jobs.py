@@ -184,12 +184,27 @@ def find_duplicate(cfg: Config, key: str) -> tuple[int, str] | None:
     return (int(rows[0][0]), rows[0][1]) if rows else None
 
 
-def create_job(cfg: Config, src: Path, tgt: Path, options: JobOptions, request_key: str | None = None) -> int:
+def input_name(path: Path | str) -> str:
+    """What a job stores for an input: a URL as given, a local path made absolute."""
+    from miner.storage import is_url
+
+    return path if is_url(path) else str(Path(path).absolute())
+
+
+def _same_input(src: Path | str, tgt: Path | str) -> bool:
+    from miner.storage import is_url
+
+    if is_url(src) or is_url(tgt):
+        return src == tgt
+    return Path(src).resolve() == Path(tgt).resolve()
+
+
+def create_job(cfg: Config, src: Path | str, tgt: Path | str, options: JobOptions, request_key: str | None = None) -> int:
     with session_scope(cfg.db_url) as s:
         job = Job(
             request_key=request_key,
-            src_path=str(Path(src).absolute()),
-            tgt_path=str(Path(tgt).absolute()),
+            src_path=input_name(src),
+            tgt_path=input_name(tgt),
             src_lang=options.src_lang,
             tgt_lang=options.tgt_lang,
             model=options.model,
@@ -453,10 +468,11 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     from miner.encoders import check_trust, resolve_model
     from miner.languages import language_warnings, normalise_code
     from miner.reader import check_input_file
+    from miner.storage import check_store, is_url
 
     for path in (src, tgt):
         check_input_file(path)
-    if src.resolve() == tgt.resolve():
+    if _same_input(src, tgt):
         warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
     spec = resolve_model(opts["model"])
     trust = bool(opts.get("trust_remote_code") or cfg.trust_remote_code)
@@ -489,6 +505,8 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
         on_bad_row=opts.get("on_bad_row") or "skip",
     )
     check_input_formats(src, tgt, options, warn)
+    if is_url(cfg.artifacts):  # a missing bucket, denied access or an endpoint down: one line now, not in a worker
+        check_store(cfg.artifacts)
     cfg = open_db()
     from miner.reader import file_digest
     from miner.records import resolve_format

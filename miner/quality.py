@@ -179,7 +179,9 @@ def _texts_of_lines(path: str, corpus: Corpus, lines: set[int]) -> dict[int, str
     """Normalised text of the given 0-based lines of the job's input file, or None when the file is
     gone or changed since the job read it."""
     try:
-        if not Path(path).is_file() or file_digest(path) != corpus.sha256:
+        from miner.storage import is_url
+
+        if not (is_url(path) or Path(path).is_file()) or file_digest(path) != corpus.sha256:
             return None
     except InputFileError:
         return None

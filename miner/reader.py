@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import IO, TypeVar, Union
 
 from miner.errors import InputFileError, UsageError
+from miner.storage import input_digest, input_size, is_url, open_input
 
 __all__ = ["DecodeErrorPolicy", "ReadStats", "batched", "check_input_file", "file_digest", "normalise",
            "open_text_stream", "read_sentences"]
@@ -181,7 +182,7 @@ def open_text_stream(path: PathLike) -> IO[bytes]:
     For any other name, gzip and xz are recognised by their magic bytes.
 
     Args:
-        path: the file to open.
+        path: the file to open, or an fsspec URL (``s3://bucket/de.txt.gz``).
 
     Returns:
         A binary file object (use it as a context manager); ``readline`` and
@@ -192,6 +193,8 @@ def open_text_stream(path: PathLike) -> IO[bytes]:
             permission, ...). Corrupt compressed data only shows up on read.
     """
     spath = os.fsdecode(path)
+    if is_url(spath):  # s3://... (miner.storage)
+        return open_input(spath)
     try:
         kind = _compression(spath)
         if kind == "gz":
@@ -209,15 +212,9 @@ def _open_error(path: PathLike, exc: Exception) -> InputFileError:
     if isinstance(exc, FileNotFoundError):
         return InputFileError(f"input file not found: {shown} -- check the path")
     if isinstance(exc, IsADirectoryError):
-        return InputFileError(
-            f"input path is a directory: {shown} -- pass a text file with one "
-            "sentence per line"
-        )
+        return InputFileError(f"input path is a directory: {shown} -- pass a text file with one sentence per line")
     if isinstance(exc, PermissionError):
-        return InputFileError(
-            f"input file is not readable (permission denied): {shown} -- "
-            "check its permissions"
-        )
+        return InputFileError(f"input file is not readable (permission denied): {shown} -- check its permissions")
     return InputFileError(f"cannot read input file {shown}: {_one_line(exc)}")
 
 
@@ -240,18 +237,18 @@ def check_input_file(path: PathLike) -> None:
     """
     shown = _show(path)
     spath = os.fsdecode(path)
-    try:
-        st = os.stat(spath)
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise _open_error(path, IsADirectoryError(spath))
-    regular = stat.S_ISREG(st.st_mode)
-    if regular and st.st_size == 0:
-        raise InputFileError(
-            f"input file is empty (0 bytes): {shown} -- pass a text file with "
-            "one sentence per line"
-        )
+    if is_url(spath):
+        regular, size = True, input_size(spath)
+    else:
+        try:
+            st = os.stat(spath)
+        except OSError as exc:
+            raise _open_error(path, exc) from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise _open_error(path, IsADirectoryError(spath))
+        regular, size = stat.S_ISREG(st.st_mode), st.st_size
+    if regular and size == 0:
+        raise InputFileError(f"input file is empty (0 bytes): {shown} -- pass a text file with one sentence per line")
     if not regular:
         if not os.access(spath, os.R_OK):
             raise _open_error(path, PermissionError(spath))
@@ -312,7 +309,7 @@ def file_digest(path: PathLike) -> str:
     """SHA-256 of the raw (still compressed, if it is) file bytes.
 
     Args:
-        path: the file to hash; read in 1 MiB blocks.
+        path: the file to hash, read in 1 MiB blocks; or a URL (its object's bytes, streamed).
 
     Returns:
         The lowercase hex digest.
@@ -320,9 +317,11 @@ def file_digest(path: PathLike) -> str:
     Raises:
         InputFileError: the file cannot be opened or read.
     """
-    h = hashlib.sha256()
+    h, spath = hashlib.sha256(), os.fsdecode(path)
+    if is_url(spath):
+        return input_digest(spath)
     try:
-        with open(os.fsdecode(path), "rb") as f:
+        with open(spath, "rb") as f:
             while block := f.read(_DIGEST_BLOCK):
                 h.update(block)
     except OSError as exc:

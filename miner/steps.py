@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 
 from miner import corpora, indexes, mining
-from miner.artifacts import Artifacts, load_npz, save_npy, save_npz
+from miner.artifacts import Artifacts, Location, artifacts_for
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, session_scope, utcnow
 from miner.errors import JobCancelled, MinerError, ModelError
@@ -130,13 +130,13 @@ def knn_variant(job: Job, target: Side, dim: int | None = None) -> str:
     return "-".join(parts)
 
 
-def _embeddings(art: Artifacts, job: Job, side: Side, start: int, end: int) -> Path:
+def _embeddings(art: Artifacts, job: Job, side: Side, start: int, end: int) -> Location:
     return art.embeddings(side.key, job.options["model_key"], start, end, storage_dtype(job, side))
 
 
 def _shard_dim(art: Artifacts, job: Job, side: Side) -> int:
     first = shard_spans(side.n, int(job.options["shard_size"]))[0]
-    return int(np.load(_embeddings(art, job, side, *first), mmap_mode="r").shape[1])
+    return int(art.load_npy(_embeddings(art, job, side, *first)).shape[1])
 
 
 def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
@@ -144,8 +144,9 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
-    path = _embeddings(Artifacts(cfg.artifacts), job, corpus, start, end)
-    reused = path.exists()
+    art = artifacts_for(cfg)
+    path = _embeddings(art, job, corpus, start, end)
+    reused = art.exists(path)
     if not reused:
         from miner.encoders import encode
 
@@ -159,7 +160,7 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
             check_stop(job_id)  # a cancelled job stops within one chunk, not at the end of the shard
             parts.append(encode(model, texts[lo:lo + chunk], batch_size=cfg.embed_batch_size))
         vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        save_npy(path, vectors.astype(storage_dtype(job, corpus), copy=False))
+        art.save_npy(path, vectors.astype(storage_dtype(job, corpus), copy=False))
     record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
@@ -172,29 +173,27 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
     model_key = job.options["model_key"]
-    art = Artifacts(cfg.artifacts)
+    art = artifacts_for(cfg)
     dim = _shard_dim(art, job, corpus)
     spec = side_index(job, corpus, dim)
     spans = shard_spans(corpus.n, int(job.options["shard_size"]))
-    manifest = art.index(corpus.key, model_key, spec.name).with_suffix(f".{storage_dtype(job, corpus)}.json")
-    reused = manifest.exists()
+    manifest = art.manifest(corpus.key, model_key, spec.name, storage_dtype(job, corpus))
+    reused = art.exists(manifest)
     if not reused:
-        from miner.artifacts import atomic_path
-
         shards = []
         for start, end in spans:
             shard_path = _embeddings(art, job, corpus, start, end)
-            vectors = np.load(shard_path, mmap_mode="r")
+            vectors = art.load_npy(shard_path)
             if vectors.shape != (end - start, dim):
                 raise MinerError(f"{shard_path} has shape {vectors.shape}, expected ({end - start}, {dim}); "
                                  f"delete it and `miner retry {job_id}`")
-            shards.append([start, end, str(shard_path.relative_to(art.root))])
+            shards.append([start, end, art.relative(shard_path)])
         info = {"kind": spec.kind, "n": corpus.n, "dim": dim, "shards": shards}
         if not spec.exact:
             def load_all():
                 for start, end in spans:
                     check_stop(job_id)
-                    yield np.load(_embeddings(art, job, corpus, start, end), mmap_mode="r")
+                    yield art.load_npy(_embeddings(art, job, corpus, start, end))
 
             train = indexes.training_sample(load_all(), corpus.n, indexes.train_size(spec, corpus.n))
             index = indexes.build_ivf(spec, dim, train, load_all())
@@ -202,12 +201,11 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
             index_path = art.index(corpus.key, model_key, spec.name)
             import faiss
 
-            with atomic_path(index_path) as tmp:
+            with art.writing(index_path) as tmp:
                 faiss.write_index(index, str(tmp))
             del index
-            info.update(nlist=spec.nlist, m=spec.m, index=str(index_path.relative_to(art.root)))
-        with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps(info))
+            info.update(nlist=spec.nlist, m=spec.m, index=art.relative(index_path))
+        art.write_text(manifest, json.dumps(info))
     record_step(cfg, job_id, "index", side, corpus.n, reused, seconds=time.monotonic() - started)
     return str(manifest)
 
@@ -230,18 +228,18 @@ def _checked(job_id: int, blocks):
         yield block
 
 
-def _target_blocks(art: Artifacts, manifest_path: Path):
+def _target_blocks(art: Artifacts, manifest_path: Location):
     """``(offset, vectors)`` of every shard of a side (from its index manifest), memory-mapped one
-    at a time."""
-    manifest = json.loads(manifest_path.read_text())
+    at a time (remote shards from their copies in the local cache)."""
+    manifest = json.loads(art.read_text(manifest_path))
     for start, _end, relative in manifest["shards"]:
-        yield start, np.load(art.root / relative, mmap_mode="r")
+        yield start, art.load_npy(art.at(relative))
 
 
 _maps: dict[str, list] = {}
 
 
-def _mapped_blocks(art: Artifacts, manifest_path: Path) -> list:
+def _mapped_blocks(art: Artifacts, manifest_path: Location) -> list:
     """Like :func:`_target_blocks`, but the memory maps stay open in this process for the next
     kNN task of the direction (one side at a time): re-scoring IVF-PQ candidates reads rows all
     over the side, and re-mapping the files for each query shard made every read a page fault."""
@@ -261,27 +259,27 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     query, target = (sides[name] for name in DIRECTIONS[direction])
     model_key = job.options["model_key"]
     k = min(int(job.options["k"]), target.n)
-    art = Artifacts(cfg.artifacts)
+    art = artifacts_for(cfg)
     path = _knn_path(art, job, query, target, k, start, end)
-    reused = path.exists()
+    reused = art.exists(path)
     if not reused:
-        queries = np.asarray(np.load(_embeddings(art, job, query, start, end)), dtype=np.float32)
+        queries = np.asarray(art.load_npy(_embeddings(art, job, query, start, end), mmap=False), dtype=np.float32)
         spec = side_index(job, target, queries.shape[1])
-        manifest = art.index(target.key, model_key, spec.name).with_suffix(f".{storage_dtype(job, target)}.json")
+        manifest = art.manifest(target.key, model_key, spec.name, storage_dtype(job, target))
         if spec.exact:
             sims, ids = mining.knn_blocks(queries, _checked(job_id, _target_blocks(art, manifest)), k)
         else:
-            info = json.loads(manifest.read_text())
-            index = _load_index(art.root / info["index"], spec.nprobe)
+            info = json.loads(art.read_text(manifest))
+            index = art.opened(art.at(info["index"]), lambda path: _load_index(path, spec.nprobe))
             blocks = _mapped_blocks(art, manifest) if spec.kind == "ivfpq" else None
             sims, ids = indexes.search_side(index, spec, queries, k, blocks)
             sims, ids = indexes.mark_missing(sims, ids)  # missing neighbours: id -1, similarity -inf
-        save_npz(path, sims=sims, ids=ids)
+        art.save_npz(path, sims=sims, ids=ids)
     record_step(cfg, job_id, "knn", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
 
-def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start: int, end: int) -> Path:
+def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start: int, end: int) -> Location:
     dim = None if side_index(job, target).kind != "ivfpq" else _shard_dim(art, job, target)
     return art.knn(query.key, target.key, job.options["model_key"], k, start, end, knn_variant(job, target, dim))
 
@@ -292,17 +290,17 @@ def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -
     the neighbours share the means); every later score task loads one file, not every shard."""
     query, target = (sides[name] for name in DIRECTIONS[direction])
     k = min(int(job.options["k"]), target.n)
-    art = Artifacts(cfg.artifacts)
+    art = artifacts_for(cfg)
     spans = shard_spans(query.n, int(job.options["shard_size"]))
     if not spans:
         return np.empty(0)
     first = _knn_path(art, job, query, target, k, *spans[0])
-    path = first.with_name(f"means-{spans[0][1]:010d}-{query.n:010d}.npy")  # shard size and side size
-    if path.exists():
-        return np.load(path)
-    means = np.concatenate([mining.knn_mean(load_npz(_knn_path(art, job, query, target, k, s, e))["sims"])
+    path = art.beside(first, f"means-{spans[0][1]:010d}-{query.n:010d}.npy")  # shard size and side size
+    if art.exists(path):
+        return np.array(art.load_npy(path, mmap=False))
+    means = np.concatenate([mining.knn_mean(art.load_npz(_knn_path(art, job, query, target, k, s, e))["sims"])
                             for s, e in spans])
-    save_npy(path, means)
+    art.save_npy(path, means)
     return means
 
 
@@ -315,17 +313,17 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
     k = min(int(job.options["k"]), target.n)
-    art = Artifacts(cfg.artifacts)
+    art = artifacts_for(cfg)
     path = art.scores(job_id, direction, start, end)
-    reused = path.exists()
+    reused = art.exists(path)
     if not reused:
-        shard = load_npz(_knn_path(art, job, query, target, k, start, end))
+        shard = art.load_npz(_knn_path(art, job, query, target, k, start, end))
         other = "bwd" if direction == "fwd" else "fwd"
         target_mean = _side_means(cfg, job, other, sides)
         best, scores, decoy = mining.best_candidates_with_decoy(
             shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
         )
-        save_npz(path, ids=best, scores=scores, decoy=decoy)
+        art.save_npz(path, ids=best, scores=scores, decoy=decoy)
     record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
 
@@ -336,8 +334,8 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
 def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(best ids, best scores, decoy scores) of every sentence of ``side``; the decoys are None
     when a score artifact predates them."""
-    art = Artifacts(cfg.artifacts)
-    parts = [load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
+    art = artifacts_for(cfg)
+    parts = [art.load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
     decoy = np.concatenate([p["decoy"] for p in parts]) if all("decoy" in p for p in parts) else None
     return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), decoy
 

@@ -190,6 +190,17 @@ def postgres_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-API server (moto in server mode, a subprocess) on a free loopback port for the
+    whole run; ``s3_server.env`` holds the AWS_* variables a client needs."""
+    from .servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def cluster_env(tmp_path, redis_server, postgres_server, request) -> dict:
     """MINER_* variables of a cluster: Redis broker and result backend, a fresh PostgreSQL database,

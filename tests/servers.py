@@ -163,3 +163,72 @@ def _has_locale(name: str) -> bool:
     except OSError:
         return False
     return name.lower().replace("-", "") in out.replace("-", "")
+
+
+# --------------------------------------------------------------------------- s3
+
+
+class S3Server:
+    """A real S3-API server: ``moto`` in server mode (``python -m moto.server``, the HTTP API of S3)
+    as a subprocess on a free loopback port; its log in ``folder``. ``env`` holds what a client
+    needs: ``AWS_ENDPOINT_URL``, a region and (any) credentials."""
+
+    def __init__(self, folder: Path, port: int | None = None, **server_env: str) -> None:
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.server_env = server_env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+                "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self) -> S3Server:
+        import sys
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "s3.log", "ab")  # noqa: SIM115 - closed with the process
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(self.server_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.folder), env=env,
+        )
+        _wait_port(self.port, self.proc, "moto S3 server", timeout=60)
+        return self
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing-secret", region_name="us-east-1")
+
+    def create_bucket(self, name: str) -> str:
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return name
+
+    def upload(self, path: Path, bucket: str, key: str) -> str:
+        self.client().upload_file(str(path), bucket, key)
+        return f"s3://{bucket}/{key}"
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

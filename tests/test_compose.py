@@ -444,3 +444,73 @@ def test_dockerfile_copies_the_project():
     for junk in (".git/config", ".miner/miner.db", "miner/__pycache__/cli.cpython-311.pyc", "out.tsv",
                  ".hypothesis/examples/x", "tests/test_cli.py"):
         assert dockerignored(junk, patterns), f"{junk} would be sent to the build"
+
+
+# --------------------------------------------------------------------------- profile s3 (issue 14)
+
+S3_SERVICES = ("worker-s3", "miner-s3")
+
+
+@pytest.mark.parametrize("env", [{}, {**CUSTOM_ENV, "MINIO_ROOT_USER": "bob", "MINIO_ROOT_PASSWORD": "m1n10-pw",
+                                      "MINER_BUCKET": "corpora"}], ids=["defaults", "custom"])
+def test_s3_profile_workers_share_no_volume(env):
+    """Profile s3: MinIO, a one-shot bucket service, workers whose artifacts are in that bucket on that
+    endpoint with MinIO's own credentials, and no volume or folder shared for artifacts or inputs."""
+    from miner.storage import AWS_VARS
+
+    compose = load_compose(env)
+    services = compose["services"]
+    minio, bucket = services["minio"], services["bucket"]
+    assert "s3" in minio["profiles"] and minio["image"].split(":")[0] == "minio/minio"
+    assert "healthcheck" in minio
+    assert "--address" in argv(minio["command"]) and argv(minio["command"])[argv(minio["command"]).index("--address") + 1] == ":9000"
+    assert "ports" not in minio, "MinIO publishes no host port"
+    creds = service_env(minio)
+    made = argv(bucket["entrypoint"])
+    assert made[:3] == ["mc", "mb", "--ignore-existing"]
+    made_bucket = made[3].split("/", 1)[1]
+    mc_url = urlsplit(service_env(bucket)["MC_HOST_s3"])
+    assert (mc_url.hostname, mc_url.port, mc_url.username, mc_url.password) == \
+        ("minio", 9000, creds["MINIO_ROOT_USER"], creds["MINIO_ROOT_PASSWORD"])
+    worker_cli = parse_cli(argv(services["worker"]["command"])[1:]).params
+    for name in S3_SERVICES:
+        service = services[name]
+        assert "s3" in service["profiles"]
+        senv = service_env(service)
+        known = set(ENV_VARS) | {f"{var}_FILE" for var in SECRET_VARS}
+        assert sorted(k for k in senv if k.startswith("MINER_") and k not in known) == []
+        assert sorted(k for k in senv if k.startswith("AWS_") and k not in AWS_VARS) == []
+        cfg = miner_config(compose, name)
+        assert isinstance(cfg.artifacts, str) and cfg.artifacts.startswith(f"s3://{made_bucket}/")
+        assert made_bucket == env.get("MINER_BUCKET", "miner")
+        endpoint = urlsplit(senv["AWS_ENDPOINT_URL"])
+        assert (endpoint.hostname, endpoint.port) == ("minio", 9000) and endpoint.hostname in services
+        assert (senv["AWS_ACCESS_KEY_ID"], senv["AWS_SECRET_ACCESS_KEY"]) == \
+            (creds["MINIO_ROOT_USER"], creds["MINIO_ROOT_PASSWORD"])
+        # the same database and broker as the other services
+        other = miner_config(compose, "worker")
+        assert (cfg.db_url, cfg.broker_url, cfg.result_backend) == (other.db_url, other.broker_url, other.result_backend)
+        assert services[name]["depends_on"]["bucket"]["condition"] == "service_completed_successfully"
+    worker = services["worker-s3"]
+    assert [target for _src, target in mounts(worker)] == ["/run/miner-cores"], "an S3 worker shares no data volume"
+    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    ctx = parse_cli(argv(worker["command"])[1:])
+    assert ctx.command_path == "miner worker" and ctx.params == worker_cli
+    cli = services["miner-s3"]
+    assert argv(cli["entrypoint"]) == ["miner"]
+    parse_cli(["submit", "s3://miner/inputs/a.de", "s3://miner/inputs/b.en", "--src-lang", "de", "--tgt-lang", "en"])
+
+
+def test_s3_profile_secret_masked_by_miner_config(monkeypatch):
+    """`miner config` in the s3 services shows the endpoint but never the secret key."""
+    from click.testing import CliRunner
+
+    compose = load_compose({"MINIO_ROOT_PASSWORD": "very-secret-pw"})
+    senv = service_env(compose["services"]["worker-s3"])
+    for key, value in senv.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MINER_HOME", "/nonexistent-home")
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "very-secret-pw" not in result.output and "aws_secret_access_key: ***" in result.output
+    assert "artifacts: s3://miner/artifacts" in result.output and "aws_endpoint_url: http://minio:9000" in result.output
