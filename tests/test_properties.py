@@ -296,7 +296,10 @@ def test_jobs_never_store_a_pair_twice_or_a_foreign_id(cfg, muse, tmp_path_facto
     np.testing.assert_allclose([by_pair[p] for p in zip(want[0].tolist(), want[1].tolist())], want[2],
                                rtol=1e-6, atol=1e-6)
     cut = mining.mine(x, y, k=k, margin=margin, retrieval=retrieval, threshold=threshold)
-    assert len(cut[0]) == above
+    # The two computations agree to 1e-6 (above), so a score that close to the threshold may fall on
+    # either side of it (e.g. distance margin, k=1: 0 against 1e-9, threshold 1e-38).
+    near = int(np.count_nonzero(np.abs(scores - threshold) <= 2e-6)) if threshold is not None else 0
+    assert above - near <= len(cut[0]) <= above + near
 
 
 def _sharded_mine(x, y, k, margin="ratio", retrieval="max"):
