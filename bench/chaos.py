@@ -26,7 +26,6 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,28 +39,6 @@ from tests.servers import PostgresServer, RedisServer  # noqa: E402
 
 REPO = common.REPO
 KILL_STAGES = ("embed", "knn", "finish")
-
-
-def _worker(env: dict, folder: Path, n: int):
-    log = open(folder / f"worker{n}.log", "wb")  # noqa: SIM115 - closed by _stop
-    proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--loglevel", "WARNING",
-                             "--name", f"w{n}@bench"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=str(folder), start_new_session=True)
-    proc.log = log
-    return proc
-
-
-def _stop(procs) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.log.close()
 
 
 def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: dict, chaos: bool,
@@ -89,7 +66,7 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
             return conn.execute(select(func.count()).select_from(JobLease)
                                 .where(JobLease.job_id == job_id, JobLease.stage == stage)).scalar()
 
-    procs = [_worker(env, folder, 0)]
+    procs = [common.start_worker(env, folder, 0)]
     kills = []
     try:
         started = time.monotonic()
@@ -103,14 +80,14 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
             procs[-1].wait()
             kills.append({"stage": stage, "at_s": round(time.monotonic() - started, 1)})
             common.log(f"{name}: killed w{len(procs) - 1}@bench during {stage} at {kills[-1]['at_s']}s")
-            procs.append(_worker(env, folder, len(procs)))
+            procs.append(common.start_worker(env, folder, len(procs)))
         while state(job_id) not in ("done", "failed", "cancelled"):
             if time.monotonic() - started > timeout:
                 raise SystemExit(f"{name}: job {job_id} not done after {timeout:.0f}s")
             time.sleep(0.1)
         wall = time.monotonic() - started
     finally:
-        _stop(procs)
+        common.stop_workers(procs)
         engine.dispose()
     if state(job_id) != "done":
         raise SystemExit(f"{name}: job {job_id} {state(job_id)}")

@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -280,3 +281,28 @@ def submit(env: dict, corpus: dict, shard_size: int, name: str = "") -> int:
     if result.returncode != 0:
         raise SystemExit(f"{name}: submit failed: {result.stderr[-2000:]}")
     return int(result.stdout.strip().splitlines()[-1])
+
+
+def start_worker(env: dict, folder: Path, n: int, cwd: Path | None = None) -> subprocess.Popen:
+    """A ``miner worker`` (concurrency 1, named ``w<n>@bench``) in its own process group, logging to
+    ``folder/worker<n>.log``; stop it with :func:`stop_workers`."""
+    log = open(folder / f"worker{n}.log", "wb")  # noqa: SIM115 - closed by stop_workers
+    proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--loglevel", "WARNING",
+                             "--name", f"w{n}@bench"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=str(cwd or folder), start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def stop_workers(procs) -> None:
+    """SIGTERM each worker's process group, SIGKILL after 60 s; close the logs."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.log.close()

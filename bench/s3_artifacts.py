@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,25 +36,7 @@ def _worker(env: dict, folder: Path, n: int, own_home: bool):
     own = folder / f"worker{n}"
     own.mkdir(parents=True, exist_ok=True)
     env = dict(env, MINER_HOME=str(own / "home")) if own_home else env
-    log = open(folder / f"worker{n}.log", "wb")  # noqa: SIM115 - closed by _stop
-    proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--concurrency", "1", "--loglevel", "WARNING",
-                             "--name", f"w{n}@bench"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=str(own), start_new_session=True)
-    proc.log = log
-    return proc
-
-
-def _stop(procs) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.log.close()
+    return common.start_worker(env, folder, n, cwd=own)
 
 
 def _size(folder: Path) -> int:
@@ -125,7 +105,7 @@ def run(name: str, corpus: dict, servers, folder: Path, args, s3: S3Server | Non
     finally:
         sampler.halt.set()
         sampler.join()
-        _stop(procs)
+        common.stop_workers(procs)
         engine.dispose()
     if state(job_id) != "done":
         raise SystemExit(f"{name}: job {job_id} {state(job_id)}: see {folder}/worker*.log")
