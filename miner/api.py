@@ -84,7 +84,8 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    src: str = Field(description="Source corpus: a path under MINER_INPUT_ROOTS (relative: to the first root).")
+    src: str = Field(description="Source corpus: a path under MINER_INPUT_ROOTS (relative: to the first root), "
+                                 "or an object-store URL under MINER_INPUT_URLS.")
     tgt: str = Field(description="Target corpus, as src.")
     src_lang: str = Field(min_length=1)
     tgt_lang: str = Field(min_length=1)
@@ -116,11 +117,12 @@ class RetryRequest(BaseModel):
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
-def confine(cfg: Config, raw: str) -> Path:
+def confine(cfg: Config, raw: str) -> Path | str:
     """The input path, symlinks resolved, when it lies under one of ``cfg.input_roots``; a relative
-    path is relative to the first root. :class:`InputNotAllowed` otherwise."""
+    path is relative to the first root; a URL when it lies under one of ``cfg.input_urls``
+    (:func:`confine_url`). :class:`InputNotAllowed` otherwise."""
     if _URL.match(raw):
-        raise UsageError(f"{raw[:200]}: URLs are not read; give a file path under MINER_INPUT_ROOTS")
+        return confine_url(cfg, raw)
     if not cfg.input_roots:
         raise InputNotAllowed("no input folder is allowed (MINER_INPUT_ROOTS)")
     path = Path(raw)
@@ -131,6 +133,18 @@ def confine(cfg: Config, raw: str) -> Path:
         return real
     raise InputNotAllowed(f"{raw[:200]} is outside the folders this server reads "
                           f"({', '.join(str(r) for r in cfg.input_roots)}; MINER_INPUT_ROOTS)")
+
+
+def confine_url(cfg: Config, raw: str) -> str:
+    """An object-store input URL, when it lies under one of ``cfg.input_urls`` (no ``..`` segment);
+    :class:`InputNotAllowed` otherwise."""
+    shown = raw[:200]
+    if any(part in (".", "..") for part in raw.split("://", 1)[-1].split("/")):
+        raise InputNotAllowed(f"{shown}: a URL with . or .. segments is not read")
+    if any(raw.startswith(prefix) for prefix in cfg.input_urls):
+        return raw
+    allowed = ", ".join(cfg.input_urls) or "none"
+    raise InputNotAllowed(f"{shown} is outside the URL prefixes this server reads ({allowed}; MINER_INPUT_URLS)")
 
 
 def confine_model(cfg: Config, model: str) -> str:

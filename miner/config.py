@@ -51,6 +51,8 @@ ENV_VARS = {
     "MINER_API_TOKEN": "miner serve: every /api call needs 'Authorization: Bearer TOKEN' (and a non-loopback --host needs one)",
     "MINER_INPUT_ROOTS": "miner serve: folders (os.pathsep-separated) that jobs submitted over HTTP may read from "
                          "(default: the current directory)",
+    "MINER_INPUT_URLS": "miner serve: object-store URL prefixes (comma-separated, e.g. s3://corpora/) that jobs "
+                        "submitted over HTTP may read from (unset: none)",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
 #: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
@@ -174,6 +176,17 @@ def _float_env(env: dict, name: str, default: float) -> float:
     return value
 
 
+def _url_prefixes(raw: str | None) -> tuple[str, ...]:
+    """``MINER_INPUT_URLS``: URL prefixes such as ``s3://corpora/``, comma- or space-separated."""
+    from miner.storage import is_url
+
+    parts = [part for part in re.split(r"[,\s]+", raw or "") if part]
+    bad = [part for part in parts if not is_url(part)]
+    if bad:
+        raise UsageError(f"MINER_INPUT_URLS: {bad[0]!r} is not a URL (e.g. s3://corpora/)")
+    return tuple(part.rstrip("/") + "/" for part in parts)
+
+
 def _roots(raw: str | None) -> tuple[Path, ...]:
     """``MINER_INPUT_ROOTS``: absolute folders, symlinks resolved; unset: the current directory."""
     parts = [part for part in (raw or "").split(os.pathsep) if part.strip()]
@@ -229,6 +242,7 @@ class Config:
     # submitted over HTTP may read from (default: the current directory)
     api_token: str | None = None
     input_roots: tuple[Path, ...] = dataclasses.field(default_factory=lambda: _roots(None))
+    input_urls: tuple[str, ...] = ()  # and the object-store URL prefixes (MINER_INPUT_URLS)
     # the local copies of remote artifacts (MINER_ARTIFACTS=s3://...): folder and size limit in bytes
     cache: Path | None = None
     cache_limit: int = DEFAULT_CACHE_LIMIT
@@ -255,6 +269,7 @@ class Config:
             cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
             api_token=(env.get("MINER_API_TOKEN") or "").strip() or None,
             input_roots=_roots(env.get("MINER_INPUT_ROOTS")),
+            input_urls=_url_prefixes(env.get("MINER_INPUT_URLS")),
             cache=Path(env.get("MINER_CACHE") or home / "cache").expanduser().absolute(),
             cache_limit=parse_size(env["MINER_CACHE_LIMIT"]) if env.get("MINER_CACHE_LIMIT") else DEFAULT_CACHE_LIMIT,
         )
@@ -314,6 +329,8 @@ class Config:
                 value = "***" if value else None
             elif field.name == "input_roots":
                 value = os.pathsep.join(str(root) for root in value)
+            elif field.name == "input_urls":
+                value = ",".join(value)
             out[field.name] = mask_url(str(value)) if isinstance(value, (str, Path)) else value
         return out
 

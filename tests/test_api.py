@@ -262,11 +262,40 @@ def test_inputs_outside_the_roots_are_refused(server, tmp_path):
     for src in ("/etc/passwd", "../../../../etc/passwd", str(outside), "link.de", "../home/miner.db"):
         assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": src})[::2], 403, "outside")
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "tgt": "/etc/hostname"})[::2], 403, "outside")
-    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": "http://example.com/a.de"})[::2], 400, "URL")
+    assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": "http://example.com/a.de"})[::2], 403,
+                 "MINER_INPUT_URLS")
     # A model directory is read too, and a model's own code runs only where the server allows it.
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "model": str(tmp_path)})[::2], 403, "outside")
     assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "trust_remote_code": True})[::2], 403,
                  "MINER_TRUST_REMOTE_CODE")
+
+
+def test_object_store_inputs_under_the_url_prefixes(tmp_path, s3_server):
+    """Inputs by URL over HTTP: read from the prefixes MINER_INPUT_URLS names, refused elsewhere."""
+    bucket = s3_server.create_bucket("api-corpora")
+    src = s3_server.upload(ROOT / "examples" / "sample.de", bucket, "inputs/sample.de")
+    tgt = s3_server.upload(ROOT / "examples" / "sample.en", bucket, "inputs/sample.en")
+    s3_server.upload(ROOT / "examples" / "sample.de", bucket, "private/sample.de")
+    server = Server(tmp_path, MINER_INPUT_URLS=f"s3://{bucket}/inputs/", **s3_server.env)
+    try:
+        server.wait_healthy()
+        for url, why in ((f"s3://{bucket}/private/sample.de", "outside the URL prefixes"),
+                         (f"s3://{bucket}/inputs/../private/sample.de", ".. segments"),
+                         (f"s3://{bucket}/inputs-other/x.de", "outside the URL prefixes"),
+                         ("s3://another/inputs/sample.de", "outside the URL prefixes")):
+            assert_error(*call(server, "POST", "/api/jobs", {**REQUEST, "src": url})[::2], 403, why)
+        server.workers = start_workers(tmp_path, server.home, server.env, 1)
+        status, job = call_json(server, "POST", "/api/jobs", {**REQUEST, "src": src, "tgt": tgt})
+        assert status == 201 and job["src"] == src and job["tgt"] == tgt, job
+        done = wait_state(server, job["id"])
+        assert done["state"] == "done" and done["pairs"] > 200, done
+        data = call(server, "GET", f"/api/jobs/{job['id']}/export")[2]
+        out = tmp_path / "url.tsv"
+        result = run_miner(server.home, "export", str(job["id"]), "-o", out, **server.env)
+        assert result.returncode == 0, result.stderr
+        assert data == out.read_bytes() and data.count(b"\n") == done["pairs"]
+    finally:
+        server.stop()
 
 
 def test_on_a_cluster(tmp_path, cluster_env):
