@@ -53,6 +53,17 @@ def redis_server_binary() -> str:
         raise ServerError(str(exc)) from None
 
 
+def _terminate(proc) -> None:
+    """Stop a server subprocess: SIGTERM, SIGKILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class RedisServer:
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = Path(folder)
@@ -75,13 +86,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
 
     def flush(self) -> None:
         import redis
@@ -225,10 +230,4 @@ class S3Server:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc)
