@@ -279,10 +279,6 @@ def encode(model, texts: list[str], *, batch_size: int = 256) -> np.ndarray:
     """Encode ``texts`` into L2-normalised float32 rows (shape ``(len(texts), dim)``)."""
     if not texts:
         return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
-    from miner.muse_numpy import MuseEncoder
-
-    if isinstance(model, MuseEncoder):
-        return model.encode(texts, batch_size=batch_size)
     out = model.encode(
         texts,
         batch_size=batch_size,

@@ -43,14 +43,18 @@ class MuseEncoder:
     def get_sentence_embedding_dimension(self) -> int:
         return DIMENSION
 
-    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
-        """``(len(texts), 512)`` float32, rows of unit length, in the order of ``texts``."""
+    def encode(self, texts: list[str], batch_size: int = 256, *, normalize_embeddings: bool = True,
+               convert_to_numpy: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+        """``(len(texts), 512)`` float32 in the order of ``texts``, rows of unit length unless
+        ``normalize_embeddings`` is False (the keywords of ``SentenceTransformer.encode``; the
+        result is always a numpy array and no progress bar is shown)."""
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), DIMENSION), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts])  # the batches sentence-transformers makes
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             emb = np.asarray(self._use.encode([texts[i] for i in rows]), dtype=np.float32)
-            norms = np.linalg.norm(emb, axis=1, keepdims=True)
-            out[rows] = emb / np.maximum(norms, np.float32(1e-12))
+            if normalize_embeddings:
+                emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), np.float32(1e-12))
+            out[rows] = emb
         return out
