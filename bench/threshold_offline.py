@@ -18,6 +18,13 @@ Usage (from the repository root)::
     python bench/threshold.py --extra --work DIR --json DIR/base.json
     python bench/threshold_offline.py extract DIR
     python bench/threshold_offline.py eval DIR [--json out.json]
+    python bench/threshold_offline.py floor DIR
+
+``floor``: how noisy each case's oracle is. The candidates are split at random into two halves
+(gold pairs outside the candidates split evenly); the best cut of one half, found *with* the
+gold, is scored on the other half against that half's own oracle. The mean gap over 40 splits is
+what even a gold-tuned cut loses to chance on a case of half this size: a floor no gold-free
+method can be expected to beat.
 """
 
 from __future__ import annotations
@@ -165,6 +172,24 @@ def evaluate(work: Path, only: str = "") -> list[dict]:
     return out
 
 
+def floor(work: Path, splits: int = 40, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for path in sorted((work / "npz").glob("*.npz")):
+        case = load(path)
+        scores, label, n_gold = case["scores"], case["label"].astype(bool), int(case["n_gold"])
+        gaps = []
+        for _ in range(splits):
+            half = rng.random(scores.size) < 0.5
+            gold_a = n_gold // 2
+            _, cut_a = oracle(scores[half], label[half], gold_a)
+            best_b, _ = oracle(scores[~half], label[~half], n_gold - gold_a)
+            gaps.append(best_b - f1_at(scores[~half], label[~half], n_gold - gold_a, cut_a))
+        out.append({"case": path.stem, "extra": path.stem in EXTRA, "translations": int(label.sum()),
+                    "floor": float(np.mean(gaps))})
+    return out
+
+
 def show(rows: list[dict]) -> str:
     lines = [(f"{'case':<34} {'method':<8} {'cut':>6} {'est%':>5} {'true%':>5} | {'F1':>5} {'oracle':>6} {'at':>6} | "
               f"{'gap':>5} {'base':>5} {'s':>5}")]
@@ -186,13 +211,18 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval"))
+    ap.add_argument("command", choices=("extract", "eval", "floor"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.command == "extract":
         extract(args.work)
+        return 0
+    if args.command == "floor":
+        for row in floor(args.work):
+            print(f"{row['case']:<34} {row['translations']:>5} translations among the candidates: "
+                  f"cross-half gap {100 * row['floor']:5.2f} F1")
         return 0
     rows = evaluate(args.work, args.only)
     print(show(rows))
