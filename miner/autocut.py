@@ -99,6 +99,12 @@ START_SHARES = (0.05, 0.2, 0.5, 0.8, 0.95)
 NU_BOUNDS = (3.0, 60.0)
 TAIL_GUARD = 0.5
 GRID = 64
+#: L-BFGS-B runs to a tight convergence. With scipy's defaults (ftol 2.2e-9, gtol 1e-5) a skew-t fit
+#: stopped wherever the likelihood was flat, so score changes of 2.5e-7 (the numpy and the torch
+#: encoder) moved the cut of a 525-candidate job from 1.420 to 1.491 (F1 50.0 -> 45.1); with these,
+#: every measured job gets the same cut from both encoders' scores.
+FIT_OPTIONS = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 3000}
+RESTARTS = 5
 #: Where the non-translations' part may lie, in units of the decoy scores' interquartile range
 #: around their median (see :func:`decoy_scores`): mean in [-0.1, +0.8], sd in [0.7, 1.7] IQRs.
 ANCHOR_MEAN = (-0.1, 0.8)
@@ -286,7 +292,15 @@ def fit_mixture(scores: np.ndarray, null_anchor: tuple[float, float] | None = No
         ln0 = float(np.quantile(z, max(0.02, (1 - w0) * 0.4)))
         lt0 = float(np.quantile(z, min(0.98, 1 - w0 * 0.4)))
         start = [w0, ln0, 0.5, 1.0, lt0, 1.0, -1.0] + [8.0] * heavy_tail
-        result = optimize.minimize(nll, start, method="L-BFGS-B", bounds=bounds + [NU_BOUNDS] * heavy_tail)
+        result = optimize.minimize(nll, start, method="L-BFGS-B", bounds=bounds + [NU_BOUNDS] * heavy_tail,
+                                   options=FIT_OPTIONS)
+        for _ in range(RESTARTS):
+            # A restart drops L-BFGS-B's curvature estimate, which the penalties' kinks mislead.
+            again = optimize.minimize(nll, result.x, method="L-BFGS-B", bounds=bounds + [NU_BOUNDS] * heavy_tail,
+                                      options=FIT_OPTIONS)
+            if again.fun >= result.fun - 1e-6:
+                break
+            result = again
         if best is None or result.fun < best.fun:
             best = result
     w, ln, sn, an, lt, st, at = (float(v) for v in best.x[:7])
