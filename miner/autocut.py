@@ -401,9 +401,11 @@ def best_cut(scores: np.ndarray, posterior: np.ndarray) -> tuple[float, dict]:
 def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
     """Pick the cut of one job (deterministic: the same inputs give the same cut).
 
-    The scores of the one-to-one candidates are modelled as a mixture of two skew-normal parts,
-    non-translations (the low bulk with its right tail) and translations (the high part with its
-    left tail), fitted by maximum likelihood. Each candidate's probability of being a translation
+    The scores of the one-to-one candidates are modelled as a mixture of two parts,
+    non-translations (the low bulk with its right tail: a skew-t or a skew-normal, see
+    ``TAIL_GUARD``) and translations (the high part with its left tail: a skew-normal), fitted by maximum likelihood, the non-translations' part anchored on the decoys; when
+    that fit finds enough translations, a second fit anchors it on their decoys alone
+    (:func:`translation_decoys`). Each candidate's probability of being a translation
     follows, and the cut is the score that maximises the F1 expected under those probabilities;
     it moves up as translations get rarer (sparse corpora) and down as they get commoner.
 
@@ -429,6 +431,7 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
     if mixture.bic_gain < MIN_BIC_GAIN:
         return fallback(inputs, fixed, f"one mode only (one skew-normal explains the scores as well as two parts: "
                                        f"BIC gain {mixture.bic_gain:.1f} < {MIN_BIC_GAIN:g})")
+    bic_gain = mixture.bic_gain
     # Second pass: the non-translations' part anchored on the first fit's translations' decoys.
     # The tests for a second mode above stay the first pass's (the tighter anchor lowers the
     # likelihood of two parts; it refines where the null lies, not whether there are two modes).
@@ -450,7 +453,7 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
         **at_cut,
         "share": round(mixture.share, 4),
         "separation": round(mixture.ashman_d(), 3),
-        "bic_gain": round(mixture.bic_gain, 1),
+        "bic_gain": round(bic_gain, 1),  # the first fit's, which the test for one mode used
         "null_family": family,
         "components": [mixture.component("null"), mixture.component("trans")],
         "decoys": ({"median": round(anchor[0], 6), "iqr": round(anchor[1], 6)} if anchor else None),
