@@ -20,7 +20,7 @@ oracle, mean within 1.
 
 Usage (from the repository root)::
 
-    python bench/threshold.py [--extra] [--only un-fr-sparse,...] [--json out.json] [--work DIR]
+    python bench/threshold.py [--extra] [--seeds 1,2,3] [--only un-fr-sparse,...] [--json out.json] [--work DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def cases(extra: bool) -> list[dict]:
+def cases(extra: bool, seeds: list[int] | None = None) -> list[dict]:
+    """The tuning cases (seed 13), with ``seeds`` the same cases drawn again with each of those
+    seeds (named ``CASE-sN``), and with ``extra`` the cases of other shapes."""
     out = []
     for lang in ("deu", "fra", "spa"):
         for frac, tag in ((0.8, "dense"), (0.05, "sparse")):
@@ -56,6 +58,9 @@ def cases(extra: bool) -> list[dict]:
     for lang in ("ar", "es", "fr", "ru", "zh"):
         for frac, tag in ((0.8, "dense"), (0.05, "sparse")):
             out.append({"name": f"un-{lang}-{tag}", "kind": "un", "src": lang, "tgt": "en", "frac": frac, "args": []})
+    tuning = list(out)
+    for seed in seeds or []:
+        out += [{**c, "name": f"{c['name']}-s{seed}", "args": [*c["args"], "--seed", str(seed)]} for c in tuning]
     if extra:
         out += [
             {"name": "tatoeba-fra-20k-distractors-20pct", "kind": "tatoeba", "src": "fra", "tgt": "eng", "frac": 0.2,
@@ -195,12 +200,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--extra", action="store_true", help="also the cases of other shapes (away from the tuning set)")
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--seeds", default="", metavar="N,N",
+                    help="also each tuning case drawn with these seeds (CASE-sN): how much one draw's oracle "
+                         "says about a method (a 50-pair case's gap moves by several F1 from draw to draw)")
     ap.add_argument("--work", type=Path, default=None, help="keep cases, MINER_HOME and exports here")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args(argv)
     if not TOOL.exists():
         raise SystemExit(f"{TOOL} not found: this bench needs the shared data beside the repository")
-    chosen = cases(args.extra)
+    chosen = cases(args.extra, [int(v) for v in args.seeds.split(",") if v])
     if args.only:
         wanted = set(args.only.split(","))
         chosen = [c for c in chosen if c["name"] in wanted]

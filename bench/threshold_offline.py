@@ -19,12 +19,19 @@ Usage (from the repository root)::
     python bench/threshold_offline.py extract DIR
     python bench/threshold_offline.py eval DIR [--json out.json]
     python bench/threshold_offline.py floor DIR
+    python bench/threshold_offline.py draws DIR   # DIR also holds CASE-sN jobs (bench/threshold.py --seeds)
 
 ``floor``: how noisy each case's oracle is. The candidates are split at random into two halves
 (gold pairs outside the candidates split evenly); the best cut of one half, found *with* the
 gold, is scored on the other half against that half's own oracle. The mean gap over 40 splits is
-what even a gold-tuned cut loses to chance on a case of half this size: a floor no gold-free
-method can be expected to beat.
+what even a gold-tuned cut loses to chance on a case of half this size (it overstates the noise of
+the full case: see ``draws``).
+
+``draws``: for each case mined with several seeds (``bench/threshold.py --seeds``, jobs named
+``CASE-sN`` beside ``CASE``), the auto cut's mean and worst gap over the draws, against two floors
+found with the gold: each draw's oracle cut scored on the other draws (``cross``), and the one cut
+that maximises the mean F1 over all the draws (``fixed``). One draw of a 50-pair case says little
+about a method; the mean over draws says more.
 """
 
 from __future__ import annotations
@@ -164,7 +171,7 @@ def evaluate(work: Path, only: str = "") -> list[dict]:
         n_gold = int(case["n_gold"])
         f = f1_at(case["scores"], case["label"], n_gold, decision.value)
         best, best_t = oracle(case["scores"], case["label"], n_gold)
-        out.append({"case": row["case"], "extra": row["case"] in EXTRA, "method": decision.method,
+        out.append({"case": row["case"], "extra": family(row["case"]) in EXTRA, "method": decision.method,
                     "cut": decision.value, "share": decision.evidence.get("share"),
                     "true_share": float(case["label"].mean()), "precision": decision.evidence.get("precision"),
                     "f1": f, "oracle_f1": best, "oracle_cut": best_t, "gap": best - f,
@@ -190,6 +197,41 @@ def floor(work: Path, splits: int = 40, seed: int = 0) -> list[dict]:
     return out
 
 
+def family(case: str) -> str:
+    """``tatoeba-deu-sparse-s3`` -> ``tatoeba-deu-sparse`` (the draws of one case, ``bench/threshold.py --seeds``)."""
+    head, _, tail = case.rpartition("-s")
+    return head if head and tail.isdigit() else case
+
+
+def draws(work: Path, rows: list[dict]) -> list[dict]:
+    """Per case drawn with several seeds: the auto cut's mean gap over the draws, and two floors.
+
+    ``cross``: each draw's oracle cut (found with its gold) scored on every other draw, mean gap.
+    ``fixed``: the one cut that maximises the mean F1 over the draws, found with all their gold,
+    mean gap: no cut that ignores which draw it is given does better on these draws.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(family(r["case"]), []).append(r)
+    out = []
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        cases = [load(work / "npz" / f"{m['case']}.npz") for m in members]
+        cross = [c_b["oracle"] - f1_at(b["scores"], b["label"], int(b["n_gold"]), c_a["oracle_cut"])
+                 for c_a in members for c_b, b in zip(members, cases) if c_a is not c_b]
+        grid = np.unique(np.concatenate([c["scores"] for c in cases]))
+        grid = grid[(grid > min(m["oracle_cut"] for m in members) - 0.2) & (grid < max(m["oracle_cut"] for m in members) + 0.2)]
+        mean_f1 = [np.mean([f1_at(c["scores"], c["label"], int(c["n_gold"]), t) for c in cases]) for t in grid]
+        best = grid[int(np.argmax(mean_f1))]
+        fixed = [m["oracle_f1"] - f1_at(c["scores"], c["label"], int(c["n_gold"]), best) for m, c in zip(members, cases)]
+        out.append({"case": name, "draws": len(members), "auto": float(np.mean([m["gap"] for m in members])),
+                    "auto_max": float(max(m["gap"] for m in members)),
+                    "within2": sum(m["gap"] <= 0.02 for m in members),
+                    "cross": float(np.mean(cross)), "fixed": float(np.mean(fixed)), "fixed_cut": float(best)})
+    return out
+
+
 def show(rows: list[dict]) -> str:
     lines = [(f"{'case':<34} {'method':<8} {'cut':>6} {'est%':>5} {'true%':>5} | {'F1':>5} {'oracle':>6} {'at':>6} | "
               f"{'gap':>5} {'base':>5} {'s':>5}")]
@@ -211,7 +253,7 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval", "floor"))
+    ap.add_argument("command", choices=("extract", "eval", "floor", "draws"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
@@ -225,6 +267,14 @@ def main(argv=None) -> int:
                   f"cross-half gap {100 * row['floor']:5.2f} F1")
         return 0
     rows = evaluate(args.work, args.only)
+    if args.command == "draws":
+        for r in rows:
+            r["oracle"] = r["oracle_f1"]
+        print(f"{'case':<26} {'draws':>5} | {'auto gap':>8} {'max':>5} {'<=2':>4} | {'cross':>6} {'fixed':>6} {'at':>6}")
+        for d in draws(args.work, rows):
+            print(f"{d['case']:<26} {d['draws']:>5} | {100 * d['auto']:>8.2f} {100 * d['auto_max']:>5.1f} {d['within2']:>4} | "
+                  f"{100 * d['cross']:>6.2f} {100 * d['fixed']:>6.2f} {d['fixed_cut']:>6.3f}")
+        return 0
     print(show(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
