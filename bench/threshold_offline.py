@@ -274,6 +274,9 @@ def main(argv=None) -> int:
         for d in draws(args.work, rows):
             print(f"{d['case']:<26} {d['draws']:>5} | {100 * d['auto']:>8.2f} {100 * d['auto_max']:>5.1f} {d['within2']:>4} | "
                   f"{100 * d['cross']:>6.2f} {100 * d['fixed']:>6.2f} {d['fixed_cut']:>6.3f}")
+        tuning = [100 * r["gap"] for r in rows if not r["extra"]]
+        print(f"all {len(tuning)} jobs of the tuning cases: mean gap {np.mean(tuning):.2f}, "
+              f"within 2 F1: {sum(g <= 2 for g in tuning)}/{len(tuning)}")
         return 0
     print(show(rows))
     if args.json:
