@@ -208,7 +208,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not TOOL.exists():
         raise SystemExit(f"{TOOL} not found: this bench needs the shared data beside the repository")
-    chosen = cases(args.extra, [int(v) for v in args.seeds.split(",") if v])
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    chosen = cases(args.extra, seeds)
     if args.only:
         wanted = set(args.only.split(","))
         chosen = [c for c in chosen if c["name"] in wanted]
