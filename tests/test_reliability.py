@@ -77,6 +77,26 @@ def _kill9(proc) -> None:
     proc.wait()
 
 
+def _kill9_mid(watch, proc, stage: str, timeout: float, after: int = 5, units: int = 56) -> None:
+    """Kill the worker while a lease on a unit of ``stage`` is held, after at least ``after`` of
+    its ``units`` are done.
+
+    The worker is frozen (SIGSTOP) before the lease is checked, so a task that was running when
+    the wait saw it but finished a moment later cannot make the check miss: a frozen worker
+    finishes nothing. When it holds no lease any more, it goes on (SIGCONT) and the wait starts over.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        watch.wait(lambda: watch.done(stage) >= after and watch.running(stage), max(deadline - time.monotonic(), 0.1),
+                   f"{after} {stage} units done and one running")
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if watch.running(stage) >= 1:
+            break
+        os.killpg(proc.pid, signal.SIGCONT)
+    _kill9(proc)
+    assert watch.done(stage) < units and watch.running(stage) >= 1  # its lease outlives it
+
+
 def _check_same_export(tmp_path, home, env, job_id, reference) -> None:
     out = tmp_path / "out.tsv"
     result = run_miner(home, "export", job_id, "-o", out, **env)
@@ -91,13 +111,9 @@ def test_kill9_workers_mid_embed_and_mid_knn(tmp_path, cluster_env, deu_cluster)
     home, env, job_id, watch, workers = _start(tmp_path, cluster_env, deu_cluster)
     try:
         # Killed while an embed task runs (it holds a lease), then while a kNN task runs.
-        watch.wait(lambda: watch.done("embed") >= 5 and watch.running("embed"), 120, "5 embed shards and one running")
-        _kill9(workers[0])
-        assert watch.done("embed") < 56 and watch.running("embed") >= 1  # its lease outlives it
+        _kill9_mid(watch, workers[0], "embed", 120)
         workers += start_workers(tmp_path, home, env, 1, first=1)
-        watch.wait(lambda: watch.done("knn") >= 5 and watch.running("knn"), 180, "5 kNN shards and one running")
-        _kill9(workers[1])
-        assert watch.done("knn") < 56 and watch.running("knn") >= 1
+        _kill9_mid(watch, workers[1], "knn", 180)
         workers += start_workers(tmp_path, home, env, 1, first=2)
         watch.wait(lambda: watch.state() == "done", 180, "the job to finish")
     finally:

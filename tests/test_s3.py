@@ -135,7 +135,7 @@ def test_s3_cluster_gives_the_same_pairs_as_the_embedded_default(deu_s3, deu_emb
 def test_kill9_of_a_worker_mid_embed_on_s3_gives_the_same_export(tmp_path, s3_cluster_env, deu_s3):
     """A worker killed with SIGKILL while it embeds (its upload never made): the unit is sent again
     through its lease, the job finishes with the same export, every unit recorded once."""
-    from .test_reliability import JobWatch, _kill9
+    from .test_reliability import JobWatch, _kill9_mid
 
     assert deu_s3["result"].returncode == 0, deu_s3["result"].stderr[-3000:]
     _bucket, base = s3_cluster_env
@@ -150,9 +150,7 @@ def test_kill9_of_a_worker_mid_embed_on_s3_gives_the_same_export(tmp_path, s3_cl
     watch = JobWatch(env, job_id)
     workers = start_s3_workers(tmp_path, env, 2)
     try:
-        watch.wait(lambda: watch.done("embed") >= 2 and watch.running("embed") >= 1, 180, "2 embed shards and one running")
-        _kill9(workers[0])
-        assert watch.done("embed") < 14 and watch.running("embed") >= 1  # its lease outlives it
+        _kill9_mid(watch, workers[0], "embed", 180, after=2, units=14)
         workers += start_s3_workers(tmp_path, env, 1, first=2)
         watch.wait(lambda: watch.state() in ("done", "failed"), 240, "the job to finish")
     finally:
