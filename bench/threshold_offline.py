@@ -218,7 +218,7 @@ def draws(work: Path, rows: list[dict]) -> list[dict]:
         if len(members) < 2:
             continue
         cases = [load(work / "npz" / f"{m['case']}.npz") for m in members]
-        cross = [c_b["oracle"] - f1_at(b["scores"], b["label"], int(b["n_gold"]), c_a["oracle_cut"])
+        cross = [c_b["oracle_f1"] - f1_at(b["scores"], b["label"], int(b["n_gold"]), c_a["oracle_cut"])
                  for c_a in members for c_b, b in zip(members, cases) if c_a is not c_b]
         grid = np.unique(np.concatenate([c["scores"] for c in cases]))
         grid = grid[(grid > min(m["oracle_cut"] for m in members) - 0.2) & (grid < max(m["oracle_cut"] for m in members) + 0.2)]
@@ -268,8 +268,6 @@ def main(argv=None) -> int:
         return 0
     rows = evaluate(args.work, args.only)
     if args.command == "draws":
-        for r in rows:
-            r["oracle"] = r["oracle_f1"]
         print(f"{'case':<26} {'draws':>5} | {'auto gap':>8} {'max':>5} {'<=2':>4} | {'cross':>6} {'fixed':>6} {'at':>6}")
         for d in draws(args.work, rows):
             print(f"{d['case']:<26} {d['draws']:>5} | {100 * d['auto']:>8.2f} {100 * d['auto_max']:>5.1f} {d['within2']:>4} | "
