@@ -121,7 +121,9 @@ def load(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def inputs_of(case: dict):
+def inputs_of(case: dict, lengths: bool = True):
+    """The case's CutInputs, with the candidates' sentence lengths unless ``lengths`` is False
+    (``--no-lengths``: the method as it was before it modelled them)."""
     from miner.autocut import CutInputs
 
     def decoy(a):
@@ -129,7 +131,8 @@ def inputs_of(case: dict):
 
     return CutInputs(scores=case["scores"], direction=case["direction"], src=case["src"], tgt=case["tgt"],
                      fwd_scores=case["fwd_scores"], bwd_scores=case["bwd_scores"],
-                     fwd_decoy=decoy(case["fwd_decoy"]), bwd_decoy=decoy(case["bwd_decoy"]))
+                     fwd_decoy=decoy(case["fwd_decoy"]), bwd_decoy=decoy(case["bwd_decoy"]),
+                     src_len=case["src_len"] if lengths else None, tgt_len=case["tgt_len"] if lengths else None)
 
 
 def f1_at(scores: np.ndarray, label: np.ndarray, n_gold: int, cut: float) -> float:
@@ -152,7 +155,7 @@ def oracle(scores: np.ndarray, label: np.ndarray, n_gold: int) -> tuple[float, f
     return float(f1[i]), float(s[i])
 
 
-def evaluate(work: Path, only: str = "") -> list[dict]:
+def evaluate(work: Path, only: str = "", lengths: bool = True) -> list[dict]:
     from miner import autocut
 
     path = work / "base.json"
@@ -166,7 +169,7 @@ def evaluate(work: Path, only: str = "") -> list[dict]:
             continue
         case = load(work / "npz" / f"{row['case']}.npz")
         started = time.monotonic()
-        decision = autocut.decide(inputs_of(case), str(case["margin"]), float(case["fixed"]))
+        decision = autocut.decide(inputs_of(case, lengths), str(case["margin"]), float(case["fixed"]))
         seconds = time.monotonic() - started
         n_gold = int(case["n_gold"])
         f = f1_at(case["scores"], case["label"], n_gold, decision.value)
@@ -257,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-lengths", action="store_true",
+                    help="leave the sentence lengths out of the inputs (the method before it modelled them)")
     args = ap.parse_args(argv)
     if args.command == "extract":
         extract(args.work)
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
             print(f"{row['case']:<34} {row['translations']:>5} translations among the candidates: "
                   f"cross-half gap {100 * row['floor']:5.2f} F1")
         return 0
-    rows = evaluate(args.work, args.only)
+    rows = evaluate(args.work, args.only, lengths=not args.no_lengths)
     if args.command == "draws":
         print(f"{'case':<26} {'draws':>5} | {'auto gap':>8} {'max':>5} {'<=2':>4} | {'cross':>6} {'fixed':>6} {'at':>6}")
         for d in draws(args.work, rows):

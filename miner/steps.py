@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from miner import corpora, indexes, mining
 from miner.artifacts import Artifacts, Location, artifacts_for
@@ -425,6 +425,20 @@ def choose_threshold(job: Job, inputs) -> tuple[float | None, dict | None, np.nd
     return float(decision.value), info, probability
 
 
+def sentence_lengths(db_url: str, corpus_id: int, n: int, ids: np.ndarray) -> np.ndarray:
+    """Characters of the sentences ``ids`` of a corpus of ``n`` sentences (the stored,
+    whitespace-normalised text, as the export's length filters count them), from one streamed
+    pass over the corpus' (index, length) rows."""
+    lengths = np.zeros(n, dtype=np.int64)
+    with session_scope(db_url) as s:
+        query = select(Sentence.idx, func.length(Sentence.text)).where(Sentence.corpus_id == corpus_id)
+        for part in s.execute(query.execution_options(yield_per=50_000)).partitions():
+            rows = np.asarray(part, dtype=np.int64).reshape(-1, 2)
+            inside = rows[:, 0] < n
+            lengths[rows[inside, 0]] = rows[inside, 1]
+    return lengths[np.asarray(ids, dtype=np.int64)]
+
+
 def finish(cfg: Config, job_id: int) -> int:
     """Apply the retrieval mode, choose the job's cut (:func:`choose_threshold`) and store the
     candidates with their probabilities (replacing any earlier ones) and the cut's record."""
@@ -437,9 +451,15 @@ def finish(cfg: Config, job_id: int) -> int:
         fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
     )
     from miner.autocut import CutInputs
+    from miner.jobs import threshold_method
 
+    src_len = tgt_len = None
+    if threshold_method(job.options or {}) == "auto":  # the automatic cut models the pairs' length ratios
+        src_len = sentence_lengths(cfg.db_url, sides["src"].corpus_id, sides["src"].n, src)
+        tgt_len = sentence_lengths(cfg.db_url, sides["tgt"].corpus_id, sides["tgt"].n, tgt)
     inputs = CutInputs(scores=scores, direction=direction, src=src, tgt=tgt, fwd_scores=fwd_scores,
-                       bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy)
+                       bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy, src_len=src_len,
+                       tgt_len=tgt_len)
     threshold, info, probability = choose_threshold(job, inputs)
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]

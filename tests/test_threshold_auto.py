@@ -102,6 +102,33 @@ def test_postgres_copy_stores_probabilities_and_threshold_info(postgres_server):
         assert s.get(Job, first).threshold_info == info
     assert [tuple(r) for r in got[first]] == [(0, 0.99), (1, None), (2, 0.01)]
     assert [tuple(r) for r in got[second]] == [(0, None), (1, None), (2, None)]
+    check_sentence_lengths(url)
+
+
+def check_sentence_lengths(url: str) -> None:
+    """steps.sentence_lengths counts characters (not bytes) and follows the ids it is given."""
+    import numpy as np
+
+    from miner import steps
+    from miner.db import Corpus, Sentence, session_scope
+
+    texts = ["Grüße aus Köln.", "中文句子", "a", "Ünïcödé ñ — “quotes”"]
+    with session_scope(url) as s:
+        corpus = Corpus(key="k" * 64, sha256="0" * 64, path="x", state="ready", n_sentences=len(texts))
+        s.add(corpus)
+        s.flush()
+        s.add_all(Sentence(corpus_id=corpus.id, idx=i, line_no=i, text=t) for i, t in enumerate(texts))
+        corpus_id = corpus.id
+    got = steps.sentence_lengths(url, corpus_id, len(texts), np.array([3, 0, 1, 1, 2]))
+    assert got.tolist() == [len(texts[i]) for i in (3, 0, 1, 1, 2)] == [20, 15, 4, 4, 1]
+
+
+def test_sentence_lengths_on_sqlite(tmp_path):
+    from miner.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'miner.db'}"
+    upgrade(url)
+    check_sentence_lengths(url)
 
 
 # --------------------------------------------------------------------------- how a new job's cut is chosen
@@ -289,6 +316,12 @@ def test_default_job_is_auto_and_coherent(sample_jobs):
     assert all(p is not None and 0 <= p <= 1 for p in probabilities)
     assert all(0 <= row["probability"] <= 1 for row in with_p)
     assert {"share", "precision"} <= set(threshold)
+    # The finish step gave the fit each candidate's sentence lengths: the translations' fitted length
+    # ratio is the exported pairs' (nearly all translations) typical one, and tighter than the rest's.
+    length = threshold["length"]
+    exported = [(len(row["src"]) + 1) / (len(row["tgt"]) + 1) for row in with_p if row["score"] >= value]
+    assert length["translations"]["median_ratio"] == pytest.approx(float(np.median(exported)), rel=0.1)
+    assert length["translations"]["quartile_factor"] < length["non-translations"]["quartile_factor"]
     # TSV: the probability is a 4th column; --header names it.
     tsv = folder / "p.tsv"
     assert run_miner(home, "export", job, "-o", tsv, "--with-probability", "--header").returncode == 0
