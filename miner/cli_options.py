@@ -199,8 +199,9 @@ def export_options(fn):
         click.option("--header", is_flag=True,
                      help="Write a header line (score, source, target[, probability][, src_id, tgt_id])."),
         click.option("--with-probability", is_flag=True,
-                     help="Add the estimated probability that the pair is a translation: a 4th TSV column, a JSONL key "
-                          "(--threshold auto jobs; empty / null otherwise)."),
+                     help="Add the estimated probability that the pair is a translation (from its score and its "
+                          "length ratio): a 4th TSV column, a JSONL key (--threshold auto jobs; empty / null "
+                          "otherwise)."),
         click.option("--with-ids", "with_ids", is_flag=True,
                      help="Add src_id and tgt_id columns to TSV (after score, source, target and the probability): "
                           "the input ids (--input-format tsv/jsonl), else 1-based line numbers; a sentence on "
