@@ -138,7 +138,7 @@ REFINE_MIN_TRANSLATIONS = 100.0
 #: scores do not already give. Where the score distribution alone leaves the share of translations
 #: open (small sparse jobs: the likelihood varied by 2-8 units between 3% and 30%), the lengths say
 #: how many candidates pair like translations: over 61 tuning-case jobs the mean gap to the oracle
-#: went from 3.56 to {see docs/quality.md}.
+#: went from 3.56 to 2.88 (docs/quality.md, "Pair lengths").
 LENGTH_NU = 5.0
 LENGTH_BOUNDS = ((-3.0, 3.0), (0.3, 6.0), (-3.0, 3.0), (0.05, 3.0))
 #: Where the fit of the lengths starts (the same for every start).
