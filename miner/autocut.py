@@ -2,8 +2,8 @@
 
 Plain functions on arrays: no database, no Celery.  :func:`decide` takes what the finish step has
 in memory (the one-to-one candidates, their sentences' lengths, and the per-sentence best and decoy
-margin scores) and returns a :class:`Decision`: the cut, how it was found, the evidence, and a per-candidate estimated
-probability of being a translation.
+margin scores) and returns a :class:`Decision`: the cut, how it was found, the evidence, and a
+per-candidate estimated probability of being a translation.
 """
 
 from __future__ import annotations
