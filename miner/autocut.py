@@ -349,13 +349,10 @@ def fit_mixture(scores: np.ndarray, null_anchor: tuple[float, float] | None = No
     from scipy import optimize
 
     scores = np.asarray(scores, dtype=np.float64)
-    dz = None
-    if lengths is not None:
-        sample = _fit_sample(scores, lengths[0])
-        dz = np.asarray(lengths[0], dtype=np.float64)[sample]
-    else:
-        sample = _fit_sample(scores)
+    ratios = None if lengths is None else np.asarray(lengths[0], dtype=np.float64)
+    sample = _fit_sample(scores, ratios)
     x = scores[sample]
+    dz = None if ratios is None else ratios[sample]
     centre = float(np.median(x))
     spread = float(x.std()) or 1.0
     z = (x - centre) / spread
