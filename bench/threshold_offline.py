@@ -214,6 +214,16 @@ def family(case: str) -> str:
     return head if head and tail.isdigit() else case
 
 
+def best_fixed_cut(members: list[dict], cases: list[dict]) -> float:
+    """The one cut that maximises the mean F1 over the draws of a case (found with their gold), among
+    their scores within 0.2 of their oracle cuts."""
+    grid = np.unique(np.concatenate([c["scores"] for c in cases]))
+    grid = grid[(grid > min(m["oracle_cut"] for m in members) - 0.2)
+                & (grid < max(m["oracle_cut"] for m in members) + 0.2)]
+    mean_f1 = [np.mean([f1_at(c["scores"], c["label"], int(c["n_gold"]), t) for c in cases]) for t in grid]
+    return float(grid[int(np.argmax(mean_f1))])
+
+
 def draws(work: Path, rows: list[dict]) -> list[dict]:
     """Per case drawn with several seeds: the auto cut's mean gap over the draws, and two floors.
 
@@ -231,10 +241,7 @@ def draws(work: Path, rows: list[dict]) -> list[dict]:
         cases = [load(work / "npz" / f"{m['case']}.npz") for m in members]
         cross = [c_b["oracle_f1"] - f1_at(b["scores"], b["label"], int(b["n_gold"]), c_a["oracle_cut"])
                  for c_a in members for c_b, b in zip(members, cases) if c_a is not c_b]
-        grid = np.unique(np.concatenate([c["scores"] for c in cases]))
-        grid = grid[(grid > min(m["oracle_cut"] for m in members) - 0.2) & (grid < max(m["oracle_cut"] for m in members) + 0.2)]
-        mean_f1 = [np.mean([f1_at(c["scores"], c["label"], int(c["n_gold"]), t) for c in cases]) for t in grid]
-        best = grid[int(np.argmax(mean_f1))]
+        best = best_fixed_cut(members, cases)
         fixed = [m["oracle_f1"] - f1_at(c["scores"], c["label"], int(c["n_gold"]), best) for m, c in zip(members, cases)]
         out.append({"case": name, "draws": len(members), "auto": float(np.mean([m["gap"] for m in members])),
                     "auto_max": float(max(m["gap"] for m in members)),
@@ -252,11 +259,7 @@ def goal(work: Path, rows: list[dict], runs: int = 20_000, seed: int = 0) -> lis
     gaps: dict[str, list[np.ndarray]] = {"auto": [], "fixed": [], "top-K": []}
     for members in groups.values():
         cases = [load(work / "npz" / f"{m['case']}.npz") for m in members]
-        grid = np.unique(np.concatenate([c["scores"] for c in cases]))
-        grid = grid[(grid > min(m["oracle_cut"] for m in members) - 0.2)
-                    & (grid < max(m["oracle_cut"] for m in members) + 0.2)]
-        mean_f1 = [np.mean([f1_at(c["scores"], c["label"], int(c["n_gold"]), t) for c in cases]) for t in grid]
-        best = grid[int(np.argmax(mean_f1))]
+        best = best_fixed_cut(members, cases)
         fixed, top = [], []
         for m, c in zip(members, cases):
             n_gold = int(c["n_gold"])
