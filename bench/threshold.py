@@ -40,7 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TOOL = SHARED / "tools" / "mining_bench.py"
 DATA = SHARED / "data"
-ISO = {"deu": "de", "fra": "fr", "spa": "es", "eng": "en"}
+ISO = {"deu": "de", "fra": "fr", "spa": "es", "nld": "nl", "pol": "pl", "cmn": "zh", "tha": "th", "eng": "en"}
+#: Every shared Tatoeba language (with 5,000 English distractors) and every UN language (against English).
+TATOEBA = ("deu", "fra", "spa", "nld", "pol", "cmn", "tha")
+UN = ("ar", "es", "fr", "ru", "zh")
 
 
 def log(msg: str) -> None:
@@ -51,11 +54,11 @@ def cases(extra: bool, seeds: list[int] | None = None) -> list[dict]:
     """The tuning cases (seed 13), with ``seeds`` the same cases drawn again with each of those
     seeds (named ``CASE-sN``), and with ``extra`` the cases of other shapes."""
     out = []
-    for lang in ("deu", "fra", "spa"):
+    for lang in TATOEBA:
         for frac, tag in ((0.8, "dense"), (0.05, "sparse")):
             out.append({"name": f"tatoeba-{lang}-{tag}", "kind": "tatoeba", "src": lang, "tgt": "eng", "frac": frac,
                         "args": ["--distractors", str(DATA / "distractors.eng")]})
-    for lang in ("ar", "es", "fr", "ru", "zh"):
+    for lang in UN:
         for frac, tag in ((0.8, "dense"), (0.05, "sparse")):
             out.append({"name": f"un-{lang}-{tag}", "kind": "un", "src": lang, "tgt": "en", "frac": frac, "args": []})
     tuning = list(out)

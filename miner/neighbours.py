@@ -138,7 +138,40 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, n
     index = faiss.IndexFlatIP(v.shape[1])
     if v.shape[0]:
         index.add(v)
-    return knn_index(q, index, k)
+    sims, ids = knn_index(q, index, k)
+    sims = exact_sims(q, v, ids, sims)
+    # Order as knn_blocks merges: descending similarity, then descending id.
+    order = np.lexsort((-ids, -sims), axis=1)
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+#: Queries per chunk of :func:`exact_sims` (bounds its float64 working set: rows x k x dim x 8 bytes).
+EXACT_CHUNK = 2048
+
+
+def exact_sims(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """The inner products of the found neighbours, recomputed one pair at a time in float64.
+
+    FAISS computes similarities with a matrix product whose rounding depends on how many queries
+    and vectors it is given together (differences of ~5e-7 between a side searched in shards of
+    200 and of 10,000), so the same pair would score differently with another shard size.
+    Recomputing each found pair on its own makes a similarity a function of the two vectors only;
+    the neighbours found (and their order, but for exact ties) are FAISS's. ``-inf`` (missing) slots
+    stay as they are. Returns float32 ``(n, k)``.
+    """
+    out = np.array(sims, dtype=np.float32, copy=True)
+    if out.size == 0:
+        return out
+    ids = np.asarray(ids, dtype=np.int64)
+    present = ids >= 0
+    for lo in range(0, ids.shape[0], EXACT_CHUNK):
+        chunk = ids[lo:lo + EXACT_CHUNK]
+        q = queries[lo:lo + EXACT_CHUNK].astype(np.float64)
+        v = vectors[np.where(chunk >= 0, chunk, 0)].astype(np.float64)
+        dots = np.einsum("nd,nkd->nk", q, v, optimize=False)
+        out[lo:lo + EXACT_CHUNK] = np.where(present[lo:lo + EXACT_CHUNK], dots.astype(np.float32),
+                                            out[lo:lo + EXACT_CHUNK])
+    return out
 
 
 def knn_mean(sims: np.ndarray) -> np.ndarray:

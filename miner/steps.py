@@ -150,16 +150,24 @@ def embed(cfg: Config, job_id: int, side: str, start: int, end: int) -> str:
     if not reused:
         from miner.encoders import encode
 
-        texts = _side_texts(cfg, corpus.corpus_id, start, end)
-        if len(texts) != end - start:
-            raise MinerError(f"corpus {corpus.corpus_id} has {len(texts)} sentences in [{start}, {end}); re-ingest it")
+        # Sentences are encoded in blocks of one batch (MINER_EMBED_BATCH_SIZE) aligned on the side's sentence numbers, not
+        # on the shard: a sentence's batch (its neighbours in it, the padding) and so its vector
+        # are then the same whatever the shard size. A shard that starts or ends inside a block
+        # encodes the whole block and keeps its part (at most two blocks more per shard).
+        block = max(1, cfg.embed_batch_size)
+        lo_all = start // block * block
+        hi_all = min(corpus.n, -(-end // block) * block)
+        texts = _side_texts(cfg, corpus.corpus_id, lo_all, hi_all)
+        if len(texts) != hi_all - lo_all:
+            raise MinerError(f"corpus {corpus.corpus_id} has {len(texts)} sentences in [{lo_all}, {hi_all}); "
+                             f"re-ingest it")
         model = _model(cfg, job)
-        chunk = max(1, cfg.embed_batch_size) * 8
         parts = []
-        for lo in range(0, len(texts), chunk):
-            check_stop(job_id)  # a cancelled job stops within one chunk, not at the end of the shard
-            parts.append(encode(model, texts[lo:lo + chunk], batch_size=cfg.embed_batch_size))
+        for lo in range(0, len(texts), block):
+            check_stop(job_id)  # a cancelled job stops within one block, not at the end of the shard
+            parts.append(encode(model, texts[lo:lo + block], batch_size=block))
         vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        vectors = vectors[start - lo_all:end - lo_all]
         art.save_npy(path, vectors.astype(storage_dtype(job, corpus), copy=False))
     record_step(cfg, job_id, "embed", f"{side}:{start}", end - start, reused, seconds=time.monotonic() - started)
     return str(path)
