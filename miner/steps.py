@@ -459,15 +459,9 @@ def finish(cfg: Config, job_id: int) -> int:
         fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
     )
     from miner.autocut import CutInputs
-    from miner.jobs import threshold_method
 
-    src_len = tgt_len = None
-    if threshold_method(job.options or {}) == "auto":  # the automatic cut models the pairs' length ratios
-        src_len = sentence_lengths(cfg.db_url, sides["src"].corpus_id, sides["src"].n, src)
-        tgt_len = sentence_lengths(cfg.db_url, sides["tgt"].corpus_id, sides["tgt"].n, tgt)
     inputs = CutInputs(scores=scores, direction=direction, src=src, tgt=tgt, fwd_scores=fwd_scores,
-                       bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy, src_len=src_len,
-                       tgt_len=tgt_len)
+                       bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy)
     threshold, info, probability = choose_threshold(job, inputs)
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]
