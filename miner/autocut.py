@@ -9,21 +9,25 @@ estimation in proteomics and of Efron's local false discovery rate:
    non-translations' distribution, measured in the same corpora, model and margin. So the
    non-translations' density ``f0`` is a kernel density of the decoys, each weighted by the
    probability that its candidate is a translation.
-2. **How many non-translations: Storey's estimator.** Translations rarely score below the
-   non-translations' median, so the share of non-translations is ``pi0 = F(m) / (1 / 2)`` with
-   ``m`` the median of ``f0`` and ``F`` the (smoothed) distribution of all scores (lambda = 1/2,
-   Storey 2002).
+2. **How many non-translations.** First Storey's estimator: translations rarely score below the
+   null's lower quantiles, so ``pi0 = F(l) / 0.3`` with ``l`` the 30% quantile of ``f0`` and ``F``
+   the (smoothed) distribution of all scores (Storey 2002, with lambda = 0.3). Then, once there
+   are probabilities, the moment version of the same idea: a non-translation's ``F0(score)`` is
+   uniform, a translation's has the mean ``m1`` the probabilities give, so
+   ``mean F0(s) = pi0 / 2 + (1 - pi0) m1`` (:func:`_moment_share`). It sees the translations'
+   lower tail, which on dense data reaches well into the non-translations.
 3. **Each candidate's probability** of being a translation is ``1 - pi0 f0(s) / f(s)`` (one minus
    the local false discovery rate), ``f`` the kernel density of all scores, made non-decreasing
-   in the score. Steps 1-3 repeat until the probabilities settle: the first round weighs every
-   decoy alike, later rounds the translations' decoys.
+   in the score and 0 below ``l``. Steps 1-3 repeat until the probabilities settle: the first
+   round weighs every decoy alike, later rounds the translations' decoys.
 4. **The cut** maximises the F1 expected under those probabilities (:func:`best_cut`).
 
 Nothing is fitted by an optimiser: densities are binned kernel sums on a fixed grid, so the cut is
 a smooth function of the scores (a perturbation of 1e-6 moves it by about as much), cheap (linear
-in the candidates), and the same on every machine. The two constants are textbook defaults, not
-tuned: lambda = 1/2 and Silverman's bandwidth; docs/quality.md shows them chosen
-leave-one-language-out among alternatives, and what the method gets on each shared case.
+in the candidates), and the same on every machine. Its constants: Silverman's bandwidth (a textbook
+default), lambda = 0.3 (chosen leave-one-language-out among 0.3-0.6, with Storey's or the moment
+share), half steps once the rounds start; docs/quality.md shows the choices and what the method
+gets on each shared case.
 
 Plain functions on arrays: no database, no Celery.
 """
@@ -39,9 +43,10 @@ import numpy as np
 MIN_CANDIDATES = 50
 #: Fewer estimated translations than this: no translations worth a cut.
 MIN_TRANSLATIONS = 3.0
-#: Storey's lambda, as a quantile of the null: below the non-translations' median, (almost) only
-#: non-translations score.
-NULL_QUANTILE = 0.5
+#: Storey's lambda, as a quantile of the null: below it (almost) only non-translations score, and
+#: every candidate's probability of a translation is 0. Chosen leave-one-language-out among 0.3-0.6
+#: (docs/quality.md, "Constants"): the lower, the fewer translations fall below it.
+NULL_QUANTILE = 0.3
 #: Points of the density grid (the report draws every GRID_STEP-th of them).
 BINS = 2048
 GRID = 64
@@ -90,7 +95,8 @@ class Decision:
         method: ``auto`` (estimated from the job) or ``fallback`` (the fixed default, see ``reason``).
         reason: why auto fell back (one line), else None.
         evidence: JSON-ready details: estimated share of translations, estimated precision, recall
-            and F1 at the cut, the null's median and bandwidth, the rounds, and ``density`` (a grid
+            and F1 at the cut, the share of non-translations, the score of the null's lambda
+            quantile, the bandwidth, the rounds, and ``density`` (a grid
             of expected counts per unit score for the report:
             ``{"x": [...], "null": [...], "translation": [...]}``).
         probability: float ``(n,)`` estimated probability that each candidate is a translation
@@ -180,13 +186,14 @@ class Grid:
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """The two-groups estimate: the share of non-translations, the null's and all scores' densities
-    on the grid, the probability of a translation on the grid, the null's median, the rounds."""
+    on the grid, the probability of a translation on the grid, the score of the null's lambda
+    quantile (below it every probability is 0), the rounds."""
 
     pi0: float
     null: np.ndarray
     total: np.ndarray
     probability: np.ndarray
-    median: float
+    low: float
     rounds: int
 
 
@@ -199,18 +206,24 @@ def estimate(scores: np.ndarray, decoys: np.ndarray, grid: Grid) -> Estimate:
     total = grid.density(scores)
     x = grid.x
     total_cdf = np.cumsum(total) * grid.step
+    total_cdf /= total_cdf[-1]
     weights = np.ones(decoys.size)
+    probability = None
+    tail = []
     for rounds in range(1, ROUNDS + 1):
         null = grid.density(decoys, weights)
         cdf = np.cumsum(null) * grid.step
-        median = float(np.interp(NULL_QUANTILE * cdf[-1], cdf, x))
-        # The share of scores below the median read off their smoothed distribution, not counted:
-        # a count jumps when one score crosses the median, the smoothed share does not.
-        below = float(np.interp(median, x, total_cdf)) / total_cdf[-1]
-        pi0 = min(1.0, below / NULL_QUANTILE)
+        cdf /= cdf[-1]
+        low = float(np.interp(NULL_QUANTILE, cdf, x))  # Storey's lambda, as a score
+        if probability is None:
+            # Storey: below ``low`` only non-translations. The share of scores below it is read
+            # off their smoothed distribution, not counted: a count jumps when one score crosses.
+            pi0 = min(1.0, float(np.interp(low, x, total_cdf)) / NULL_QUANTILE)
+        else:
+            pi0 = _moment_share(scores, grid.at(cdf, scores), grid.at(probability, scores), pi0)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfdr = np.where(total > 0, np.minimum(1.0, pi0 * null / total), 1.0)
-        probability = _monotone(1.0 - lfdr, int(np.searchsorted(x, median)))
+        probability = _monotone(1.0 - lfdr, x, low, grid.h)
         new = grid.at(probability, scores[finite])
         # Half steps after the first rounds: the fixed point is the same, the path does not
         # oscillate between a null that takes too many decoys and one that takes too few.
@@ -219,19 +232,46 @@ def estimate(scores: np.ndarray, decoys: np.ndarray, grid: Grid) -> Estimate:
         weights = step
         if moved < TOLERANCE:
             break
-    return Estimate(pi0, null, total, probability, median, rounds)
+        if rounds > ROUNDS // 2:  # the second half of the rounds, kept in case they do not settle
+            tail.append((pi0, null, probability, low))
+    else:
+        # No fixed point within ROUNDS (seen on a job with ~5 translations among 500 candidates,
+        # where a handful of decoys make the null and the rounds keep circling): the average of the
+        # second half's estimates, which moves smoothly with the scores where the last round does not.
+        pi0 = float(np.mean([t[0] for t in tail]))
+        null = np.mean([t[1] for t in tail], axis=0)
+        probability = np.mean([t[2] for t in tail], axis=0)
+        low = float(np.mean([t[3] for t in tail]))
+    return Estimate(pi0, null, total, probability, low, rounds)
 
 
-def _monotone(p: np.ndarray, split: int) -> np.ndarray:
+def _moment_share(scores: np.ndarray, null_cdf: np.ndarray, probability: np.ndarray, previous: float) -> float:
+    """The share of non-translations from the mean of ``F0(score)`` over all candidates.
+
+    A non-translation's ``F0(score)`` is uniform (mean 1/2); a translation's has the mean ``m1``
+    that the current probabilities give. So ``mean F0(s) = pi0 / 2 + (1 - pi0) m1``. Storey's
+    estimator is the special case that puts every translation above lambda; this one counts the
+    translations' lower tail where the probabilities see it (on dense data 5-10% of the
+    translations score below the non-translations' median, and Storey's share took them for
+    non-translations: 30% estimated where 19% are, in tatoeba-spa-dense)."""
+    weight = float(probability.sum())
+    if weight <= 0:
+        return previous
+    m1 = float((probability * null_cdf).sum()) / weight
+    if m1 <= 0.5 + 1e-6:
+        return previous
+    return float(np.clip((m1 - float(null_cdf.mean())) / (m1 - 0.5), 0.0, 1.0))
+
+
+def _monotone(p: np.ndarray, x: np.ndarray, low: float, h: float) -> np.ndarray:
     """Non-decreasing in the score: a higher score never makes a pair less likely a translation.
-    Above the null's median the running maximum; below it 0, the assumption that Storey's
-    estimator makes (and the density ratio of two kernel estimates says little in the far lower
-    tail, where a non-zero value would also let the many low candidates' decoys into the null)."""
-    p = np.clip(p, 0.0, 1.0)
-    split = min(max(split, 0), p.size)
-    p[split:] = np.maximum.accumulate(p[split:])
-    p[:split] = 0.0
-    return p
+    Below the null's lambda quantile ``low`` 0, the assumption that Storey's estimator makes (and
+    the density ratio of two kernel estimates says little in the far lower tail, where a non-zero
+    value would also let the many low candidates' decoys into the null); the step to 0 is a ramp
+    one bandwidth ``h`` wide, so that the probabilities move smoothly with ``low`` and the rounds
+    settle instead of cycling."""
+    ramp = np.clip((x - low) / h + 0.5, 0.0, 1.0)
+    return np.maximum.accumulate(np.clip(p, 0.0, 1.0) * ramp)
 
 
 def best_cut(scores: np.ndarray, posterior: np.ndarray) -> tuple[float, dict]:
@@ -302,7 +342,7 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
         **at_cut,
         "share": round(float(posterior.mean()), 4),
         "null_share": round(est.pi0, 4),
-        "null_median": round(est.median, 6),
+        "null_low": round(est.low, 6),
         "bandwidth": round(h, 6),
         "decoys": int(finite.size),
         "rounds": est.rounds,

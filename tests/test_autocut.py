@@ -99,8 +99,12 @@ def test_real_scores_dense_and_sparse(case):
         assert decision.value < 1.1
     elif case == "tatoeba_deu_1000":
         assert got >= best - 0.02 and decision.value < 1.2
-    else:  # 42 translations: the estimate is noisy (this draw is the bench's worst), but above 1.05
-        assert got > fixed + 0.2
+    else:
+        # 42 translations among 525: the estimate is noisy, and this draw is the shared bench's
+        # worst (it counts about 2.5 times too many translations; docs/quality.md). Still twice
+        # the fixed number's F1.
+        assert got > 2 * fixed
+        assert gold.mean() / 3 < decision.evidence["share"] < 3 * gold.mean()
 
 
 def test_the_same_job_from_either_encoder_gets_the_same_cut():

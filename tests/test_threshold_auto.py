@@ -317,7 +317,7 @@ def test_default_job_is_auto_and_coherent(sample_jobs):
     assert all(0 <= row["probability"] <= 1 for row in with_p)
     assert {"share", "precision"} <= set(threshold)
     # The evidence of the empirical null: the decoys it was estimated from, its median below the cut.
-    assert threshold["decoys"] >= 50 and threshold["null_median"] < value
+    assert threshold["decoys"] >= 50 and threshold["null_low"] < value
     assert 0 < threshold["null_share"] <= 1
     # TSV: the probability is a 4th column; --header names it.
     tsv = folder / "p.tsv"
