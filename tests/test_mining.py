@@ -488,7 +488,8 @@ def test_knn_index_on_prebuilt_index_equals_knn():
     index.add(v)
     a = mining.knn_index(q, index, 5)
     b = mining.knn(q, v, 5)
-    np.testing.assert_array_equal(a[0], b[0])
+    # The same neighbours; knn recomputes their similarities pair by pair (last bits may differ).
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
     np.testing.assert_array_equal(a[1], b[1])
     with pytest.raises(UsageError, match="dimension"):
         mining.knn_index(embeddings(rng, 3, 8), index, 2)
@@ -754,3 +755,19 @@ def test_knn_blocks_clips_k_and_rejects_mismatched_dims():
     assert ids[0].tolist() == [0, 1] and ids[1].tolist() == [1, 0]
     with pytest.raises(UsageError):
         mining.knn_blocks(queries, [(0, np.ones((2, 4), dtype=np.float32))], 2)
+
+
+def test_knn_similarities_do_not_depend_on_how_many_vectors_are_searched_together():
+    """FAISS's blocked matrix product rounds by the shapes it is given (the same pair scored
+    differently with shards of 200 and 10,000); knn's similarities are each pair's own float64 dot
+    product, so the queries and targets can be split any way."""
+    rng = np.random.default_rng(33)
+    q, v = embeddings(rng, 300, 64), embeddings(rng, 700, 64)
+    whole = mining.knn(q, v, 4)
+    by_blocks = mining.knn_blocks(q, [(o, v[o:o + 90]) for o in range(0, 700, 90)], 4)
+    by_query = [mining.knn(q[i:i + 7], v, 4) for i in range(0, 300, 7)]
+    np.testing.assert_array_equal(whole[0], by_blocks[0])
+    np.testing.assert_array_equal(whole[1], by_blocks[1])
+    np.testing.assert_array_equal(whole[0], np.concatenate([s for s, _ in by_query]))
+    expected = np.einsum("nd,nkd->nk", q.astype(np.float64), v[whole[1]].astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(whole[0], expected)
