@@ -21,6 +21,10 @@ Usage (from the repository root)::
     python bench/threshold_offline.py floor DIR
     python bench/threshold_offline.py draws DIR   # DIR also holds CASE-sN jobs (bench/threshold.py --seeds)
     python bench/threshold_offline.py goal DIR    # the same DIR: how often a bench run meets the goal
+    python bench/threshold_offline.py lolo DIR    # lambda chosen leave-one-language-out (>= 3 draws a case)
+
+``DIR/npz`` comes from ``extract`` (jobs mined by ``bench/threshold.py``) or from
+``bench/threshold_cases.py DIR`` (the same cases mined in one process: many draws in minutes).
 
 ``floor``: how noisy each case's oracle is. The candidates are split at random into two halves
 (gold pairs outside the candidates split evenly); the best cut of one half, found *with* the
@@ -281,6 +285,82 @@ def goal(work: Path, rows: list[dict], runs: int = 20_000, seed: int = 0) -> lis
     return out
 
 
+def curve(scores: np.ndarray, label: np.ndarray, n_gold: int) -> list[float]:
+    """F1 at every cut of ``bench/threshold.py``'s ``CUTS`` (for the gold-calibrated cut)."""
+    from threshold import CUTS
+
+    s = np.sort(scores)[::-1]
+    hits = np.r_[0, np.cumsum(label[np.argsort(-scores, kind="stable")])]
+    kept = np.searchsorted(-s, -np.asarray(CUTS), side="right")
+    tp = hits[kept]
+    return [float(2 * t / (k + n_gold)) if k + n_gold else 0.0 for t, k in zip(tp, kept)]
+
+
+def language(case: str) -> str:
+    """The language a case is held out with: ``tatoeba-deu-sparse-s2`` -> ``deu``, UN cases by
+    their first language (``un-fr-es-sparse`` -> ``un-fr``)."""
+    parts = case.split("-")
+    return parts[1] if parts[0] == "tatoeba" else f"un-{parts[1]}"
+
+
+def lolo(work: Path, values: list[float]) -> tuple[list[dict], list[str]]:
+    """Leave-one-language-out choice of ``autocut.NULL_QUANTILE`` among ``values``.
+
+    For each value, every stored case (with at least 3 draws) is decided and scored as
+    ``bench/threshold.py`` scores it: per case the mean over its draws of (F1 at the gold-calibrated
+    cut of the other draws - F1 at auto), plus, for a dense case, what it loses beyond 1 F1 to the
+    fixed 1.05 (the issue's goals). For each language, the value that minimises that loss over the
+    *other* languages' cases is chosen and its result on the language's own cases reported."""
+    import threshold as bench
+
+    from miner import autocut
+
+    paths = sorted((work / "npz").glob("*.npz"))
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(family(path.stem), []).append(path)
+    groups = {k: v for k, v in groups.items() if len(v) >= 3}
+    data = {p.stem: load(p) for members in groups.values() for p in members}
+    saved = autocut.NULL_QUANTILE
+    per_value: dict[float, dict[str, dict]] = {}
+    try:
+        for value in values:
+            autocut.NULL_QUANTILE = value
+            rows = []
+            for name, case in data.items():
+                cut = autocut.decide(inputs_of(case, False), str(case["margin"]), float(case["fixed"])).value
+                n_gold = int(case["n_gold"])
+                rows.append({"case": name, "curve": curve(case["scores"], case["label"], n_gold),
+                             "f1": f1_at(case["scores"], case["label"], n_gold, cut),
+                             "f1_at_1.05": f1_at(case["scores"], case["label"], n_gold, 1.05),
+                             "oracle_f1": oracle(case["scores"], case["label"], n_gold)[0]})
+            bench.calibrate(rows)
+            fams: dict[str, dict] = {}
+            for name in groups:
+                members = [r for r in rows if family(r["case"]) == name]
+                auto = 100 * np.mean([r["f1"] for r in members])
+                cal = 100 * np.mean([r["calibrated_f1"] for r in members])
+                fixed = 100 * np.mean([r["f1_at_1.05"] for r in members])
+                loss = cal - auto + (max(0.0, fixed - auto - 1.0) if "dense" in name else 0.0)
+                fams[name] = {"auto": auto, "calibrated": cal, "fixed": fixed, "loss": loss}
+            per_value[value] = fams
+    finally:
+        autocut.NULL_QUANTILE = saved
+    out, lines = [], []
+    for lang in sorted({language(name) for name in groups}):
+        score = {v: np.mean([f["loss"] for n, f in fams.items() if language(n) != lang]) for v, fams in per_value.items()}
+        chosen = min(score, key=lambda v: (score[v], v))
+        for name, f in per_value[chosen].items():
+            if language(name) == lang:
+                out.append({"case": name, "value": chosen, **f})
+    for value, fams in per_value.items():
+        gaps = [f["calibrated"] - f["auto"] for f in fams.values()]
+        below = [f["fixed"] - f["auto"] for n, f in fams.items() if "dense" in n]
+        lines.append(f"NULL_QUANTILE {value:g} on every case: calibrated - auto mean {np.mean(gaps):.2f}, max "
+                     f"{max(gaps):.2f}; dense cases at most {max(below):.2f} below 1.05")
+    return out, lines
+
+
 def show(rows: list[dict]) -> str:
     lines = [(f"{'case':<34} {'method':<8} {'cut':>6} {'est%':>5} {'true%':>5} | {'F1':>5} {'oracle':>6} {'at':>6} | "
               f"{'gap':>5} {'base':>5} {'s':>5}")]
@@ -302,7 +382,7 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal"))
+    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
@@ -312,6 +392,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.command == "extract":
         extract(args.work)
+        return 0
+    if args.command == "lolo":
+        held, lines = lolo(args.work, [0.2, 0.3, 0.4, 0.5, 0.6])
+        print(f"{'case (held out with its language)':<36} {'lambda':>6} | {'auto':>5} {'calib':>5} {'1.05':>5} | {'calib-auto':>10}")
+        for r in held:
+            print(f"{r['case']:<36} {r['value']:>6g} | {r['auto']:>5.1f} {r['calibrated']:>5.1f} {r['fixed']:>5.1f} | "
+                  f"{r['calibrated'] - r['auto']:>10.2f}")
+        gaps = [r["calibrated"] - r["auto"] for r in held]
+        print(f"held out: calibrated - auto mean {np.mean(gaps):.2f}, max {max(gaps):.2f}; chosen: "
+              + ", ".join(f"{v:g} x{sum(r['value'] == v for r in held)}" for v in sorted({r['value'] for r in held})))
+        print("\n".join(lines))
         return 0
     if args.command == "floor":
         for row in floor(args.work):

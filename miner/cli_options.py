@@ -199,8 +199,8 @@ def export_options(fn):
         click.option("--header", is_flag=True,
                      help="Write a header line (score, source, target[, probability][, src_id, tgt_id])."),
         click.option("--with-probability", is_flag=True,
-                     help="Add the estimated probability that the pair is a translation (from its score and its "
-                          "length ratio): a 4th TSV column, a JSONL key (--threshold auto jobs; empty / null "
+                     help="Add the estimated probability that the pair is a translation (from its score, against "
+                          "the job's decoys): a 4th TSV column, a JSONL key (--threshold auto jobs; empty / null "
                           "otherwise)."),
         click.option("--with-ids", "with_ids", is_flag=True,
                      help="Add src_id and tgt_id columns to TSV (after score, source, target and the probability): "

@@ -72,3 +72,38 @@ def test_goal_references_see_overlap(offline, tmp_path):
     assert got["top-K"]["mean_gap"] > 0
     # One case: a run's mean gap is its draw's, so over the runs it averages the three draws'.
     assert got["auto"]["mean_gap"] == pytest.approx(np.mean([100 * r["gap"] for r in rows]), rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import threshold
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return threshold
+
+
+def test_calibrated_cut_comes_from_the_other_draws(bench):
+    """Three draws of one case: translations score 1.5, non-translations 1.0, except that draw s2's
+    translations score 1.2. The other draws' best cut is where their F1 is 1 (any cut in (1.0,
+    1.5]: the first, 1.002); for s2 the other two agree, and 1.002 keeps s2's translations too."""
+    def rows_of(name, t):
+        rows = [(t, f"s{i}", f"t{i}") for i in range(10)] + [(1.0, f"x{i}", f"y{i}") for i in range(30)]
+        gold = {(f"s{i}", f"t{i}") for i in range(10)}
+        return {"case": name, "curve": bench.f1_curve(rows, gold), "f1": 1.0, "f1_at_1.05": 1.0, "oracle_f1": 1.0}
+
+    rows = [rows_of("tatoeba-deu-dense", 1.5), rows_of("tatoeba-deu-dense-s1", 1.5), rows_of("tatoeba-deu-dense-s2", 1.2)]
+    bench.calibrate(rows)
+    assert [r["calibrated_cut"] for r in rows] == [1.002, 1.002, 1.002]
+    assert [r["calibrated_f1"] for r in rows] == [1.0, 1.0, 1.0]
+    summary, ok = bench.goals(rows)
+    assert ok and "tatoeba-deu-dense" in summary and "all goals met" in summary
+    # An auto cut 3 F1 below the calibrated one on a dense case misses the goals.
+    for r in rows:
+        r["f1"] = 0.97
+    assert not bench.goals(rows)[1]
+    # One draw only: no calibrated cut.
+    single = [rows_of("un-fr-sparse", 1.5)]
+    bench.calibrate(single)
+    assert single[0]["calibrated_f1"] is None
