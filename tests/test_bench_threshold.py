@@ -12,14 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def offline():
+def _bench_module(name: str):
+    """A module of bench/ (not a package: imported with bench/ on the path for the import)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import threshold_offline
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return threshold_offline
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return _bench_module("threshold_offline")
 
 
 def save_case(folder: Path, name: str, scores: np.ndarray, label: np.ndarray) -> None:
@@ -76,12 +82,7 @@ def test_goal_references_see_overlap(offline, tmp_path):
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import threshold
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return threshold
+    return _bench_module("threshold")
 
 
 def test_calibrated_cut_comes_from_the_other_draws(bench):
