@@ -202,6 +202,25 @@ def goals(rows: list[dict]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def markdown(rows: list[dict]) -> str:
+    """The per-case table of :func:`goals` as Markdown (docs/quality.md, README)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(family(row["case"]), []).append(row)
+    lines = ["| case | draws | F1 auto | calibrated | 1.05 | oracle | calibrated - auto | auto - 1.05 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, members in groups.items():
+        def mean(key):
+            vals = [m[key] for m in members if m.get(key) is not None]
+            return 100 * sum(vals) / len(vals) if vals else float("nan")
+        auto, cal, fixed, best = mean("f1"), mean("calibrated_f1"), mean("f1_at_1.05"), mean("oracle_f1")
+        cal_text = f"{cal:.1f}" if cal == cal else "-"
+        gap_text = f"{cal - auto:.2f}" if cal == cal else "-"
+        lines.append(f"| {name} | {len(members)} | **{auto:.1f}** | {cal_text} | {fixed:.1f} | {best:.1f} | {gap_text} | "
+                     f"{auto - fixed:+.1f} |")
+    return "\n".join(lines)
+
+
 def miner(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MINER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     for var in ("MINER_DB_URL", "MINER_BROKER_URL", "MINER_RESULT_BACKEND", "MINER_ARTIFACTS"):
@@ -280,6 +299,9 @@ def main(argv=None) -> int:
                          "says about a method (a 50-pair case's gap moves by several F1 from draw to draw)")
     ap.add_argument("--work", type=Path, default=None, help="keep cases, MINER_HOME and exports here")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="do not mine: print the tables of the rows an earlier run wrote with --json")
+    ap.add_argument("--markdown", action="store_true", help="also print the per-case table as Markdown")
     args = ap.parse_args(argv)
     if not TOOL.exists():
         raise SystemExit(f"{TOOL} not found: this bench needs the shared data beside the repository")
@@ -291,16 +313,22 @@ def main(argv=None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         chosen = [c for c in chosen if c["name"] in wanted]
-    with tempfile.TemporaryDirectory(prefix="bench-threshold-") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        rows = [run_case(case, work, work / "home") for case in chosen]
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-threshold-") as tmp:
+            work = args.work or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            rows = [run_case(case, work, work / "home") for case in chosen]
     calibrate(rows)
     print(table(rows))
     summary, _ = goals(rows)
     print()
     print(summary)
-    if args.json:
+    if args.markdown:
+        print()
+        print(markdown(rows))
+    if args.json and not args.from_json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
