@@ -324,7 +324,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
         if error.get("type") == "extra_forbidden":
             message = "unknown option"
         parts.append(f"{where}: {message}" if where else message)
-    return 422, "; ".join(parts) or "invalid request"
+    # A value outside its range or choices is a bad option (400, as `miner submit` exits 2 for it);
+    # a body or parameter of the wrong shape (a missing field, a wrong type, an unknown key) is 422.
+    status = 400 if errors and all(e.get("type") in _BAD_VALUE for e in errors) else 422
+    return status, "; ".join(parts) or "invalid request"
+
+
+#: pydantic error types of a value that has the right type but is not allowed.
+_BAD_VALUE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "literal_error",
+              "enum", "string_too_short", "string_too_long", "too_short", "too_long", "finite_number"}
 
 
 def create_app(cfg: Config) -> FastAPI:

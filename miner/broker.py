@@ -135,13 +135,10 @@ def ping(sock: Path, timeout: float = 5.0) -> bool:
 
 
 def _private_folder(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise BrokerUnavailable(f"{path} belongs to another user; set MINER_HOME to a shorter path (the broker "
-                                f"socket then lives under MINER_HOME)")
-    if info.st_mode & 0o077:
-        path.chmod(0o700)
+    from miner.locks import private_folder
+
+    private_folder(path, BrokerUnavailable, "set MINER_HOME to a shorter path (the broker socket then lives "
+                                            "under MINER_HOME)")
 
 
 def ensure(home: Path) -> Path:

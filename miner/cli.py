@@ -82,8 +82,8 @@ def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_pr
                           with_probability=with_probability, with_ids=with_ids)
     if result.summary:
         click.echo(f"job {job_id} {result.summary}", err=True)
-    where = " and ".join(result.paths)
-    click.echo(f"job {job_id}: {result.written} pairs written to {where}", err=True)
+    where = " and ".join("standard output" if path == "-" else path for path in result.paths)
+    click.echo(f"job {job_id}: {result.written} pair{'' if result.written == 1 else 's'} written to {where}", err=True)
 
 
 def _warn_filesystem_broker(cfg: Config) -> None:
@@ -364,7 +364,9 @@ def jobs(ctx, as_json, limit):
     click.echo(f"{'id':>5}  {'state':<9}  {'langs':<7}  {'model':<10}  {'pairs':>8}  created")
     for r in rows:
         pairs = "" if r["pairs"] is None else f"{r['pairs']:,}"
-        click.echo(f"{r['id']:>5}  {r['state']:<9}  {r['langs']:<7}  {r['model'][:10]:<10}  {pairs:>8}  {r['created_at'][:19]}")
+        note = f"  stalled: no worker on it (`miner status {r['id']}`)" if r.get("stalled") else ""
+        click.echo(f"{r['id']:>5}  {r['state']:<9}  {r['langs']:<7}  {r['model'][:10]:<10}  {pairs:>8}  "
+                   f"{r['created_at'][:19]}{note}")
 
 
 @main.command()

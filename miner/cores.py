@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 _registration: int | None = None  # the fd holding this worker's lock (inherited by its pool processes)
+_registration_path: Path | None = None
 
 
 def share_dir() -> Path:
@@ -34,9 +35,12 @@ def register(slots: int, folder: Path | None = None) -> Path:
     """Register this process as a worker with ``slots`` task processes until it exits; returns the
     registration file. The lock is taken before the file gets its name, so no other process ever
     sees it unlocked (and takes it for a dead worker's)."""
-    global _registration
+    global _registration, _registration_path
+    from miner.errors import MinerError
+    from miner.locks import private_folder
+
     folder = folder or share_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(folder, MinerError, "set MINER_CORES_DIR to a folder of your own (or give the worker --threads)")
     name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.slots"
     tmp = folder / f".{name}.tmp"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -45,8 +49,19 @@ def register(slots: int, folder: Path | None = None) -> Path:
     os.replace(tmp, folder / name)
     if _registration is not None:
         os.close(_registration)
-    _registration = fd
+    _registration, _registration_path = fd, folder / name
     return folder / name
+
+
+def unregister() -> None:
+    """Remove this worker's registration (a clean shutdown); a killed worker's file is removed by
+    the next :func:`live_slots` instead, its lock being free."""
+    global _registration, _registration_path
+    if _registration_path is not None:
+        _registration_path.unlink(missing_ok=True)
+    if _registration is not None:
+        os.close(_registration)
+    _registration = _registration_path = None
 
 
 def live_slots(folder: Path | None = None) -> int:

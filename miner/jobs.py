@@ -371,9 +371,11 @@ def job_status(cfg: Config, job_id: int) -> dict:
             }
         )
     threshold = threshold_status(job)
+    last_step = max((w["last_seen"] for w in workers if w["last_seen"]), default=None)
     return {
         "id": job.id,
         "state": job.state,
+        "stalled": stalled(cfg, job, now, running, last_step),
         "error": job.error,
         "exit_code": job.exit_code,
         "src": job.src_path,
@@ -396,6 +398,24 @@ def job_status(cfg: Config, job_id: int) -> dict:
         "finished_at": _iso(job.finished_at),
         "elapsed_s": round(elapsed, 1),
     }
+
+
+def stalled(cfg: Config, job: Job, now, running: list[dict], last_step: str | None) -> dict | None:
+    """For a running job with no sign of life for more than twice ``MINER_LEASE_SECONDS`` (no lease
+    renewed, no unit finished, no unit started): ``{"quiet_s": seconds, "hint": what to do}``; else
+    None. A worker renews its leases every few seconds while it works, so a job this quiet has no
+    live worker on it (or waits behind another job's tasks)."""
+    if job.state != "running":
+        return None
+    marks = [job.started_at or job.created_at]
+    if last_step:
+        marks.append(dt.datetime.fromisoformat(last_step).replace(tzinfo=None))
+    quiet = min([(now - max(marks)).total_seconds()] + [lease["heartbeat_age_s"] for lease in running])
+    if quiet <= 2 * cfg.lease_seconds:
+        return None
+    return {"quiet_s": round(quiet, 1),
+            "hint": f"no worker has renewed a lease or finished a unit of it for {quiet:.0f}s: if no worker is "
+                    f"running, start one (`miner worker`) or resume the job (`miner retry {job.id}`)"}
 
 
 def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
@@ -427,12 +447,24 @@ def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[di
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
+    from miner.db import JobLease
+
+    now = utcnow()
     with session_scope(cfg.db_url) as s:
         jobs = s.scalars(query).all()
+        quiet = {}
+        for j in jobs:
+            if j.state != "running":
+                continue
+            marks = [j.started_at or j.created_at,
+                     s.scalar(select(func.max(JobStep.finished_at)).where(JobStep.job_id == j.id)),
+                     s.scalar(select(func.max(JobLease.heartbeat_at)).where(JobLease.job_id == j.id))]
+            quiet[j.id] = (now - max(m for m in marks if m is not None)).total_seconds()
         return [
             {
                 "id": j.id,
                 "state": j.state,
+                "stalled": quiet.get(j.id, 0.0) > 2 * cfg.lease_seconds,
                 "src": j.src_path,
                 "tgt": j.tgt_path,
                 "langs": f"{j.src_lang}-{j.tgt_lang}",
@@ -459,6 +491,30 @@ def check_input_formats(src: Path, tgt: Path, options: JobOptions, warn) -> None
                  "pass --input-format tsv to read the ids")
 
 
+def check_sentence_counts(src: Path, tgt: Path, k: int) -> None:
+    """Before the job exists: each side has a sentence (a file of blank lines only is bad input,
+    as an empty file is), and a ``k`` above the default is smaller than each side (with ``k``
+    neighbours out of ``k`` or fewer sentences the margin's neighbourhood mean is the whole side's,
+    and scores leave their range: a top pair scored 1294.7 with --k 500 on 300 / 400 lines). The
+    default ``k`` on a side of a few sentences keeps working: the kNN step takes every sentence
+    there, and a mean over so few includes the partner. Reads at most ``k + 1`` sentences a side."""
+    from miner.defaults import K
+    from miner.errors import InputFileError
+    from miner.reader import count_sentences
+
+    for path in (src, tgt):
+        n = count_sentences(path, k + 1)
+        if n is None:
+            continue
+        if n == 0:
+            raise InputFileError(f"input file has no sentences (every line is blank): {path} -- pass a text file "
+                                 f"with one sentence per line")
+        if k > K and n <= k:
+            fewer = f" (at most {n - 1})" if n > 1 else ""
+            raise UsageError(f"--k {k} needs more than {k} sentences on each side, and {path} has {n}; "
+                             f"pass a smaller --k{fewer}")
+
+
 def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> tuple[int, bool]:
     """Check inputs and options (``opts``: those of ``miner mine`` / ``submit``), then create the job
     row in the database that ``open_db()`` returns the configuration of (brought up to date first).
@@ -472,6 +528,7 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
 
     for path in (src, tgt):
         check_input_file(path)
+    check_sentence_counts(src, tgt, int(opts["k"]))
     if _same_input(src, tgt):
         warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
     spec = resolve_model(opts["model"])
@@ -479,6 +536,12 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     check_trust(spec, trust)  # a local model that needs its own code fails here, not in a worker
     for side in ("src_lang", "tgt_lang"):
         for message in language_warnings(opts[side], spec.languages, opts["model"]):
+            warn(message)
+    from miner.langid import side_language_warning
+
+    for side, path, other in (("src", src, "tgt_lang"), ("tgt", tgt, "src_lang")):
+        message = side_language_warning(path, opts[f"{side}_lang"], side, opts[other])
+        if message:
             warn(message)
     method, threshold, fallback = threshold_choice(spec, opts["margin"], opts["threshold"], cfg.home)
     options = JobOptions(

@@ -1,4 +1,5 @@
-"""Advisory locks between processes on one machine: ``flock`` on a lock file."""
+"""Advisory locks between processes on one machine (``flock`` on a lock file), and the private
+folders they live in."""
 
 from __future__ import annotations
 
@@ -19,3 +20,16 @@ def file_lock(path: Path | str, how: int = fcntl.LOCK_EX) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def private_folder(path: Path, error: type[Exception], hint: str) -> None:
+    """Create ``path`` (mode 0700) or check the one that is there: it must belong to this user
+    (another local user could have created it first, to read or replace what goes in it; then
+    ``error`` is raised, its message ending with ``hint``), and it is made 0700 if it is more open."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise error(f"{path} belongs to another user; {hint}")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)

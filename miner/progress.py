@@ -48,6 +48,8 @@ def status_lines(status: dict) -> list[str]:
     if status.get("workers"):
         names = ", ".join(f"{w['name']} ({w['units']})" for w in status["workers"])
         lines.append(f"  workers seen: {len(status['workers'])}: {names}")
+    if status.get("stalled"):
+        lines.append(f"  stalled: {status['stalled']['hint']}")
     for lease in status.get("running") or []:
         lines.append(f"  running: {lease['stage']} {lease['unit']} on {lease['worker']} "
                      f"(heartbeat {lease['heartbeat_age_s']:.0f}s ago)")

@@ -288,6 +288,57 @@ def check_input_file(path: PathLike) -> None:
             )
 
 
+def sample_sentences(path: PathLike, n: int) -> list[str] | None:
+    """The first ``n`` non-blank lines of an input corpus (normalised), for checks before a job
+    exists; None where :func:`count_sentences` gives None."""
+    spath = os.fsdecode(path)
+    if is_url(spath):
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(spath).st_mode):
+            return None
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    out: list[str] = []
+    try:
+        with open_text_stream(spath) as stream:
+            for raw in stream:
+                text = normalise(raw.decode("utf-8", errors="replace"))
+                if text:
+                    out.append(text)
+                    if len(out) >= n:
+                        break
+    except _READ_ERRORS:
+        pass
+    return out
+
+
+def count_sentences(path: PathLike, at_most: int) -> int | None:
+    """Non-blank lines of an input corpus (after :func:`normalise`), counted up to ``at_most``:
+    cheap whatever the file's size, for the checks before a job exists (a file of blank lines only,
+    ``k`` against a side's size). None for what must not be read twice (pipes, devices) and for
+    object-store URLs; corrupt data counts as far as it reads (ingest reports it)."""
+    spath = os.fsdecode(path)
+    if is_url(spath):
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(spath).st_mode):
+            return None
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    count = 0
+    try:
+        with open_text_stream(spath) as stream:
+            for raw in stream:
+                if normalise(raw.decode("utf-8", errors="replace")):
+                    count += 1
+                    if count >= at_most:
+                        break
+    except _READ_ERRORS:
+        pass
+    return count
+
+
 def _non_text_ratio(sample: bytes) -> float:
     """Share of bytes in ``sample`` that are not text.
 

@@ -202,7 +202,7 @@ def render_report(cfg: Config, job_id: int, *, per_band: int = 10, seed: int = 0
     ``samples``), without writing anything (``miner report`` and :mod:`miner.api`)."""
     log = log or (lambda message: None)
     if per_band < 0:
-        raise UsageError(f"--sample must be at least 0, got {per_band}")
+        raise UsageError(f"--per-band must be at least 0, got {per_band}")
     job = load_done_job(cfg, job_id, "report")
     log(f"report job {job_id}: reading the candidates")
     scores, src_len, tgt_len, src_idx, tgt_idx = _load(cfg, job)
@@ -335,7 +335,7 @@ def _html(job, corpora: dict, summary: dict, bands: list[Band], png: bytes, scor
     out.append("<h2>Random sample per band</h2>")
     out.append('<p class="note">Line numbers are 1-based lines of the input files.</p>')
     for b in bands:
-        out.append(f"<h3>{e(b.name)}: scores {e(_fmt_range(b.lo, b.hi))} ({b.count:,} pairs)</h3>")
+        out.append(f"<h3>{e(b.name)}: scores {e(_fmt_range(b.lo, b.hi))} ({b.count:,} pair{'' if b.count == 1 else 's'})</h3>")
         if not b.sample:
             out.append('<p class="note">no pairs in this band</p>')
             continue

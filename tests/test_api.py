@@ -193,14 +193,17 @@ def test_bad_requests_are_one_line_json_errors(server, mined):
     assert_error(*post(raw=b"{not json"), 400, "not valid JSON")
     assert_error(*post([1, 2]), 422, "JSON object")
     assert_error(*post({"src": "sample.de"}), 422, "tgt: Field required")
-    assert_error(*post({**REQUEST, "k": 0}), 422, "k: ")
+    assert_error(*post({**REQUEST, "k": 0}), 400, "k: ")  # a bad option, as the README says
+    assert_error(*post({**REQUEST, "margin": "cosine"}), 400, "margin: ")
+    assert_error(*post({**REQUEST, "k": "four"}), 422, "k: ")  # the wrong shape
+    assert_error(*post({**REQUEST, "k": 5000}), 400, "--k 5000 needs more than 5000 sentences")
     assert_error(*post({**REQUEST, "threshold": "high"}), 422, "threshold")
     assert_error(*post({**REQUEST, "no_such_option": 1}), 422, "no_such_option: unknown option")
     assert_error(*post({**REQUEST, "src": "missing.de"}), 400, "missing.de")
     assert_error(*post({**REQUEST, "columns": "id,text", "input_format": "text"}), 400, "columns")
     # curl -d sends a form content type: the body is still read as JSON.
     assert_error(*post(raw=b'{"src": "sample.de"}'), 422, "Field required")
-    assert_error(*call(server, "GET", "/api/jobs?state=bogus")[::2], 422, "state")
+    assert_error(*call(server, "GET", "/api/jobs?state=bogus")[::2], 400, "state")
     assert_error(*call(server, "GET", "/api/jobs/987654")[::2], 404, "no job 987654")
     assert_error(*call(server, "GET", "/api/jobs/abc")[::2], 422, "job_id")
     for path in ("/api/jobs/987654/export", "/api/jobs/987654/report"):
@@ -208,7 +211,7 @@ def test_bad_requests_are_one_line_json_errors(server, mined):
     assert_error(*call(server, "POST", "/api/jobs/987654/cancel")[::2], 404, "no job")
     assert_error(*call(server, "POST", "/api/jobs/987654/retry")[::2], 404, "no job")
     assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=moses")[::2], 400, "moses")
-    assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=xml")[::2], 422, "format")
+    assert_error(*call(server, "GET", f"/api/jobs/{mined['id']}/export?format=xml")[::2], 400, "format")
     assert_error(*call(server, "GET", "/api/nothing-here")[::2], 404)
     status, _, page = call(server, "GET", "/jobs/987654", headers={"Cookie": f"miner_token={TOKEN}"}, token=None)
     assert status == 404 and b"no job 987654" in page

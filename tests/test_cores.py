@@ -12,6 +12,7 @@ import time
 import pytest
 
 from miner import cores
+from miner.errors import MinerError
 
 from .conftest import miner_env, run_miner
 
@@ -19,6 +20,7 @@ REGISTER = """
 import sys
 from pathlib import Path
 from miner import cores
+from miner.errors import MinerError
 cores.register(int(sys.argv[2]), Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.read()
@@ -91,7 +93,30 @@ def test_miner_worker_registers_unless_threads_are_given(tmp_path, threads):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         log.close()
+    # A clean shutdown removes its registration itself (before live_slots would clean up after it).
+    assert list(folder.glob("*.slots")) == []
     assert cores.live_slots(folder) == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_a_cores_folder_of_another_user_is_refused(tmp_path):
+    """Another local user who created /tmp/bitext-miner-<uid>/cores first could count as many slots
+    as they like there (starving the workers of threads) or read the host's worker list."""
+    folder = tmp_path / "cores"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, 65534, 65534)  # nobody (the tests run as root, as CI does)
+    with pytest.raises(MinerError, match="belongs to another user; set MINER_CORES_DIR"):
+        cores.register(1, folder)
+    assert list(folder.iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o777)
+    mine.chmod(0o777)
+    path = cores.register(2, mine)
+    try:
+        assert mine.stat().st_mode & 0o777 == 0o700 and cores.live_slots(mine) == 2
+    finally:
+        cores.unregister()
+    assert not path.exists()
 
 
 def test_a_loaded_model_follows_the_thread_count():

@@ -20,8 +20,8 @@ def _job_id(result: subprocess.CompletedProcess) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def _status(home, job_id) -> dict:
-    result = run_miner(home, "status", job_id, "--json", timeout=60)
+def _status(home, job_id, **env) -> dict:
+    result = run_miner(home, "status", job_id, "--json", timeout=60, **env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -193,14 +193,14 @@ def test_mine_messy_input_and_failures(tmp_path):
     assert last.startswith("Error: job 2 failed: ingest: ") and "line 4" in last and "--on-decode-error" in last
     assert "Traceback" not in result.stderr
 
+    # Blank lines only: refused before a job exists, like an empty file.
     blank = tmp_path / "blank.de"
     blank.write_text("\n   \n\t\n", encoding="utf-8")
     result = run_miner(home, "mine", blank, tgt, "--src-lang", "de", "--tgt-lang", "en", "-o", out)
     assert result.returncode == 3
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: job 3 failed: ingest: ") and "no sentences left" in last
-    status = _status(home, 3)
-    assert status["state"] == "failed"
+    assert last.startswith("Error: input file has no sentences (every line is blank): ")
+    assert max(j["id"] for j in json.loads(run_miner(home, "jobs", "--json").stdout)) == 2  # no job 3
 
 
 def test_unwritable_artifacts_fail_the_job_clearly_and_retry_resumes(tmp_path):
@@ -243,3 +243,44 @@ def test_unwritable_artifacts_fail_the_job_clearly_and_retry_resumes(tmp_path):
     result = run_miner(home, "jobs", MINER_ARTIFACTS=str(blocked / "sub"))
     assert result.returncode == 1
     assert f"cannot use {blocked / 'sub'}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_job_whose_worker_died_shows_as_stalled(tmp_path):
+    """An interrupted job stayed `running` in `status` and `jobs` for good, its elapsed time
+    climbing, with nothing saying that no worker was on it. Now, once no lease has been renewed and
+    no unit finished for twice MINER_LEASE_SECONDS, both say so and what to do."""
+    import os
+    import time
+
+    from .conftest import start_workers, stop_workers
+
+    case = make_case(tmp_path / "case", "deu", 5000)
+    home = tmp_path / "home"
+    env = {"MINER_HEARTBEAT_SECONDS": "0.5", "MINER_LEASE_SECONDS": "2"}
+    workers = start_workers(tmp_path, home, env, 1)
+    try:
+        result = run_miner(home, "submit", case["src"], case["tgt"], "--src-lang", "de", "--tgt-lang", "en",
+                           "--shard-size", "250", **env)
+        assert result.returncode == 0, result.stderr
+        job_id = _job_id(result)
+        deadline = time.monotonic() + 240
+        while True:  # until a unit runs: its lease is fresh, the job is not stalled
+            status = _status(home, job_id, **env)
+            if status["state"] == "running" and status["running"]:
+                break
+            assert status["state"] in ("queued", "running") and time.monotonic() < deadline, status
+        assert status["stalled"] is None
+        os.killpg(workers[0].pid, signal.SIGKILL)  # the worker and its pool child, mid-unit
+        workers[0].wait(30)
+        deadline = time.monotonic() + 60
+        while not (status := _status(home, job_id, **env))["stalled"]:
+            assert status["state"] == "running" and time.monotonic() < deadline, status
+    finally:
+        stop_workers([w for w in workers if w.poll() is None])
+    assert status["stalled"]["quiet_s"] > 4
+    assert f"(`miner retry {job_id}`)" in status["stalled"]["hint"] and "`miner worker`" in status["stalled"]["hint"]
+    text = run_miner(home, "status", job_id, **env).stdout
+    assert "  stalled: no worker has renewed a lease or finished a unit of it for" in text
+    listed = json.loads(run_miner(home, "jobs", "--json", **env).stdout)
+    assert [j["stalled"] for j in listed if j["id"] == job_id] == [True]
+    assert "stalled: no worker on it" in run_miner(home, "jobs", **env).stdout

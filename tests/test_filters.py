@@ -409,3 +409,13 @@ def test_mine_writes_what_export_writes(job, mined_again):
                                            "--tgt-lang", "en", "--threshold", "1.05", *map(str, args)])
         assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
         assert "already mines" not in result.output
+
+
+def test_export_counts_read_as_english(job):
+    """"1 pair", not "1 pairs"; "-" is standard output, not a file named "-"."""
+    top = job["base"][0][0]
+    out, stderr = export(job, "--min-score", repr(top), name="one.tsv")
+    assert stderr.strip().splitlines()[-1] == f"job {job['id']}: 1 pair written to {out}"
+    result = CliRunner().invoke(main, ["export", str(job["id"]), "-o", "-", "--min-score", repr(top)])
+    assert result.exit_code == 0, result.output
+    assert f"job {job['id']}: 1 pair written to standard output" in result.output

@@ -73,6 +73,12 @@ def size_threads(app) -> int:
     return threads
 
 
+@signals.worker_shutdown.connect
+def _unregister(sender=None, **kwargs) -> None:
+    """A clean shutdown leaves no registration behind (:func:`miner.cores.unregister`)."""
+    cores.unregister()
+
+
 @signals.celeryd_after_setup.connect
 def _remember_name(sender=None, instance=None, **kwargs) -> None:
     """Pool children inherit the node name; steps record it ("workers seen" in `miner status`)."""
