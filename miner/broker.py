@@ -245,7 +245,7 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
         [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
          "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
          "--daemonize", "no", "--loglevel", "warning", "--logfile", "", "--protected-mode", "yes"],
-        stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(folder),
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(folder), preexec_fn=_die_with_parent,
     )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -253,9 +253,18 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} broker {os.getpid()}: redis-server {redis.pid} on {sock}",
           flush=True)
     idle_since = None
+    had_socket = False
     try:
         while redis.poll() is None and not stopping:
             time.sleep(0.25)
+            had_socket = had_socket or sock.exists()  # Redis may take a while to create it at first
+            if not folder.is_dir() or (had_socket and not sock.exists()):
+                # MINER_HOME removed (a script's temporary home) or the socket deleted: nobody can
+                # reach this server again, so it must not live on.
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} broker {os.getpid()}: "
+                      f"{'its folder' if not folder.is_dir() else 'the socket'} is gone; stopping", flush=True)
+                _stop_redis(redis, sock)
+                break
             with file_lock(folder / "start.lock", fcntl.LOCK_EX):
                 try:
                     with file_lock(folder / "users.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
@@ -266,13 +275,30 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
                             break
                 except BlockingIOError:
                     idle_since = None
+    except OSError:  # the folder went away between the look and the lock
+        pass
     finally:
         if redis.poll() is None:
-            with file_lock(folder / "start.lock", fcntl.LOCK_EX):
+            try:
+                with file_lock(folder / "start.lock", fcntl.LOCK_EX):
+                    _stop_redis(redis, sock)
+            except OSError:  # no folder to lock in: nobody can start a new server there either
                 _stop_redis(redis, sock)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} broker {os.getpid()}: stopped (redis exit code "
           f"{redis.returncode})", flush=True)
     return 0
+
+
+def _die_with_parent() -> None:
+    """In the Redis child before exec: the kernel sends it SIGTERM when the supervisor dies, however
+    it dies (``kill -9`` included), so no server outlives the process that watches its users.
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere the supervisor's own stop is all there is."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_redis(redis: subprocess.Popen, sock: Path) -> None:

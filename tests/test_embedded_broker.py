@@ -228,3 +228,64 @@ def test_a_loading_server_is_waited_for_not_replaced(tmp_path):
         broker.release(home)
         server.close()
     assert broker.probe(tmp_path / "nothing.sock") == "down"
+
+
+def _servers(sock: Path) -> list[int]:
+    """Pids of redis-server processes listening on ``sock`` (Redis rewrites its command line to
+    ``redis-server unixsocket:SOCK``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"redis-server" in cmdline and os.fsencode(str(sock)) in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_the_server_stops_when_its_home_is_removed(tmp_path):
+    """`miner mine` in a temporary home, then `rm -rf` of that home as soon as `mine` returns: the
+    supervisor crashed on the lock files' folder going away and its redis-server ran on for good
+    (five had piled up in an hour of scripts with temporary homes). Here a process still holds the
+    broker while the home is removed, so only the removal can stop the server."""
+    import shutil
+
+    home = tmp_path / "home"
+    result = run_miner(home, *MINE, "-o", tmp_path / "out.tsv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    user = _user(home)
+    try:
+        sock = broker.socket_path(home)
+        assert len(_servers(sock)) == 1
+        shutil.rmtree(home)
+        wait_for(lambda: not _servers(sock) and not _supervisors(home), "the server of the removed home to stop", 30)
+    finally:
+        user.stdin.close()
+        user.wait(30)
+
+
+def _user(home: Path) -> subprocess.Popen:
+    """A process that uses the broker of ``home`` until its stdin closes."""
+    user = subprocess.Popen([sys.executable, "-c", f"from miner import broker; broker.ensure({str(home)!r}); "
+                             "print('up', flush=True); import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert user.stdout.readline().strip() == "up"
+    return user
+
+
+def test_the_server_dies_with_its_supervisor(tmp_path):
+    """The supervisor killed (SIGKILL, an OOM kill) while a process still uses the broker: Redis
+    must not outlive the process that decides when it stops."""
+    home = tmp_path / "home"
+    user = _user(home)
+    try:
+        sock = broker.socket_path(home)
+        assert len(_servers(sock)) == 1 and len(_supervisors(home)) == 1
+        os.kill(_supervisors(home)[0], signal.SIGKILL)
+        wait_for(lambda: not _servers(sock), "redis-server to follow its supervisor", 30)
+    finally:
+        user.stdin.close()
+        user.wait(30)
