@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from miner.errors import MinerError
-from miner.locks import file_lock
+from miner.locks import die_with_parent, file_lock
 
 SCHEME = "miner"
 #: The supervisor stops Redis when no process has used it for this long.
@@ -245,7 +245,7 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
         [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
          "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
          "--daemonize", "no", "--loglevel", "warning", "--logfile", "", "--protected-mode", "yes"],
-        stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(folder), preexec_fn=_die_with_parent,
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(folder), preexec_fn=die_with_parent,
     )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -287,18 +287,6 @@ def serve(home: Path, idle_seconds: float = IDLE_SECONDS) -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} broker {os.getpid()}: stopped (redis exit code "
           f"{redis.returncode})", flush=True)
     return 0
-
-
-def _die_with_parent() -> None:
-    """In the Redis child before exec: the kernel sends it SIGTERM when the supervisor dies, however
-    it dies (``kill -9`` included), so no server outlives the process that watches its users.
-    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere the supervisor's own stop is all there is."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
 
 
 def _stop_redis(redis: subprocess.Popen, sock: Path) -> None:

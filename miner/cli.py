@@ -86,6 +86,23 @@ def _export(cfg: Config, job_id: int, output: str, *, min_score, header, with_pr
     click.echo(f"job {job_id}: {result.written} pair{'' if result.written == 1 else 's'} written to {where}", err=True)
 
 
+def _stop_on_signals() -> list[int]:
+    """SIGTERM and SIGHUP (a closed terminal, `timeout`, a batch system's kill) interrupt `mine` as
+    Ctrl-C does, so it stops the workers it started instead of leaving them running in their own
+    session. Returns a list that receives the signal's number (for the exit code 128 + N)."""
+    import signal
+
+    received: list[int] = []
+
+    def interrupt(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+    return received
+
+
 def _warn_filesystem_broker(cfg: Config) -> None:
     if cfg.broker_url.startswith("filesystem://"):
         warn("MINER_BROKER_URL=filesystem:// can lose a task when several processes use it (kombu's "
@@ -131,6 +148,7 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
     cfg = _db(ctx)
     click.echo(f"job {job_id}", err=True)
     started = []
+    stopped_by = _stop_on_signals()
     try:
         from miner.jobs import get_job
 
@@ -148,10 +166,13 @@ def mine(ctx, output, n_workers, concurrency, quiet, src, tgt, **opts):
         status = _watch(cfg, job_id, quiet=quiet, workers=started, start_local=None if started else start_local)
         signal_workers(started)  # they shut down while the export runs
     except KeyboardInterrupt:
-        stop_workers(started)
+        if started:
+            click.echo(f"interrupted: stopping the {len(started)} worker(s) this `mine` started; the units they "
+                       f"were running are left to `miner retry {job_id}` (finished ones are kept)", err=True)
+        stop_workers(started, timeout=10.0, now=True)
         click.echo(f"interrupted: job {job_id} is left as it is; `miner cancel {job_id}` or `miner retry {job_id}`",
                    err=True)
-        sys.exit(130)
+        sys.exit(128 + stopped_by[0] if stopped_by else 130)
     except BaseException:
         stop_workers(started)
         raise

@@ -3,6 +3,7 @@ stops when its job is done (no Celery here: they are ``python -m miner worker`` 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 from miner.config import Config
+from miner.locks import die_with_parent
 
 
 def start_workers(cfg: Config, n: int, concurrency: int | None, model: str | None = None,
@@ -25,7 +27,10 @@ def start_workers(cfg: Config, n: int, concurrency: int | None, model: str | Non
         cmd = [sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING"]
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        # Their own session (a Ctrl-C in the terminal reaches `mine`, which stops them), and a
+        # cold shutdown (SIGQUIT) from the kernel if `mine` dies without stopping them (kill -9).
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=functools.partial(die_with_parent, signal.SIGQUIT))
         proc.log_path = log.name
         procs.append(proc)
     return procs
@@ -52,9 +57,16 @@ def signal_workers(procs: list[subprocess.Popen]) -> None:
             proc.send_signal(signal.SIGTERM)
 
 
-def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    """Stop the workers, killing the ones (and their pool children) still there after ``timeout``."""
-    signal_workers(procs)
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0, now: bool = False) -> None:
+    """Stop the workers, killing the ones (and their pool children) still there after ``timeout``.
+    ``now``: a cold shutdown (SIGQUIT: running units are abandoned, not finished; their leases lapse
+    and a retry runs them again), for an interrupted ``mine``."""
+    if now:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT)
+    else:
+        signal_workers(procs)
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:

@@ -1,11 +1,12 @@
-"""Advisory locks between processes on one machine (``flock`` on a lock file), and the private
-folders they live in."""
+"""Advisory locks between processes on one machine (``flock`` on a lock file), the private folders
+they live in, and children that do not outlive their parent."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -33,3 +34,15 @@ def private_folder(path: Path, error: type[Exception], hint: str) -> None:
         raise error(f"{path} belongs to another user; {hint}")
     if info.st_mode & 0o077:
         path.chmod(0o700)
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """For ``subprocess.Popen(preexec_fn=...)``: the kernel sends the child ``signum`` when the
+    process that started it dies, however it dies (``kill -9`` included). Linux only
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signum))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
