@@ -98,8 +98,8 @@ def test_a_file_of_blank_lines_only_is_refused_like_an_empty_one(live):
     blank = _write(folder / "blank.de", b"\n\n   \n\t\r\n\xc2\xa0\n" * 50)
     tgt = _write(folder / "good.en", GOOD_EN.encode())
     before = _jobs(home)
-    for command in ("submit", "mine"):
-        result = run_miner(home, command, blank, tgt, "--src-lang", "de", "--tgt-lang", "en")
+    for command in (["submit"], ["mine", "-o", folder / "blank.tsv"]):
+        result = run_miner(home, *command, blank, tgt, "--src-lang", "de", "--tgt-lang", "en")
         assert result.returncode == 3, result.stderr
         assert result.stderr.strip().splitlines()[-1] == (f"Error: input file has no sentences (every line is blank): "
                                                          f"{blank} -- pass a text file with one sentence per line")
