@@ -6,7 +6,8 @@ text in :mod:`miner.progress`, the local worker processes of ``miner mine`` in
 
 Exit codes: 0 success; 1 a job failed or another runtime error; 2 bad options or arguments
 (unknown option, k < 1, missing job, ...); 3 bad input file (missing, empty, unreadable, not
-text); 4 a model that cannot be resolved or loaded; 130 interrupted.
+text, blank lines only); 4 a model that cannot be resolved or loaded; 130 interrupted (143 SIGTERM, 129
+SIGHUP).
 """
 
 from __future__ import annotations
