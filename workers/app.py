@@ -11,8 +11,10 @@ umask and thread sizing are set when a worker starts (:mod:`workers.hooks`).
 from __future__ import annotations
 
 import logging
+import warnings
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 
 import workers.hooks  # noqa: F401 - connects the worker's signal handlers
 import workers.transport  # noqa: F401 - registers the miner+socket:// transport (the embedded broker)
@@ -29,6 +31,14 @@ class _NoDefaultHostWarning(logging.Filter):
 
 
 logging.getLogger("kombu.connection").addFilter(_NoDefaultHostWarning())
+
+# Celery warns in every worker log when the worker runs as root ("absolutely not recommended",
+# `--uid`). What it guards against is a root worker that unpickles messages; these workers accept
+# JSON only (workers.settings), run only this package's tasks, and keep their files private to
+# their user (miner.artifacts.make_private). Containers and CI run as root by default, and a user
+# who wants another uid runs the worker as that user; the warning said nothing actionable there.
+warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
+                        category=SecurityWarning)
 
 
 def make_app(cfg: Config | None = None) -> Celery:
