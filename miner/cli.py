@@ -408,7 +408,8 @@ def export(ctx, job, output, **options):
 
 @main.command("eval")
 @click.argument("job", type=int)
-@click.option("--gold", "gold", required=True, help="Gold pairs: SRC_ID<TAB>TGT_ID (1-based lines) or SOURCE<TAB>TARGET.")
+@click.option("--gold", "gold", required=True,
+              help="Gold pairs: SRC_ID<TAB>TGT_ID (1-based lines) or SOURCE<TAB>TARGET; - reads standard input.")
 @gold_options
 @click.option("--step", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Spacing of the thresholds in the table (default: about 20 round values).")
@@ -425,7 +426,8 @@ def eval_(ctx, job, gold, gold_format, id_base, sample, step, as_json):
 @main.command()
 @click.argument("jobs", type=int, nargs=-1)
 @click.option("--gold", "golds", multiple=True,
-              help="Gold file of each JOB, in the same order (repeat the option).")
+              help="Gold file of each JOB, in the same order (repeat the option); - reads standard input "
+                   "(for one of them).")
 @gold_options
 @click.option("--decimals", type=click.IntRange(min=0, max=6), default=None,
               help="Round the threshold to this many decimals (default: ratio 2, distance 3, absolute 2).")
@@ -459,6 +461,8 @@ def calibrate(ctx, jobs, golds, gold_format, id_base, sample, decimals, dry_run,
         raise UsageError("give the dev JOBS and one --gold per job (or --show)")
     if len(golds) != len(jobs):
         raise UsageError(f"{len(jobs)} job(s) but {len(golds)} --gold file(s); give one --gold per job, in order")
+    if golds.count("-") > 1:
+        raise UsageError("--gold - (standard input) can be given once; give the other gold files by name")
     result = run_calibration(_db(ctx), list(zip(jobs, golds)), fmt=gold_format, id_base=int(id_base), sample=sample,
                              decimals=decimals, store=not dry_run, warn=warn)
     click.echo(json.dumps(result) if as_json else format_calibration(result))

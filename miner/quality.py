@@ -81,6 +81,13 @@ def read_gold(path: str | Path, fmt: str = "auto", id_base: int = 1) -> GoldFile
         raise UsageError(f"unknown gold format {fmt!r}; use one of {', '.join(GOLD_FORMATS)}")
     if id_base not in (0, 1):
         raise UsageError(f"--id-base must be 0 or 1, got {id_base}")
+    if str(path) == "-":  # `zcat gold.tsv.gz | miner eval JOB --gold -`
+        import sys
+
+        path, data = Path("-"), sys.stdin.buffer.read()
+        if not data.strip():
+            raise InputFileError("gold file - (standard input) has no pairs (nothing was piped in)")
+        return _parse_gold("standard input", data, fmt, id_base)
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -90,6 +97,11 @@ def read_gold(path: str | Path, fmt: str = "auto", id_base: int = 1) -> GoldFile
         raise InputFileError(f"gold file {path} is a directory") from None
     except OSError as exc:
         raise InputFileError(f"cannot read gold file {path}: {exc.strerror or exc}") from None
+    return _parse_gold(path, data, fmt, id_base)
+
+
+def _parse_gold(path, data: bytes, fmt: str, id_base: int) -> GoldFile:
+    """:func:`read_gold` on the file's bytes; ``path`` names it in messages."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -390,3 +390,18 @@ def test_gold_ids_on_duplicate_and_skipped_lines(tatoeba, tmp_path):
     assert result.exit_code == 0
     assert "warning: 2 src gold line(s) are not among job" in result.output
     assert '"gold_found": 2' in result.output
+
+
+def test_gold_from_standard_input(tatoeba):
+    """`zcat gold.tsv.gz | miner eval JOB --gold -` gives what the file gives; `calibrate` takes `-`
+    for one of its gold files only."""
+    case = next(iter(tatoeba["cases"].values()))
+    from_file = invoke("eval", case["job"], "--gold", case["gold_ids"], "--json")
+    piped = CliRunner().invoke(main, ["eval", str(case["job"]), "--gold", "-", "--json"],
+                               input=Path(case["gold_ids"]).read_bytes())
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.output)["at_threshold"] == json.loads(from_file.output)["at_threshold"]
+    empty = CliRunner().invoke(main, ["eval", str(case["job"]), "--gold", "-"], input=b"")
+    assert empty.exit_code == 3 and "Error: gold file - (standard input) has no pairs" in empty.output
+    twice = CliRunner().invoke(main, ["calibrate", str(case["job"]), str(case["job"]), "--gold", "-", "--gold", "-"])
+    assert twice.exit_code == 2 and "--gold - (standard input) can be given once" in twice.output
