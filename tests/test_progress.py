@@ -93,3 +93,25 @@ def test_status_text_shows_reused_counts():
     assert lines[0] == "job 7  done  de-en  model muse  elapsed 3.2s"
     assert any(line.strip().startswith("embed") and "(2 reused)" in line for line in lines)
     assert lines[-1] == "  threshold: auto (chosen when the job finishes)"
+
+
+def test_bars_agree_with_the_status_table():
+    """`status --watch` bars read `0%| 300/?` for a finished ingest, `0.00sent` at the start, and
+    their rates (tqdm's, from when the bar appeared: 59 sentences/s) differed from the table's
+    (the stage's: 39,350/s). Now a finished part is 100% of what it counted, and the rate and ETA
+    are the status's."""
+    out = io.StringIO()
+    bars = Bars(out)
+    bars.update(_status(embed_done=0, embed_items=0))
+    bars.update(_status(embed_done=1, embed_items=1000, rate=39350.0))
+    bars.close()
+    chunks = [chunk.strip() for chunk in out.getvalue().replace("\n", "\r").split("\r") if chunk.strip()]
+    ingest = [c for c in chunks if c.startswith("ingest src")]
+    embed = [c for c in chunks if c.startswith("embed src")]
+    assert ingest and all("100%" in c and "2,000/2,000 sentences, 1/1 shards, 9,000 sentences/s" in c for c in ingest)
+    assert all("?" not in c and "sent/s" not in c and "it/s" not in c and "0.00" not in c for c in ingest + embed)
+    assert embed[0].startswith("embed src      :   0%|") and "0/2,000 sentences, 0/2 shards, ETA 12s" in embed[0]
+    assert "1,000/2,000 sentences, 1/2 shards, 39,350 sentences/s, ETA 12s" in embed[-1]
+    full = {**_status(embed_done=1, embed_items=1000, rate=39350.0), "src_lang": "de", "tgt_lang": "en", "model": "muse",
+            "elapsed_s": 1.0, "src": "a.de", "tgt": "b.en", "pairs": None}
+    assert "39,350/s" in "\n".join(status_lines(full))  # the table beneath the bars: the same rate
