@@ -120,6 +120,16 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
     """The two-panel PNG (histogram with threshold, length-ratio scatter) as bytes. ``method`` labels
     the threshold line; ``density`` (``{"x", "null", "translation"}``, expected candidates per unit
     score) adds the fitted parts, scaled by the bin width to candidates per bar."""
+    fig = figure(scores, src_len, tgt_len, threshold, title, seed, method, density)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Title": title, "Description": "score histogram with threshold; "
+                                              "length-ratio scatter"})
+    return buf.getvalue()
+
+
+def figure(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold: float, title: str,
+           seed: int = 0, method: str | None = None, density: dict | None = None):
+    """The matplotlib figure :func:`draw` renders."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
@@ -136,8 +146,8 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
     curves = fitted_curves(density)
     if curves is not None:
         x, null, translation = curves
-        hist.plot(x, null * width, color=NULL_FIT_COLOUR, linewidth=1.4, label="non-translations (fitted)")
-        hist.plot(x, translation * width, color=TRANSLATION_FIT_COLOUR, linewidth=1.6, label="translations (fitted)")
+        hist.plot(x, null * width, color=NULL_FIT_COLOUR, linewidth=1.4, label="non-translations (estimated)")
+        hist.plot(x, translation * width, color=TRANSLATION_FIT_COLOUR, linewidth=1.6, label="translations (estimated)")
         hist.set_xlim(min(float(scores.min()), float(np.nanmin(x))), max(float(scores.max()), float(np.nanmax(x))))
     how = f" ({method})" if method else ""
     hist.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5,
@@ -145,7 +155,8 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
     hist.set_title(f"Scores of {len(scores):,} candidates; {n_above:,} pairs \u2265 {threshold:g}{how}")
     hist.set_xlabel("margin score")
     hist.set_ylabel("candidates")
-    hist.legend(loc="upper right", frameon=False)
+    # Below the panel, not on it: inside, the legend covered the bars of a dense job's high scores.
+    hist.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False, fontsize="small")
 
     ratio = np.maximum(src_len, 1) / np.maximum(tgt_len, 1)
     idx = np.arange(len(scores))
@@ -169,12 +180,10 @@ def draw(scores: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, threshold
     scatter.set_ylabel("length ratio (source / target characters)")
     shown = f" ({len(idx):,} of {len(scores):,} shown)" if len(idx) < len(scores) else ""
     scatter.set_title(f"Length ratio against score{shown}")
-    scatter.legend(loc="upper right", frameon=False, markerscale=3)
+    scatter.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, markerscale=3,
+                   fontsize="small")
     fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Title": title, "Description": "score histogram with threshold; "
-                                              "length-ratio scatter"})
-    return buf.getvalue()
+    return fig
 
 
 def build_report(cfg: Config, job_id: int, html_path: str | Path, png_path: str | Path | None = None, *,

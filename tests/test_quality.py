@@ -405,3 +405,23 @@ def test_gold_from_standard_input(tatoeba):
     assert empty.exit_code == 3 and "Error: gold file - (standard input) has no pairs" in empty.output
     twice = CliRunner().invoke(main, ["calibrate", str(case["job"]), str(case["job"]), "--gold", "-", "--gold", "-"])
     assert twice.exit_code == 2 and "--gold - (standard input) can be given once" in twice.output
+
+
+def test_report_legends_cover_no_data():
+    """The histogram's legend sat in the upper right corner, over the bars of a dense job's high
+    scores. Both legends now lie outside their panels."""
+    from miner.report import figure
+
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1.1, 0.05, 200), rng.normal(1.6, 0.1, 2000)]  # tall bars on the right
+    lengths = rng.integers(10, 100, scores.size)
+    fig = figure(scores, lengths, lengths, 1.3, "dense job", method="auto",
+                 density={"x": [1.0, 1.5, 2.0], "null": [10.0, 1.0, 0.0], "translation": [0.0, 400.0, 10.0]})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for axes in fig.axes:
+        legend = axes.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(axes.get_window_extent(renderer)), axes.get_title()
