@@ -39,8 +39,9 @@ class MinerGroup(click.Group):
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) and _stdout_gone():
                 _quiet_exit(ctx)  # e.g. `miner jobs | head`: click.echo met a closed pipe
-            if exc.filename is None:
-                raise
+            if exc.filename is None:  # e.g. a socket's error, a full disk met on a write
+                raise click.ClickException(f"{exc.strerror or exc}; check the paths given, their permissions "
+                                           f"and free space") from None
             where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
             raise click.ClickException(
                 f"cannot use {where}: {exc.strerror or exc}; check the path, its permissions and free space"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from miner.artifacts import as_user_file, atomic_path
 from miner.storage import is_url
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, SentenceDuplicate, session_scope
-from miner.errors import JobNotFound, JobStateError, OutputClosed, UsageError
+from miner.errors import JobNotFound, JobStateError, MinerError, OutputClosed, UsageError
 from miner.filters import FilterChain, FilterOptions
 from miner.records import display_id
 
@@ -170,6 +171,13 @@ def _open_out(out: str) -> Iterator[IO[str]]:
     path = Path(out)
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot write {out}: folder {path.parent} does not exist")
+    if _existing_non_file(path):
+        # A device, a named pipe or a link to one (/dev/null, /dev/stdout, a FIFO a reader waits
+        # on): written to in place. The atomic rename of a regular file would have replaced it with
+        # a file (it replaced /dev/full).
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+        return
     with atomic_path(path) as tmp:
         if path.suffix == ".gz":
             with gzip.open(tmp, "wt", encoding="utf-8", newline="\n") as fh:
@@ -178,6 +186,16 @@ def _open_out(out: str) -> Iterator[IO[str]]:
             with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                 yield fh
         as_user_file(tmp)
+
+
+def _existing_non_file(path: Path) -> bool:
+    """Whether ``path`` exists and is (or links to) something other than a regular file."""
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -397,8 +415,10 @@ def export_pairs(
         if "-" not in plan.paths:
             raise
         raise OutputClosed(f"standard output was closed after {plan.written} pairs") from None
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a disk full or an I/O error while writing: a runtime error (exit 1), not bad options
+        kept = "" if any(_existing_non_file(Path(p)) for p in plan.paths if p != "-") else \
+            " (an existing file there is left as it was)"
+        raise MinerError(f"cannot write {out}: {exc.strerror or exc}{kept}") from None
     finally:
         if bar is not None:
             bar.close()

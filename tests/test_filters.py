@@ -5,10 +5,12 @@ filter removes and one it keeps; the kept rows are checked against a predicate w
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import random
 import re
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -419,3 +421,46 @@ def test_export_counts_read_as_english(job):
     result = CliRunner().invoke(main, ["export", str(job["id"]), "-o", "-", "--min-score", repr(top)])
     assert result.exit_code == 0, result.output
     assert f"job {job['id']}: 1 pair written to standard output" in result.output
+
+
+def test_export_to_devices_and_pipes_writes_in_place_and_a_full_disk_exits_1(job, tmp_path):
+    """The export renamed a temporary file over its target: `-o /dev/full` replaced the device with
+    a regular file (and "succeeded"), a named pipe's reader never saw a byte. A failed write (disk
+    full, I/O error) exited 2, "bad options"; now 1 with one Error line."""
+    import stat
+    import threading
+
+    full = CliRunner().invoke(main, ["export", str(job["id"]), "-o", "/dev/full"])
+    assert full.exit_code == 1, full.output
+    assert full.output.strip().splitlines()[-1] == "Error: cannot write /dev/full: No space left on device"
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    null = CliRunner().invoke(main, ["export", str(job["id"]), "-o", "/dev/null"])
+    assert null.exit_code == 0 and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    fifo = tmp_path / "pairs.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    piped = CliRunner().invoke(main, ["export", str(job["id"]), "-o", str(fifo)])
+    reader.join(60)
+    assert piped.exit_code == 0, piped.output
+    plain, _ = export(job, name="plain-for-fifo.tsv")
+    assert got == [plain.read_bytes()] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_an_os_error_without_a_file_name_is_one_line():
+    """It escaped the CLI's error handling as a traceback."""
+    from miner.cli_options import MinerGroup
+
+    @click.group(cls=MinerGroup)
+    def group():
+        pass
+
+    @group.command()
+    def boom():
+        raise OSError(28, "No space left on device")
+
+    result = CliRunner().invoke(group, ["boom"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == ("Error: No space left on device; check the paths given, their permissions and "
+                                     "free space")
