@@ -257,6 +257,11 @@ def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
         job.finished_at = None
         job.dispatched = None
         job.attempt += 1
+        # The previous run's results are not this run's: status showed its cut, pair count and exit
+        # code while the retry ran (the candidates stay stored until the finish replaces them).
+        job.threshold_info = None
+        job.n_candidates = None
+        job.exit_code = None
         # The finish is what completes the job: it runs again (a delivery of a recorded unit is dropped).
         s.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.stage == "finish"))
 

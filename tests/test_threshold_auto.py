@@ -481,3 +481,34 @@ def test_too_few_candidates_fall_back_with_one_warning(tmp_path):
     assert len(rows) == status["pairs"] and all(len(r) == 4 and r[3] == "" and float(r[0]) >= fixed for r in rows)
     text = run_miner(home, "status", job)
     assert f"(fallback: {threshold['reason']})" in text.stdout and warnings[0] in text.stderr
+
+
+def test_retry_does_not_show_the_previous_runs_results(tmp_path, monkeypatch):
+    """`retry` showed the previous run's cut (`threshold_info`), pair count and exit code while it
+    ran; now the job reads as a queued auto job until its finish step decides again."""
+    from miner.jobs import job_status, reset_for_retry
+
+    from .conftest import MINER_VARS
+    from .quality_helpers import config, mine_in_process
+
+    for var in MINER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MINER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MINER_THREADS", "2")
+    cfg = config()
+    root = Path(__file__).resolve().parents[1] / "examples"
+    job_id = mine_in_process(cfg, root / "sample.de", root / "sample.en", "de", threshold=None, threshold_method="auto",
+                             fallback_threshold=1.05)
+    done = job_status(cfg, job_id)
+    assert done["state"] == "done" and done["pairs"] > 200 and done["threshold"]["method"] == "auto"
+    from miner.db import Job, session_scope
+
+    with session_scope(cfg.db_url) as s:  # as a run that failed after its finish had stored results
+        job = s.get(Job, job_id)
+        job.state, job.exit_code, job.error = "failed", 3, "ingest: something"
+    reset_for_retry(cfg, job_id)
+    again = job_status(cfg, job_id)
+    assert again["state"] == "queued" and again["attempt"] == done["attempt"] + 1
+    assert again["pairs"] is None and again["exit_code"] is None
+    assert again["threshold"] == {"value": None, "method": "auto"}
+    assert again["candidates_stored"] == done["candidates_stored"]  # replaced at the finish, not before
