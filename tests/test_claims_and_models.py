@@ -233,3 +233,25 @@ def test_muse_encodes_as_its_sentence_transformers_module_without_importing_torc
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_loading_minilm_leaves_the_hub_setting_as_it_was():
+    """Loading the bundled minilm set HF_HUB_OFFLINE=1 for the whole worker process (and
+    huggingface_hub froze it at import): later jobs with a hub model in that worker failed as
+    "unknown model". The offline switch now lasts for the load only."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom miner.encoders import load_model, resolve_model\n"
+            "model = load_model(resolve_model('minilm'))\n"
+            "import huggingface_hub.constants as hub\n"
+            "print(model.encode(['Hello']).shape[1], os.environ.get('HF_HUB_OFFLINE'), hub.HF_HUB_OFFLINE)")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["384", "None", "False"]
+    # A user's own setting stays.
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.split() == ["384", "1", "True"], result.stderr[-2000:]
