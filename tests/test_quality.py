@@ -425,3 +425,12 @@ def test_report_legends_cover_no_data():
     for axes in fig.axes:
         legend = axes.get_legend().get_window_extent(renderer)
         assert not legend.overlaps(axes.get_window_extent(renderer)), axes.get_title()
+
+
+def test_report_sample_size_error_names_the_option():
+    """The error named `--sample` where `miner report`'s option is `--per-band`."""
+    from miner.errors import UsageError
+    from miner.report import render_report
+
+    with pytest.raises(UsageError, match=r"^--per-band must be at least 0, got -1$"):
+        render_report(None, 1, per_band=-1)
