@@ -374,9 +374,18 @@ def create_app(cfg: Config) -> FastAPI:
             return error(503, f"database error at {mask_url(cfg.db_url)}: {one_line(getattr(exc, 'orig', exc) or exc)}")
         if is_broker_error(exc):
             return error(503, f"cannot reach the broker at {mask_url(cfg.broker_url)}: {one_line(exc)}")
-        message = f"internal error: {type(exc).__name__}: {one_line(exc)}"
-        print(f"miner serve: {request.method} {request.url.path}: {message}", file=sys.stderr, flush=True)
-        return error(500, message)
+        # The details go to the server's log under an id; the client gets the id only (the type and
+        # message of an internal error can show paths, SQL or configuration to whoever asks).
+        import traceback
+        import uuid
+
+        request_id = uuid.uuid4().hex[:12]
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        print(f"miner serve: request {request_id}: {request.method} {request.url.path}: internal error\n{detail}",
+              file=sys.stderr, flush=True)
+        response = error(500, f"internal error (request {request_id}); the server's log has the details")
+        response.headers["X-Request-ID"] = request_id
+        return response
 
     def require_token(request: Request) -> None:
         if not _authorised(cfg, request):

@@ -415,3 +415,28 @@ def test_dashboard_follows_a_job_live_in_chromium(server, mined, tmp_path):
         assert browser.problems() == []
     finally:
         browser.close()
+
+
+def test_an_internal_error_answers_a_request_id_not_its_message(tmp_path, monkeypatch, capfd):
+    """500 responses returned the exception's type and message (paths, SQL, configuration) to
+    whoever asked; now a generic line with a request id, and the details in the server's log."""
+    from fastapi.testclient import TestClient
+
+    from miner.api import Service, create_app
+    from miner.config import Config
+
+    monkeypatch.setenv("MINER_HOME", str(tmp_path / "home"))
+    cfg = Config.from_env()
+
+    def broken(self, state=None, limit=50):
+        raise RuntimeError("secret at /etc/miner/credentials")
+
+    monkeypatch.setattr(Service, "jobs", broken)
+    client = TestClient(create_app(cfg), raise_server_exceptions=False)
+    response = client.get("/api/jobs")
+    assert response.status_code == 500
+    request_id = response.headers["X-Request-ID"]
+    assert response.json() == {"error": f"internal error (request {request_id}); the server's log has the details"}
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    log = capfd.readouterr().err
+    assert f"request {request_id}: GET /api/jobs: internal error" in log and "secret at /etc/miner/credentials" in log
