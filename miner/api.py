@@ -181,6 +181,9 @@ class Service:
         if options.get("trust_remote_code") and not cfg.trust_remote_code:
             raise InputNotAllowed("trust_remote_code lets a model run code in the workers; over HTTP it needs "
                                   "MINER_TRUST_REMOTE_CODE=1 on the server")
+        # The server's MINER_TRUST_REMOTE_CODE is a ceiling, not a default: a job that does not ask
+        # is not trusted (it was: `false` or no answer lost to the server's setting).
+        options["trust_remote_code"] = bool(options.get("trust_remote_code"))
         warnings: list[str] = []
         job_id, existing = prepare_job(cfg, src, tgt, warn=warnings.append, open_db=lambda: cfg, **options)
         if not existing:

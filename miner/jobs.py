@@ -537,7 +537,10 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     if _same_input(src, tgt):
         warn(f"the same file is given for both sides ({src}); every sentence will pair with itself")
     spec = resolve_model(opts["model"])
-    trust = bool(opts.get("trust_remote_code") or cfg.trust_remote_code)
+    # An explicit answer wins (false included); MINER_TRUST_REMOTE_CODE is the default of a job
+    # that does not say. (The HTTP API always says: there the server's setting is a ceiling.)
+    asked = opts.get("trust_remote_code")
+    trust = bool(cfg.trust_remote_code if asked is None else asked)
     check_trust(spec, trust)  # a local model that needs its own code fails here, not in a worker
     for side in ("src_lang", "tgt_lang"):
         for message in language_warnings(opts[side], spec.languages, opts["model"]):

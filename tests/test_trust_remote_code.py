@@ -114,3 +114,31 @@ def test_a_worker_never_reuses_a_trusted_load_for_a_job_without_trust(custom, tm
         assert steps.model_for(cfg, str(custom)) is trusted  # the same job's next task reuses it
     with trusting(False), pytest.raises(ModelError, match="--trust-remote-code"):
         steps.model_for(cfg, str(custom))
+
+
+def test_the_servers_setting_is_a_ceiling_for_http_jobs(home, monkeypatch):
+    """With MINER_TRUST_REMOTE_CODE=1 on a server, every HTTP job was trusted, `"trust_remote_code":
+    false` included (`opts.get(...) or cfg...`). Over HTTP a job is trusted only when it asks and the
+    server allows; on the command line the variable stays the default of a job that does not say."""
+    from fastapi.testclient import TestClient
+
+    from miner.api import create_app
+
+    monkeypatch.setenv("MINER_TRUST_REMOTE_CODE", "1")
+    monkeypatch.setenv("MINER_INPUT_ROOTS", str(EXAMPLES))
+    from .quality_helpers import config
+
+    cfg = config()  # folders and schema, as `miner serve` makes them
+    client = TestClient(create_app(cfg))
+    body = {"src": "sample.de", "tgt": "sample.en", "src_lang": "de", "tgt_lang": "en", "force": True}
+    trusted = {}
+    for name, extra in (("unsaid", {}), ("false", {"trust_remote_code": False}), ("true", {"trust_remote_code": True})):
+        response = client.post("/api/jobs", json={**body, **extra})
+        assert response.status_code == 201, response.text
+        trusted[name] = get_job(cfg, response.json()["id"]).options["trust_remote_code"]
+    assert trusted == {"unsaid": False, "false": False, "true": True}
+    # The CLI: the variable is the default; an explicit answer is not needed.
+    result = CliRunner().invoke(main, ["submit", str(EXAMPLES / "sample.de"), str(EXAMPLES / "sample.en"),
+                                       "--src-lang", "de", "--tgt-lang", "en", "--force"])
+    assert result.exit_code == 0, result.output
+    assert get_job(cfg, int(result.output.strip().splitlines()[-1])).options["trust_remote_code"] is True
