@@ -298,18 +298,78 @@ def _authorised(cfg: Config, request: Request) -> bool:
     return request.method in ("GET", "HEAD") and hmac.compare_digest(cookie.encode(), cfg.api_token.encode())
 
 
-class JsonBodies:
-    """ASGI middleware: a POST body under /api is JSON whatever its Content-Type says (``curl -d``
-    sends form encoding)."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
-    def __init__(self, app) -> None:
+
+def allowed_hosts(cfg: Config, bound: str | None = None) -> tuple[str, ...] | None:
+    """The host names a request's Host header may carry: ``MINER_ALLOWED_HOSTS``, else the loopback
+    names and the address ``serve`` binds; None (any) when a token guards the API and no list is
+    given. A page of another site that rebinds its own name to 127.0.0.1 (DNS rebinding) sends its
+    own name as the Host, so it is refused on a loopback server without a token."""
+    if cfg.allowed_hosts is not None:
+        return cfg.allowed_hosts
+    if cfg.api_token:
+        return None
+    extra = () if bound in (None, "", "0.0.0.0", "::") else (bound.strip("[]").lower(),)
+    return LOOPBACK_NAMES + extra
+
+
+def _host_name(value: str) -> str:
+    """``example.org:8000`` -> ``example.org``, ``[::1]:8000`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route.
+
+    * The Host header must name an allowed host (:func:`allowed_hosts`): 400 otherwise.
+    * A request that changes something (POST, PUT, PATCH, DELETE under ``/api/``) must come from
+      this origin (an ``Origin`` or ``Sec-Fetch-Site`` header of another site: 403) and carry
+      ``Content-Type: application/json``, even with an empty body (415): what an HTML form or a
+      plain ``fetch`` of another site can send (``text/plain``, form encoding) is refused, so a page
+      elsewhere cannot submit or cancel a job through a browser on this machine. ``curl`` needs
+      ``-H 'Content-Type: application/json'`` with ``-d``.
+    """
+
+    CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+    def __init__(self, app, hosts: tuple[str, ...] | None) -> None:
         self.app = app
+        self.hosts = hosts
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
-            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                status, message = problem
+                response = JSONResponse({"error": message}, status_code=status)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def problem(self, scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = _host_name(headers.get("host", ""))
+        if self.hosts is not None and host not in self.hosts:
+            return 400, (f"Host {host or '(none)'!r} is not served here (allowed: {', '.join(self.hosts)}; "
+                         f"MINER_ALLOWED_HOSTS adds names)")
+        if scope["method"] not in self.CHANGING or not scope["path"].startswith("/api/"):
+            return None
+        origin = headers.get("origin")
+        if origin is not None:
+            origin_host = _host_name(origin.split("://", 1)[-1].split("/", 1)[0])
+            if origin == "null" or origin_host != host:
+                return 403, f"cross-origin request refused (Origin {origin}); call the API from this origin"
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return 403, "cross-site request refused (Sec-Fetch-Site); call the API from this origin"
+        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            return 415, ("send the body as JSON with 'Content-Type: application/json' (curl: -H 'Content-Type: "
+                         "application/json' -d '{...}'; with no body too, e.g. for cancel)")
+        return None
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -338,7 +398,7 @@ _BAD_VALUE = {"greater_than", "greater_than_equal", "less_than", "less_than_equa
               "enum", "string_too_short", "string_too_long", "too_short", "too_long", "finite_number"}
 
 
-def create_app(cfg: Config) -> FastAPI:
+def create_app(cfg: Config, bound: str | None = None) -> FastAPI:
     """The FastAPI application of ``miner serve`` for this configuration."""
     from miner import dashboard
 
@@ -346,7 +406,7 @@ def create_app(cfg: Config) -> FastAPI:
     app = FastAPI(title="bitext-miner", version=_version(),
                   description="Mine translated sentence pairs: submit jobs, follow them, export the pairs.")
     app.state.service = service
-    app.add_middleware(JsonBodies)
+    app.add_middleware(RequestGuard, hosts=allowed_hosts(cfg, bound))
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -518,7 +578,7 @@ def serve(cfg: Config, host: str, port: int, log) -> None:
             probe.bind((host.strip("[]"), port))
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    app = create_app(cfg)
+    app = create_app(cfg, bound=host)
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)

@@ -49,6 +49,9 @@ ENV_VARS = {
     "MINER_LEASE_SECONDS": "a unit whose lease was not renewed for this long is lost and sent again (default 15)",
     "MINER_TRUST_REMOTE_CODE": "1: mine/submit act as if given --trust-remote-code (let a model run its own code)",
     "MINER_API_TOKEN": "miner serve: every /api call needs 'Authorization: Bearer TOKEN' (and a non-loopback --host needs one)",
+    "MINER_ALLOWED_HOSTS": "miner serve: host names (comma-separated) the Host header of a request may carry "
+                           "(default: localhost, 127.0.0.1, ::1 and the --host it binds; with MINER_API_TOKEN set "
+                           "and this unset, any)",
     "MINER_INPUT_ROOTS": "miner serve: folders (os.pathsep-separated) that jobs submitted over HTTP may read from "
                          "(default: the current directory)",
     "MINER_INPUT_URLS": "miner serve: object-store URL prefixes (comma-separated, e.g. s3://corpora/) that jobs "
@@ -243,6 +246,7 @@ class Config:
     api_token: str | None = None
     input_roots: tuple[Path, ...] = dataclasses.field(default_factory=lambda: _roots(None))
     input_urls: tuple[str, ...] = ()  # and the object-store URL prefixes (MINER_INPUT_URLS)
+    allowed_hosts: tuple[str, ...] | None = None  # MINER_ALLOWED_HOSTS (None: see miner.api.allowed_hosts)
     # the local copies of remote artifacts (MINER_ARTIFACTS=s3://...): folder and size limit in bytes
     cache: Path | None = None
     cache_limit: int = DEFAULT_CACHE_LIMIT
@@ -269,6 +273,8 @@ class Config:
             cores_dir=Path(env.get("MINER_CORES_DIR") or default_cores_dir()).expanduser().absolute(),
             api_token=(env.get("MINER_API_TOKEN") or "").strip() or None,
             input_roots=_roots(env.get("MINER_INPUT_ROOTS")),
+            allowed_hosts=tuple(h.strip().lower() for h in env["MINER_ALLOWED_HOSTS"].split(",") if h.strip())
+            if env.get("MINER_ALLOWED_HOSTS") else None,
             input_urls=_url_prefixes(env.get("MINER_INPUT_URLS")),
             cache=Path(env.get("MINER_CACHE") or home / "cache").expanduser().absolute(),
             cache_limit=parse_size(env["MINER_CACHE_LIMIT"]) if env.get("MINER_CACHE_LIMIT") else DEFAULT_CACHE_LIMIT,
@@ -329,8 +335,8 @@ class Config:
                 value = "***" if value else None
             elif field.name == "input_roots":
                 value = os.pathsep.join(str(root) for root in value)
-            elif field.name == "input_urls":
-                value = ",".join(value)
+            elif field.name in ("input_urls", "allowed_hosts"):
+                value = ",".join(value) if value is not None else None
             out[field.name] = mask_url(str(value)) if isinstance(value, (str, Path)) else value
         return out
 

@@ -75,8 +75,8 @@ def call(server: Server, method: str, path: str, body=None, token: str | None = 
     """One HTTP request (urllib); returns (status, headers, body) for errors too."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(server.url + path, data=data, method=method, headers=dict(headers or {}))
-    if data is not None and "Content-Type" not in request.headers:
-        request.add_header("Content-Type", "application/json")
+    if (data is not None or method == "POST") and not request.has_header("Content-type"):  # urllib's spelling
+        request.add_header("Content-Type", "application/json")  # as a client must (miner.api.RequestGuard)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -201,8 +201,9 @@ def test_bad_requests_are_one_line_json_errors(server, mined):
     assert_error(*post({**REQUEST, "no_such_option": 1}), 422, "no_such_option: unknown option")
     assert_error(*post({**REQUEST, "src": "missing.de"}), 400, "missing.de")
     assert_error(*post({**REQUEST, "columns": "id,text", "input_format": "text"}), 400, "columns")
-    # curl -d sends a form content type: the body is still read as JSON.
-    assert_error(*post(raw=b'{"src": "sample.de"}'), 422, "Field required")
+    # curl -d without -H sends a form content type: refused (a page of another site can send that).
+    assert_error(*call(server, "POST", "/api/jobs", raw=b'{"src": "sample.de"}',
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})[::2], 415, "Content-Type")
     assert_error(*call(server, "GET", "/api/jobs?state=bogus")[::2], 400, "state")
     assert_error(*call(server, "GET", "/api/jobs/987654")[::2], 404, "no job 987654")
     assert_error(*call(server, "GET", "/api/jobs/abc")[::2], 422, "job_id")
@@ -432,7 +433,7 @@ def test_an_internal_error_answers_a_request_id_not_its_message(tmp_path, monkey
         raise RuntimeError("secret at /etc/miner/credentials")
 
     monkeypatch.setattr(Service, "jobs", broken)
-    client = TestClient(create_app(cfg), raise_server_exceptions=False)
+    client = TestClient(create_app(cfg), base_url="http://localhost", raise_server_exceptions=False)
     response = client.get("/api/jobs")
     assert response.status_code == 500
     request_id = response.headers["X-Request-ID"]
@@ -440,3 +441,39 @@ def test_an_internal_error_answers_a_request_id_not_its_message(tmp_path, monkey
     assert "secret" not in response.text and "RuntimeError" not in response.text
     log = capfd.readouterr().err
     assert f"request {request_id}: GET /api/jobs: internal error" in log and "secret at /etc/miner/credentials" in log
+
+
+def test_cross_site_requests_are_refused_on_a_server_without_token(tmp_path):
+    """Loopback, no token (the default): every request was allowed and the Host never checked, and
+    `JsonBodies` read any Content-Type as JSON, so a page of another site could POST `text/plain` to
+    /api/jobs (201) or cancel a job, and DNS rebinding let it read exports. A real uvicorn server."""
+    server = Server(tmp_path, MINER_API_TOKEN="")
+    try:
+        server.wait_healthy()
+        body = json.dumps(REQUEST).encode()
+        # A page of evil.example posting a "simple" request (no preflight): text/plain.
+        assert_error(*call(server, "POST", "/api/jobs", raw=body, token=None,
+                           headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})[::2],
+                     403, "cross-origin request refused")
+        assert_error(*call(server, "POST", "/api/jobs", raw=body, token=None,
+                           headers={"Content-Type": "text/plain"})[::2], 415, "application/json")
+        assert_error(*call(server, "POST", "/api/jobs", raw=body, token=None,
+                           headers={"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"})[::2],
+                     403, "cross-site request refused")
+        # DNS rebinding: the page's own name in the Host header.
+        assert_error(*call(server, "GET", "/api/jobs", token=None, headers={"Host": "evil.example"})[::2], 400,
+                     "Host 'evil.example' is not served here")
+        # A cancel without a JSON content type (a form's, or none).
+        status, _, data = call(server, "POST", "/api/jobs/1/cancel", token=None, headers={"Content-Type": "text/plain"})
+        assert_error(status, data, 415)
+        assert json.loads(call(server, "GET", "/api/jobs", token=None)[2]) == []  # nothing was created
+        # What still works: the dashboard, and curl -H 'Content-Type: application/json'.
+        status, _, page = call(server, "GET", "/", token=None)
+        assert status == 200 and b"<html" in page.lower()
+        status, created = call_json(server, "POST", "/api/jobs", REQUEST, token=None)
+        assert status == 201, created
+        status, cancelled = call_json(server, "POST", f"/api/jobs/{created['id']}/cancel", token=None)
+        assert status == 200, cancelled
+        assert call(server, "GET", "/api/jobs", token=None, headers={"Host": "localhost"})[0] == 200
+    finally:
+        server.stop()

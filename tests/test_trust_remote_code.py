@@ -129,7 +129,7 @@ def test_the_servers_setting_is_a_ceiling_for_http_jobs(home, monkeypatch):
     from .quality_helpers import config
 
     cfg = config()  # folders and schema, as `miner serve` makes them
-    client = TestClient(create_app(cfg))
+    client = TestClient(create_app(cfg), base_url="http://localhost")
     body = {"src": "sample.de", "tgt": "sample.en", "src_lang": "de", "tgt_lang": "en", "force": True}
     trusted = {}
     for name, extra in (("unsaid", {}), ("false", {"trust_remote_code": False}), ("true", {"trust_remote_code": True})):
