@@ -56,6 +56,8 @@ ENV_VARS = {
                          "(default: the current directory)",
     "MINER_INPUT_URLS": "miner serve: object-store URL prefixes (comma-separated, e.g. s3://corpora/) that jobs "
                         "submitted over HTTP may read from (unset: none)",
+    "MINER_SPOOL_LIMIT": "the most bytes mine/submit copy from standard input (-) or a named pipe into "
+                         "MINER_ARTIFACTS/inputs (e.g. 50G, 512M; default 64G)",
     "MINER_CONFIG": "a file of NAME=value lines for any of these (the environment wins)",
 }
 #: Variables that may hold credentials: each also reads from the file named by ``<NAME>_FILE``
@@ -250,6 +252,8 @@ class Config:
     # the local copies of remote artifacts (MINER_ARTIFACTS=s3://...): folder and size limit in bytes
     cache: Path | None = None
     cache_limit: int = DEFAULT_CACHE_LIMIT
+    # inputs read from standard input or a pipe are copied once (miner.reader.spool_input), up to this
+    spool_limit: int = 64 * 1024 ** 3
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Config":
@@ -278,6 +282,7 @@ class Config:
             input_urls=_url_prefixes(env.get("MINER_INPUT_URLS")),
             cache=Path(env.get("MINER_CACHE") or home / "cache").expanduser().absolute(),
             cache_limit=parse_size(env["MINER_CACHE_LIMIT"]) if env.get("MINER_CACHE_LIMIT") else DEFAULT_CACHE_LIMIT,
+            spool_limit=parse_size(env["MINER_SPOOL_LIMIT"]) if env.get("MINER_SPOOL_LIMIT") else 64 * 1024 ** 3,
         )
         for key, value in overrides.items():
             if value is not None:

@@ -496,6 +496,22 @@ def check_input_formats(src: Path, tgt: Path, options: JobOptions, warn) -> None
                  "pass --input-format tsv to read the ids")
 
 
+def spool(cfg: Config, path, side: str, warn):
+    """``path`` itself, or for ``-`` (standard input) and pipes a copy of what they give, made once
+    under ``MINER_ARTIFACTS/inputs`` (:func:`miner.reader.spool_input`), where the workers read it."""
+    from miner.reader import needs_spooling, spool_input
+    from miner.storage import is_url
+
+    if not needs_spooling(path):
+        return path
+    if is_url(cfg.artifacts):
+        raise UsageError(f"reading the {side} from standard input or a pipe needs MINER_ARTIFACTS on a shared "
+                         f"folder (the workers read the copy there), not {cfg.artifacts}; write it to a file first")
+    copy = spool_input(path, Path(cfg.artifacts) / "inputs", cfg.spool_limit)
+    warn(f"{side} read from {'standard input' if str(path) == '-' else path} into {copy}")
+    return copy
+
+
 def check_sentence_counts(src: Path, tgt: Path, k: int) -> None:
     """Before the job exists: each side has a sentence (a file of blank lines only is bad input,
     as an empty file is), and a ``k`` above the default is smaller than each side (with ``k``
@@ -531,6 +547,7 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     from miner.reader import check_input_file
     from miner.storage import check_store, is_url
 
+    src, tgt = (spool(cfg, path, side, warn) for path, side in ((src, "source"), (tgt, "target")))
     for path in (src, tgt):
         check_input_file(path)
     check_sentence_counts(src, tgt, int(opts["k"]))

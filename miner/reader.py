@@ -35,9 +35,12 @@ import lzma
 import os
 import re
 import stat
+import sys
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TypeVar, Union
 
 from miner.errors import InputFileError, UsageError
@@ -286,6 +289,62 @@ def check_input_file(path: PathLike) -> None:
                 f"({ratio:.0%} non-text bytes in its first 64 KiB){hint} -- "
                 "pass UTF-8 text with one sentence per line"
             )
+
+
+def needs_spooling(path: PathLike) -> bool:
+    """``-`` (standard input), or an existing local path that is not a regular file (a named pipe,
+    ``/dev/stdin``, a process substitution): what can be read only once, while a job reads its
+    inputs several times (the checks, the content hash, ingest in a worker)."""
+    spath = os.fsdecode(path)
+    if spath == "-":
+        return True
+    if is_url(spath):
+        return False
+    try:
+        mode = os.stat(spath).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def spool_input(path: PathLike, folder: Path, limit: int) -> Path:
+    """Copy standard input (``-``) or a pipe once into ``folder``, named by its content's SHA-256
+    (the same stream twice is one file, and one job), and return the copy's path. Compressed data
+    stays compressed (it is recognised by its magic bytes).
+
+    Raises:
+        InputFileError: nothing came (an empty stream), or more than ``limit`` bytes
+            (``MINER_SPOOL_LIMIT``); the partial copy is removed.
+    """
+    spath = os.fsdecode(path)
+    shown = "standard input" if spath == "-" else spath
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    digest, size = hashlib.sha256(), 0
+    tmp = folder / f".spool-{os.getpid()}-{time.monotonic_ns()}.tmp"
+    try:
+        source = sys.stdin.buffer if spath == "-" else open(spath, "rb")
+        try:
+            with open(tmp, "wb") as out:
+                while block := source.read(_DIGEST_BLOCK):
+                    size += len(block)
+                    if size > limit:
+                        raise InputFileError(f"{shown} gives more than MINER_SPOOL_LIMIT ({limit:,} bytes) -- "
+                                             f"write it to a file and pass that, or raise the limit")
+                    digest.update(block)
+                    out.write(block)
+        finally:
+            if source is not sys.stdin.buffer:
+                source.close()
+        if size == 0:
+            raise InputFileError(f"input is empty (0 bytes): {shown} -- pipe in a text file with one sentence per line")
+        final = folder / f"{digest.hexdigest()[:32]}.txt"
+        os.replace(tmp, final)
+        return final
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sample_sentences(path: PathLike, n: int) -> list[str] | None:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from .conftest import make_case, miner_env, precision_recall, read_tsv, run_miner
+from .conftest import ROOT, make_case, miner_env, precision_recall, read_tsv, run_miner
 
 pytestmark = pytest.mark.slow
 
@@ -284,3 +284,44 @@ def test_a_job_whose_worker_died_shows_as_stalled(tmp_path):
     listed = json.loads(run_miner(home, "jobs", "--json", **env).stdout)
     assert [j["stalled"] for j in listed if j["id"] == job_id] == [True]
     assert "stalled: no worker on it" in run_miner(home, "jobs", **env).stdout
+
+
+def test_standard_input_and_named_pipes_as_inputs(tmp_path):
+    """`zcat sample.de.gz | miner mine - sample.en ...` failed: prepare_job hashed the stream, which
+    consumed it, and ingest read it again in another process. Now `-` and pipes are copied once
+    into MINER_ARTIFACTS/inputs (by content), and the export is the plain files' byte for byte."""
+    import os
+    import threading
+
+    examples = ROOT / "examples"
+    plain = tmp_path / "plain.tsv"
+    result = run_miner(tmp_path / "home-plain", "mine", examples / "sample.de", examples / "sample.en",
+                       "--src-lang", "de", "--tgt-lang", "en", "-q", "-o", plain)
+    assert result.returncode == 0, result.stderr[-3000:]
+    packed = tmp_path / "sample.de.gz"
+    packed.write_bytes(gzip.compress((examples / "sample.de").read_bytes()))
+    fifo = tmp_path / "sample.en.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes((examples / "sample.en").read_bytes()))
+    writer.start()
+    piped = tmp_path / "piped.tsv"
+    home = tmp_path / "home-piped"
+    result = subprocess.run(f"zcat {packed} | {sys.executable} -m miner mine - {fifo} --src-lang de --tgt-lang en "
+                            f"-q -o {piped}", shell=True, env=miner_env(home), capture_output=True, text=True,
+                            timeout=600)
+    writer.join(60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert piped.read_bytes() == plain.read_bytes()
+    assert "source read from standard input into " in result.stderr and f"target read from {fifo} into " in result.stderr
+    copies = sorted(p.read_bytes() for p in (home / "artifacts" / "inputs").iterdir())
+    assert copies == sorted((examples / name).read_bytes() for name in ("sample.de", "sample.en"))
+    # Nothing piped in, or more than MINER_SPOOL_LIMIT: one line, exit 3, no job.
+    empty = subprocess.run([sys.executable, "-m", "miner", "mine", "-", str(examples / "sample.en"), "--src-lang",
+                            "de", "--tgt-lang", "en", "-o", str(tmp_path / "x.tsv")], input=b"",
+                           env=miner_env(tmp_path / "home-empty"), capture_output=True, timeout=120)
+    assert empty.returncode == 3 and b"Error: input is empty (0 bytes): standard input" in empty.stderr
+    big = subprocess.run([sys.executable, "-m", "miner", "mine", "-", str(examples / "sample.en"), "--src-lang", "de",
+                          "--tgt-lang", "en", "-o", str(tmp_path / "x.tsv")], input=(examples / "sample.de").read_bytes(),
+                         env=miner_env(tmp_path / "home-big", MINER_SPOOL_LIMIT="1K"), capture_output=True, timeout=120)
+    assert big.returncode == 3 and b"standard input gives more than MINER_SPOOL_LIMIT (1,024 bytes)" in big.stderr
+    assert not list((tmp_path / "home-big" / "artifacts" / "inputs").glob("*"))  # the partial copy is gone
