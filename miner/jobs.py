@@ -482,60 +482,6 @@ def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[di
         ]
 
 
-def check_input_formats(src: Path, tgt: Path, options: JobOptions, warn) -> None:
-    """Before the job exists: ``--columns`` needs a TSV side, and a plain-text side whose first lines
-    all look like ``ID<TAB>TEXT`` (BUCC files) gets a warning that suggests ``--input-format tsv``."""
-    from miner.records import looks_like_id_tsv, resolve_format
-
-    formats = {path: resolve_format(options.input_format, path) for path in (src, tgt)}
-    if options.columns is not None and "tsv" not in formats.values():
-        raise UsageError("--columns names TSV columns; pass --input-format tsv")
-    for path, fmt in formats.items():
-        if fmt == "text" and looks_like_id_tsv(path):
-            warn(f"{path} looks like ID<TAB>TEXT lines (e.g. BUCC); it is read as plain text, ids included -- "
-                 "pass --input-format tsv to read the ids")
-
-
-def spool(cfg: Config, path, side: str, warn):
-    """``path`` itself, or for ``-`` (standard input) and pipes a copy of what they give, made once
-    under ``MINER_ARTIFACTS/inputs`` (:func:`miner.reader.spool_input`), where the workers read it."""
-    from miner.reader import needs_spooling, spool_input
-    from miner.storage import is_url
-
-    if not needs_spooling(path):
-        return path
-    if is_url(cfg.artifacts):
-        raise UsageError(f"reading the {side} from standard input or a pipe needs MINER_ARTIFACTS on a shared "
-                         f"folder (the workers read the copy there), not {cfg.artifacts}; write it to a file first")
-    copy = spool_input(path, Path(cfg.artifacts) / "inputs", cfg.spool_limit)
-    warn(f"{side} read from {'standard input' if str(path) == '-' else path} into {copy}")
-    return copy
-
-
-def check_sentence_counts(src: Path, tgt: Path, k: int) -> None:
-    """Before the job exists: each side has a sentence (a file of blank lines only is bad input,
-    as an empty file is), and a ``k`` above the default is smaller than each side (with ``k``
-    neighbours out of ``k`` or fewer sentences the margin's neighbourhood mean is the whole side's,
-    and scores leave their range: a top pair scored 1294.7 with --k 500 on 300 / 400 lines). The
-    default ``k`` on a side of a few sentences keeps working: the kNN step takes every sentence
-    there, and a mean over so few includes the partner. Reads at most ``k + 1`` sentences a side."""
-    from miner.defaults import K
-    from miner.errors import InputFileError
-    from miner.reader import count_sentences
-
-    for path in (src, tgt):
-        n = count_sentences(path, k + 1)
-        if n is None:
-            continue
-        if n == 0:
-            raise InputFileError(f"input file has no sentences (every line is blank): {path} -- pass a text file "
-                                 f"with one sentence per line")
-        if k > K and n <= k:
-            fewer = f" (at most {n - 1})" if n > 1 else ""
-            raise UsageError(f"--k {k} needs more than {k} sentences on each side, and {path} has {n}; "
-                             f"pass a smaller --k{fewer}")
-
-
 def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> tuple[int, bool]:
     """Check inputs and options (``opts``: those of ``miner mine`` / ``submit``), then create the job
     row in the database that ``open_db()`` returns the configuration of (brought up to date first).
@@ -546,6 +492,8 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     from miner.languages import language_warnings, normalise_code
     from miner.reader import check_input_file
     from miner.storage import check_store, is_url
+
+    from miner.inputs import check_input_formats, check_sentence_counts, spool
 
     src, tgt = (spool(cfg, path, side, warn) for path, side in ((src, "source"), (tgt, "target")))
     for path in (src, tgt):
@@ -562,7 +510,7 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
     for side in ("src_lang", "tgt_lang"):
         for message in language_warnings(opts[side], spec.languages, opts["model"]):
             warn(message)
-    from miner.langid import side_language_warning
+    from miner.inputs import side_language_warning
 
     for side, path, other in (("src", src, "tgt_lang"), ("tgt", tgt, "src_lang")):
         message = side_language_warning(path, opts[f"{side}_lang"], side, opts[other])

@@ -99,39 +99,3 @@ class LanguageChecker:
             if prob < self.min_share * top:
                 return False
         return False
-
-
-#: Lines of each side the submit-time check looks at (:func:`side_language_warning`).
-SAMPLE_LINES = 200
-
-
-def side_language_warning(path, code: str, side: str, other_code: str | None = None) -> str | None:
-    """A warning when a side's first lines do not read as the language its code names (swapped
-    ``--src-lang`` / ``--tgt-lang`` passed silently, and ``export --langid`` then wrote 0 pairs):
-    fewer than half of up to ``SAMPLE_LINES`` sentences plausible for ``code``, and most of them
-    identified as one other language. None when they agree, when the identifier does not know the
-    code, or when the file cannot be sampled (a pipe, an object-store URL)."""
-    from miner.reader import sample_sentences
-
-    label = langid_label(code)
-    if label is None:
-        return None
-    lines = sample_sentences(path, SAMPLE_LINES)
-    if not lines:
-        return None
-    checker = LanguageChecker()
-    plausible = sum(checker.is_language(line, label) for line in lines)
-    if plausible * 2 >= len(lines):
-        return None
-    counts: dict[str, int] = {}
-    for line in lines:
-        found = checker.detect(line)[0]
-        counts[found] = counts.get(found, 0) + 1
-    top, n = max(counts.items(), key=lambda item: (item[1], item[0]))
-    if top == label or n * 2 < len(lines):
-        return None
-    swapped = other_code is not None and langid_label(other_code) == top
-    hint = (" -- are --src-lang and --tgt-lang swapped?" if swapped else
-            f" -- check --{side}-lang (the code is a label for the export's --langid filter)")
-    return (f"--{side}-lang {code}, but {n} of the first {len(lines)} sentences of {path} read as {top!r} "
-            f"(only {plausible} as {label!r}){hint}")

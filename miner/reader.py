@@ -56,7 +56,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _SNIFF_BYTES = 64 * 1024  # decompressed bytes looked at by check_input_file
 _BINARY_RATIO = 0.30  # share of non-text bytes (with a NUL) that means "binary"
-_DIGEST_BLOCK = 1024 * 1024
+DIGEST_BLOCK = 1024 * 1024
 
 # readline() limit: lines up to this many bytes are read in one call; longer
 # ones are streamed chunk by chunk. 4 bytes per character is the UTF-8 worst
@@ -65,7 +65,7 @@ _MIN_CHUNK = 64 * 1024
 _MAX_CHUNK = 4 * 1024 * 1024
 
 # Errors the decompressors (and the OS) raise on a broken or unreadable file.
-_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 # One run of whitespace and/or control characters (C0 except tab -- tab is
 # whitespace anyway --, DEL and C1). Replacing every control character with a
@@ -206,10 +206,10 @@ def open_text_stream(path: PathLike) -> IO[bytes]:
             return lzma.open(spath, "rb")
         return open(spath, "rb", buffering=1024 * 1024)
     except OSError as exc:
-        raise _open_error(path, exc) from exc
+        raise open_error(path, exc) from exc
 
 
-def _open_error(path: PathLike, exc: Exception) -> InputFileError:
+def open_error(path: PathLike, exc: Exception) -> InputFileError:
     """The one-line InputFileError for an error raised opening or reading ``path``."""
     shown = _show(path)
     if isinstance(exc, FileNotFoundError):
@@ -246,28 +246,28 @@ def check_input_file(path: PathLike) -> None:
         try:
             st = os.stat(spath)
         except OSError as exc:
-            raise _open_error(path, exc) from exc
+            raise open_error(path, exc) from exc
         if stat.S_ISDIR(st.st_mode):
-            raise _open_error(path, IsADirectoryError(spath))
+            raise open_error(path, IsADirectoryError(spath))
         regular, size = stat.S_ISREG(st.st_mode), st.st_size
     if regular and size == 0:
         raise InputFileError(f"input file is empty (0 bytes): {shown} -- pass a text file with one sentence per line")
     if not regular:
         if not os.access(spath, os.R_OK):
-            raise _open_error(path, PermissionError(spath))
+            raise open_error(path, PermissionError(spath))
         return
 
     stream = open_text_stream(spath)  # raises InputFileError if unreadable
     try:
         with stream:
             head = stream.read(_SNIFF_BYTES)
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         if isinstance(stream, gzip.GzipFile):
             label = "gzip"
         elif isinstance(stream, lzma.LZMAFile):
             label = "xz"
         else:
-            raise _open_error(path, exc) from exc
+            raise open_error(path, exc) from exc
         raise InputFileError(
             f"input file {shown} is not a valid {label} file or is corrupt "
             f"({_one_line(exc)}) -- re-create it, or decompress it and pass "
@@ -289,113 +289,6 @@ def check_input_file(path: PathLike) -> None:
                 f"({ratio:.0%} non-text bytes in its first 64 KiB){hint} -- "
                 "pass UTF-8 text with one sentence per line"
             )
-
-
-def needs_spooling(path: PathLike) -> bool:
-    """``-`` (standard input), or an existing local path that is not a regular file (a named pipe,
-    ``/dev/stdin``, a process substitution): what can be read only once, while a job reads its
-    inputs several times (the checks, the content hash, ingest in a worker)."""
-    spath = os.fsdecode(path)
-    if spath == "-":
-        return True
-    if is_url(spath):
-        return False
-    try:
-        mode = os.stat(spath).st_mode
-    except OSError:
-        return False
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
-
-
-def spool_input(path: PathLike, folder: Path, limit: int) -> Path:
-    """Copy standard input (``-``) or a pipe once into ``folder``, named by its content's SHA-256
-    (the same stream twice is one file, and one job), and return the copy's path. Compressed data
-    stays compressed (it is recognised by its magic bytes).
-
-    Raises:
-        InputFileError: nothing came (an empty stream), or more than ``limit`` bytes
-            (``MINER_SPOOL_LIMIT``); the partial copy is removed.
-    """
-    spath = os.fsdecode(path)
-    shown = "standard input" if spath == "-" else spath
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    digest, size = hashlib.sha256(), 0
-    tmp = folder / f".spool-{os.getpid()}-{time.monotonic_ns()}.tmp"
-    try:
-        source = sys.stdin.buffer if spath == "-" else open(spath, "rb")
-        try:
-            with open(tmp, "wb") as out:
-                while block := source.read(_DIGEST_BLOCK):
-                    size += len(block)
-                    if size > limit:
-                        raise InputFileError(f"{shown} gives more than MINER_SPOOL_LIMIT ({limit:,} bytes) -- "
-                                             f"write it to a file and pass that, or raise the limit")
-                    digest.update(block)
-                    out.write(block)
-        finally:
-            if source is not sys.stdin.buffer:
-                source.close()
-        if size == 0:
-            raise InputFileError(f"input is empty (0 bytes): {shown} -- pipe in a text file with one sentence per line")
-        final = folder / f"{digest.hexdigest()[:32]}.txt"
-        os.replace(tmp, final)
-        return final
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sample_sentences(path: PathLike, n: int) -> list[str] | None:
-    """The first ``n`` non-blank lines of an input corpus (normalised), for checks before a job
-    exists; None where :func:`count_sentences` gives None."""
-    spath = os.fsdecode(path)
-    if is_url(spath):
-        return None
-    try:
-        if not stat.S_ISREG(os.stat(spath).st_mode):
-            return None
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    out: list[str] = []
-    try:
-        with open_text_stream(spath) as stream:
-            for raw in stream:
-                text = normalise(raw.decode("utf-8", errors="replace"))
-                if text:
-                    out.append(text)
-                    if len(out) >= n:
-                        break
-    except _READ_ERRORS:
-        pass
-    return out
-
-
-def count_sentences(path: PathLike, at_most: int) -> int | None:
-    """Non-blank lines of an input corpus (after :func:`normalise`), counted up to ``at_most``:
-    cheap whatever the file's size, for the checks before a job exists (a file of blank lines only,
-    ``k`` against a side's size). None for what must not be read twice (pipes, devices) and for
-    object-store URLs; corrupt data counts as far as it reads (ingest reports it)."""
-    spath = os.fsdecode(path)
-    if is_url(spath):
-        return None
-    try:
-        if not stat.S_ISREG(os.stat(spath).st_mode):
-            return None
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    count = 0
-    try:
-        with open_text_stream(spath) as stream:
-            for raw in stream:
-                if normalise(raw.decode("utf-8", errors="replace")):
-                    count += 1
-                    if count >= at_most:
-                        break
-    except _READ_ERRORS:
-        pass
-    return count
 
 
 def _non_text_ratio(sample: bytes) -> float:
@@ -432,10 +325,10 @@ def file_digest(path: PathLike) -> str:
         return input_digest(spath)
     try:
         with open(spath, "rb") as f:
-            while block := f.read(_DIGEST_BLOCK):
+            while block := f.read(DIGEST_BLOCK):
                 h.update(block)
     except OSError as exc:
-        raise _open_error(path, exc) from exc
+        raise open_error(path, exc) from exc
     return h.hexdigest()
 
 
@@ -614,7 +507,7 @@ def _read_records(
                 seen[key] = stats.sentences
                 stats.sentences += 1
                 yield line_no, text, ext_id, meta, None
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         where = f" at line {line_no + 1}" if line_no >= 0 else ""
         raise InputFileError(
             f"cannot read input file {_show(path)}{where}: {_one_line(exc)} -- "

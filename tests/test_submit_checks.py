@@ -7,8 +7,7 @@ import gzip
 import os
 from pathlib import Path
 
-from miner.langid import SAMPLE_LINES, side_language_warning
-from miner.reader import count_sentences, sample_sentences
+from miner.inputs import SAMPLE_LINES, count_sentences, sample_sentences, side_language_warning
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TATOEBA = Path(__file__).parent / "data" / "tatoeba"
