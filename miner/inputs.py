@@ -75,9 +75,10 @@ def spool_input(path: PathLike, folder: Path, limit: int) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def sample_sentences(path: PathLike, n: int) -> list[str] | None:
-    """The first ``n`` non-blank lines of an input corpus (normalised), for checks before a job
-    exists; None where :func:`count_sentences` gives None."""
+def _first_sentences(path: PathLike, n: int):
+    """The first ``n`` non-blank lines of a local regular file (normalised), lazily; None for
+    object-store URLs and for what must not be read twice (pipes, devices). Corrupt data yields as
+    far as it reads (ingest reports it)."""
     spath = os.fsdecode(path)
     if is_url(spath):
         return None
@@ -86,44 +87,37 @@ def sample_sentences(path: PathLike, n: int) -> list[str] | None:
             return None
     except OSError as exc:
         raise open_error(path, exc) from exc
-    out: list[str] = []
-    try:
-        with open_text_stream(spath) as stream:
-            for raw in stream:
-                text = normalise(raw.decode("utf-8", errors="replace"))
-                if text:
-                    out.append(text)
-                    if len(out) >= n:
-                        break
-    except READ_ERRORS:
-        pass
-    return out
+
+    def lines():
+        found = 0
+        try:
+            with open_text_stream(spath) as stream:
+                for raw in stream:
+                    text = normalise(raw.decode("utf-8", errors="replace"))
+                    if text:
+                        yield text
+                        found += 1
+                        if found >= n:
+                            return
+        except READ_ERRORS:
+            return
+
+    return lines()
+
+
+def sample_sentences(path: PathLike, n: int) -> list[str] | None:
+    """The first ``n`` non-blank lines of an input corpus (normalised), for checks before a job
+    exists; None where :func:`count_sentences` gives None."""
+    found = _first_sentences(path, n)
+    return None if found is None else list(found)
 
 
 def count_sentences(path: PathLike, at_most: int) -> int | None:
     """Non-blank lines of an input corpus (after :func:`normalise`), counted up to ``at_most``:
     cheap whatever the file's size, for the checks before a job exists (a file of blank lines only,
-    ``k`` against a side's size). None for what must not be read twice (pipes, devices) and for
-    object-store URLs; corrupt data counts as far as it reads (ingest reports it)."""
-    spath = os.fsdecode(path)
-    if is_url(spath):
-        return None
-    try:
-        if not stat.S_ISREG(os.stat(spath).st_mode):
-            return None
-    except OSError as exc:
-        raise open_error(path, exc) from exc
-    count = 0
-    try:
-        with open_text_stream(spath) as stream:
-            for raw in stream:
-                if normalise(raw.decode("utf-8", errors="replace")):
-                    count += 1
-                    if count >= at_most:
-                        break
-    except READ_ERRORS:
-        pass
-    return count
+    ``k`` against a side's size). None for pipes, devices and object-store URLs."""
+    found = _first_sentences(path, at_most)
+    return None if found is None else sum(1 for _ in found)
 
 
 def check_input_formats(src: Path, tgt: Path, options, warn) -> None:
