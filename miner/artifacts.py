@@ -75,8 +75,10 @@ class Artifacts:
             return location.rsplit("/", 1)[0] + "/" + name
         return location.with_name(name)
 
-    def scores(self, job_id: int, direction: str, start: int, end: int) -> Location:
-        return self._at("jobs", f"{job_id:08d}", f"{direction}-{_span(start, end)}.npz")
+    def scores(self, job_key: str, direction: str, start: int, end: int) -> Location:
+        """A job's score shard, under ``job_key`` (:func:`job_key`), never the job's id: ids start at
+        1 again after a database reset, and two databases may share one artifacts store."""
+        return self._at("jobs", job_key, f"{direction}-{_span(start, end)}.npz")
 
     def relative(self, location: Location) -> str:
         """``location`` relative to the root (what a manifest stores)."""
@@ -226,3 +228,13 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+def job_key(job) -> str:
+    """What names a job's own artifacts: its request key (a hash of its inputs' contents and every
+    option that changes results: two jobs with one key compute the same scores), else (a job made
+    without one) its id and creation time, which a reset database does not repeat."""
+    if getattr(job, "request_key", None):
+        return f"r-{job.request_key[:40]}"
+    created = job.created_at.strftime("%Y%m%dT%H%M%S%f") if job.created_at else "unknown"
+    return f"id-{job.id:08d}-{created}"

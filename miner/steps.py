@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select
 
 from miner import corpora, indexes, mining
-from miner.artifacts import Artifacts, Location, artifacts_for
+from miner.artifacts import Artifacts, Location, artifacts_for, job_key
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, session_scope, utcnow
 from miner.errors import JobCancelled, MinerError, ModelError
@@ -322,7 +322,7 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
     query, target = (sides[name] for name in DIRECTIONS[direction])
     k = min(int(job.options["k"]), target.n)
     art = artifacts_for(cfg)
-    path = art.scores(job_id, direction, start, end)
+    path = art.scores(job_key(job), direction, start, end)
     reused = art.exists(path)
     if not reused:
         shard = art.load_npz(_knn_path(art, job, query, target, k, start, end))
@@ -343,7 +343,7 @@ def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray
     """(best ids, best scores, decoy scores) of every sentence of ``side``; the decoys are None
     when a score artifact predates them."""
     art = artifacts_for(cfg)
-    parts = [art.load_npz(art.scores(job.id, direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
+    parts = [art.load_npz(art.scores(job_key(job), direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
     decoy = np.concatenate([p["decoy"] for p in parts]) if all("decoy" in p for p in parts) else None
     return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), decoy
 

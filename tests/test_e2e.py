@@ -325,3 +325,30 @@ def test_standard_input_and_named_pipes_as_inputs(tmp_path):
                          env=miner_env(tmp_path / "home-big", MINER_SPOOL_LIMIT="1K"), capture_output=True, timeout=120)
     assert big.returncode == 3 and b"standard input gives more than MINER_SPOOL_LIMIT (1,024 bytes)" in big.stderr
     assert not list((tmp_path / "home-big" / "artifacts" / "inputs").glob("*"))  # the partial copy is gone
+
+
+def test_a_reset_database_does_not_reuse_an_old_jobs_scores(tmp_path):
+    """Score shards were stored under the job's integer id (jobs/00000001/...) and reused whenever
+    the file existed: after `rm miner.db` (or with two databases on one MINER_ARTIFACTS) ids start
+    at 1 again, and a new job of other corpora of the same sizes loaded the old job's scores."""
+    examples, data = ROOT / "examples", ROOT / "tests" / "data" / "tatoeba"
+    home = tmp_path / "home"
+    first = run_miner(home, "mine", examples / "sample.de", examples / "sample.en", "--src-lang", "de",
+                      "--tgt-lang", "en", "-q", "-o", tmp_path / "first.tsv")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for path in home.glob("miner.db*"):  # the database reset (with its -wal and -shm); the artifacts stay
+        path.unlink()
+    fra = (data / "tatoeba.fra-eng.fra").read_text(encoding="utf-8").splitlines()[:300]
+    eng = (data / "tatoeba.fra-eng.eng").read_text(encoding="utf-8").splitlines()[:300]
+    eng += (data / "distractors.eng").read_text(encoding="utf-8").splitlines()[:100]  # 300 / 400 lines, as sample
+    src, tgt = tmp_path / "other.fr", tmp_path / "other.en"
+    src.write_text("\n".join(fra) + "\n", encoding="utf-8")
+    tgt.write_text("\n".join(eng) + "\n", encoding="utf-8")
+    args = (src, tgt, "--src-lang", "fr", "--tgt-lang", "en", "-q")
+    again = run_miner(home, "mine", *args, "-o", tmp_path / "again.tsv")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _job_id(again) == 1  # the id the first job had
+    fresh = run_miner(tmp_path / "fresh", "mine", *args, "-o", tmp_path / "fresh.tsv")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert (tmp_path / "again.tsv").read_bytes() == (tmp_path / "fresh.tsv").read_bytes()
+    assert len(read_tsv(tmp_path / "again.tsv")) > 250

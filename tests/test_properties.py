@@ -160,8 +160,11 @@ def side_embeddings(cfg, job: Job, side: str, n: int, shard_size: int) -> np.nda
 
 def best_of(cfg, job_id: int, direction: str, n: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The best candidate (id, score) of every query sentence of ``direction``, as the score step stored."""
-    art = Artifacts(cfg.artifacts)
-    parts = [load_npz(art.scores(job_id, direction, s, e)) for s, e in orchestration.shard_spans(n, shard_size)]
+    from miner.artifacts import job_key
+    from miner.jobs import get_job
+
+    art, key = Artifacts(cfg.artifacts), job_key(get_job(cfg, job_id))
+    parts = [load_npz(art.scores(key, direction, s, e)) for s, e in orchestration.shard_spans(n, shard_size)]
     return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts])
 
 

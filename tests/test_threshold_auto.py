@@ -296,10 +296,13 @@ def test_default_job_is_auto_and_coherent(sample_jobs):
     # The score step stored each sentence's decoy score (its best without its best candidate).
     import numpy as np
 
-    from miner.artifacts import Artifacts, load_npz
+    from miner.artifacts import Artifacts, job_key, load_npz
+    from miner.config import Config
+    from miner.jobs import get_job
 
+    key = job_key(get_job(Config.from_env({"MINER_HOME": str(home)}), int(job)))
     for direction, n in (("fwd", 300), ("bwd", 400)):
-        scores = load_npz(Artifacts(home / "artifacts").scores(job, direction, 0, n))
+        scores = load_npz(Artifacts(home / "artifacts").scores(key, direction, 0, n))
         assert scores["decoy"].shape == scores["scores"].shape == (n,) and np.isfinite(scores["decoy"]).all()
         assert np.median(scores["decoy"]) < np.median(scores["scores"])
     assert threshold["method"] != "auto" or threshold["decoys"] > 0
