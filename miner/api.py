@@ -178,6 +178,10 @@ class Service:
         options = request.model_dump()
         src, tgt = confine(cfg, options.pop("src")), confine(cfg, options.pop("tgt"))
         options["model"] = confine_model(cfg, options["model"])
+        if cfg.api_models is not None and options["model"] not in cfg.api_models and \
+                request.model.strip() not in cfg.api_models:
+            raise InputNotAllowed(f"model {request.model!r} is not one this server offers (MINER_API_MODELS: "
+                                  f"{', '.join(cfg.api_models)})")
         if options.get("trust_remote_code") and not cfg.trust_remote_code:
             raise InputNotAllowed("trust_remote_code lets a model run code in the workers; over HTTP it needs "
                                   "MINER_TRUST_REMOTE_CODE=1 on the server")

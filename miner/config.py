@@ -52,6 +52,9 @@ ENV_VARS = {
     "MINER_ALLOWED_HOSTS": "miner serve: host names (comma-separated) the Host header of a request may carry "
                            "(default: localhost, 127.0.0.1, ::1 and the --host it binds; with MINER_API_TOKEN set "
                            "and this unset, any)",
+    "MINER_API_MODELS": "miner serve: the models (comma-separated aliases, Hugging Face ids or local directories) "
+                        "that jobs submitted over HTTP may use (unset: any alias or id, local directories under "
+                        "MINER_INPUT_ROOTS)",
     "MINER_INPUT_ROOTS": "miner serve: folders (os.pathsep-separated) that jobs submitted over HTTP may read from "
                          "(default: the current directory)",
     "MINER_INPUT_URLS": "miner serve: object-store URL prefixes (comma-separated, e.g. s3://corpora/) that jobs "
@@ -249,6 +252,7 @@ class Config:
     input_roots: tuple[Path, ...] = dataclasses.field(default_factory=lambda: _roots(None))
     input_urls: tuple[str, ...] = ()  # and the object-store URL prefixes (MINER_INPUT_URLS)
     allowed_hosts: tuple[str, ...] | None = None  # MINER_ALLOWED_HOSTS (None: see miner.api.allowed_hosts)
+    api_models: tuple[str, ...] | None = None  # MINER_API_MODELS: the models HTTP jobs may use (None: any)
     # the local copies of remote artifacts (MINER_ARTIFACTS=s3://...): folder and size limit in bytes
     cache: Path | None = None
     cache_limit: int = DEFAULT_CACHE_LIMIT
@@ -279,6 +283,8 @@ class Config:
             input_roots=_roots(env.get("MINER_INPUT_ROOTS")),
             allowed_hosts=tuple(h.strip().lower() for h in env["MINER_ALLOWED_HOSTS"].split(",") if h.strip())
             if env.get("MINER_ALLOWED_HOSTS") else None,
+            api_models=tuple(m.strip() for m in env["MINER_API_MODELS"].split(",") if m.strip())
+            if env.get("MINER_API_MODELS") else None,
             input_urls=_url_prefixes(env.get("MINER_INPUT_URLS")),
             cache=Path(env.get("MINER_CACHE") or home / "cache").expanduser().absolute(),
             cache_limit=parse_size(env["MINER_CACHE_LIMIT"]) if env.get("MINER_CACHE_LIMIT") else DEFAULT_CACHE_LIMIT,
@@ -340,7 +346,7 @@ class Config:
                 value = "***" if value else None
             elif field.name == "input_roots":
                 value = os.pathsep.join(str(root) for root in value)
-            elif field.name in ("input_urls", "allowed_hosts"):
+            elif field.name in ("input_urls", "allowed_hosts", "api_models"):
                 value = ",".join(value) if value is not None else None
             out[field.name] = mask_url(str(value)) if isinstance(value, (str, Path)) else value
         return out

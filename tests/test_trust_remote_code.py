@@ -142,3 +142,23 @@ def test_the_servers_setting_is_a_ceiling_for_http_jobs(home, monkeypatch):
                                        "--src-lang", "de", "--tgt-lang", "en", "--force"])
     assert result.exit_code == 0, result.output
     assert get_job(cfg, int(result.output.strip().splitlines()[-1])).options["trust_remote_code"] is True
+
+
+def test_the_api_offers_only_the_models_it_lists(home, monkeypatch):
+    """Hugging Face ids from HTTP were not confined: any job could make the workers fetch and run
+    any hub model. MINER_API_MODELS lists what the server offers."""
+    from fastapi.testclient import TestClient
+
+    from miner.api import create_app
+
+    from .quality_helpers import config
+
+    monkeypatch.setenv("MINER_INPUT_ROOTS", str(EXAMPLES))
+    monkeypatch.setenv("MINER_API_MODELS", "muse, minilm")
+    client = TestClient(create_app(config()), base_url="http://localhost")
+    body = {"src": "sample.de", "tgt": "sample.en", "src_lang": "de", "tgt_lang": "en"}
+    refused = client.post("/api/jobs", json={**body, "model": "sentence-transformers/LaBSE"})
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "model 'sentence-transformers/LaBSE' is not one this server offers "
+                                       "(MINER_API_MODELS: muse, minilm)"}
+    assert client.post("/api/jobs", json={**body, "model": "muse"}).status_code == 201
