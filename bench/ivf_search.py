@@ -171,7 +171,7 @@ def _list_size_stats(index) -> dict:
 
 
 def set_threads(threads: int) -> None:
-    """What ``workers.app.limit_threads`` does (the environment variables are set by the parent)."""
+    """What ``miner.workers.app.limit_threads`` does (the environment variables are set by the parent)."""
     import faiss
 
     try:

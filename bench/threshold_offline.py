@@ -361,6 +361,33 @@ def lolo(work: Path, values: list[float]) -> tuple[list[dict], list[str]]:
     return out, lines
 
 
+def offsets(work: Path) -> list[dict]:
+    """Where the null rests, with the gold: per draw, how far the translations' decoys (the method's
+    null) lie from the non-translations' scores (what the null stands for), at the null's lambda
+    quantile and its median, in the non-translations' sd; beside the estimated and true share.
+    The spread over a case's draws is the noise that ~45 decoys leave in a small sparse case."""
+    from miner import autocut
+
+    out = []
+    for path in sorted((work / "npz").glob("*.npz")):
+        case = load(path)
+        inputs = inputs_of(case, False)
+        decoys = autocut.decoy_scores(inputs)
+        label = case["label"].astype(bool)
+        if decoys is None or label.sum() < 3 or (~label).sum() < 3:
+            continue
+        gold_decoys = decoys[label & np.isfinite(decoys)]
+        null_scores = case["scores"][~label]
+        sd = float(np.std(null_scores))
+        decision = autocut.decide(inputs, str(case["margin"]), float(case["fixed"]))
+        out.append({"case": path.stem, "family": family(path.stem), "decoys": int(gold_decoys.size),
+                    "q30": (np.quantile(gold_decoys, 0.3) - np.quantile(null_scores, 0.3)) / sd,
+                    "q50": (np.quantile(gold_decoys, 0.5) - np.quantile(null_scores, 0.5)) / sd,
+                    "q97": (np.quantile(gold_decoys, 0.97) - np.quantile(null_scores, 0.97)) / sd,
+                    "share": decision.evidence.get("share"), "true_share": float(label.mean())})
+    return out
+
+
 def show(rows: list[dict]) -> str:
     lines = [(f"{'case':<34} {'method':<8} {'cut':>6} {'est%':>5} {'true%':>5} | {'F1':>5} {'oracle':>6} {'at':>6} | "
               f"{'gap':>5} {'base':>5} {'s':>5}")]
@@ -382,7 +409,7 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo"))
+    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo", "offsets"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
@@ -403,6 +430,23 @@ def main(argv=None) -> int:
         print(f"held out: calibrated - auto mean {np.mean(gaps):.2f}, max {max(gaps):.2f}; chosen: "
               + ", ".join(f"{v:g} x{sum(r['value'] == v for r in held)}" for v in sorted({r['value'] for r in held})))
         print("\n".join(lines))
+        return 0
+    if args.command == "offsets":
+        rows = offsets(args.work)
+        print(f"{'case':<34} {'draws':>5} {'decoys':>6} | {'q30 mean':>8} {'sd':>5} {'q50 mean':>8} {'sd':>5} "
+              f"{'q97 mean':>8} | "
+              f"{'est/true share':>14} {'min':>5} {'max':>5}")
+        for fam in dict.fromkeys(r["family"] for r in rows):
+            members = [r for r in rows if r["family"] == fam]
+            q30, q50 = np.array([r["q30"] for r in members]), np.array([r["q50"] for r in members])
+            q97 = np.mean([r["q97"] for r in members])
+            ratio = np.array([(r["share"] or 0.0) / r["true_share"] for r in members])
+            print(f"{fam:<34} {len(members):>5} {np.mean([r['decoys'] for r in members]):>6.0f} | "
+                  f"{q30.mean():>8.2f} {q30.std():>5.2f} {q50.mean():>8.2f} {q50.std():>5.2f} {q97:>8.2f} | "
+                  f"{ratio.mean():>14.2f} {ratio.min():>5.2f} {ratio.max():>5.2f}")
+        print("q30/q50/q97: the translations' decoys' quantile minus the non-translations' scores' quantile, in the "
+              "non-translations' sd (0: the null sits where it should); est/true: the estimated share of translations "
+              "over the true one")
         return 0
     if args.command == "floor":
         for row in floor(args.work):

@@ -198,13 +198,13 @@ class Service:
         return {**job_status(cfg, job_id), "existing": existing, "warnings": warnings}, existing
 
     def send(self, job_id: int) -> None:
-        from workers.client import send_or_fail
+        from miner.workers.client import send_or_fail
 
         with self._send_lock:  # one Celery producer at a time
             send_or_fail(self.cfg, job_id)
 
     def ping(self) -> list[str]:
-        from workers.client import ping
+        from miner.workers.client import ping
 
         return ping(self.cfg, 0.5)
 
@@ -266,7 +266,7 @@ class Service:
         from sqlalchemy import text
 
         from miner.db import session_scope
-        from workers.client import broker_problem
+        from miner.workers.client import broker_problem
 
         out = {"database": "ok", "broker": "ok"}
         try:
@@ -435,7 +435,7 @@ def create_app(cfg: Config, bound: str | None = None) -> FastAPI:
     async def _other(request, exc: Exception):
         from sqlalchemy.exc import SQLAlchemyError
 
-        from workers.client import is_broker_error
+        from miner.workers.client import is_broker_error
 
         if isinstance(exc, SQLAlchemyError):
             return error(503, f"database error at {mask_url(cfg.db_url)}: {one_line(getattr(exc, 'orig', exc) or exc)}")

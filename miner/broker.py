@@ -17,7 +17,7 @@ shared lock while holding it, and the supervisor decides to stop while holding i
 never races a new user.
 
 The Celery URL is ``miner+socket:///<socket>``: the ``miner`` kombu transport
-(:class:`workers.transport.Transport`) is kombu's Redis transport that first makes sure the
+(:class:`miner.workers.transport.Transport`) is kombu's Redis transport that first makes sure the
 server runs, on every (re)connection, so a crashed server is started again.
 """
 

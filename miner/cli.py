@@ -2,7 +2,7 @@
 
 The shared options and error handling are in :mod:`miner.cli_options`, the progress and status
 text in :mod:`miner.progress`, the local worker processes of ``miner mine`` in
-:mod:`miner.local_workers`, and what is asked of the task queue in :mod:`workers.client`.
+:mod:`miner.local_workers`, and what is asked of the task queue in :mod:`miner.workers.client`.
 
 Exit codes: 0 success; 1 a job failed or another runtime error; 2 bad options or arguments
 (unknown option, k < 1, missing job, ...); 3 bad input file (missing, empty, unreadable, not
@@ -112,9 +112,9 @@ def _warn_filesystem_broker(cfg: Config) -> None:
 
 
 def _send(cfg: Config, job_id: int) -> None:
-    """Send the job's first tasks (:func:`workers.client.send_or_fail`: a job whose broker cannot be
+    """Send the job's first tasks (:func:`miner.workers.client.send_or_fail`: a job whose broker cannot be
     reached is marked failed, and ``miner retry JOB`` sends it again)."""
-    from workers.client import send_or_fail
+    from miner.workers.client import send_or_fail
 
     _warn_filesystem_broker(cfg)
     send_or_fail(cfg, job_id)
@@ -244,8 +244,8 @@ def _print_skips(status: dict) -> None:
 
 
 def _ping(cfg: Config, timeout: float = 1.0) -> list[str]:
-    """Names of the workers that answer on the broker (:func:`workers.client.ping`)."""
-    from workers.client import ping
+    """Names of the workers that answer on the broker (:func:`miner.workers.client.ping`)."""
+    from miner.workers.client import ping
 
     return ping(cfg, timeout)
 
@@ -294,7 +294,7 @@ def worker(ctx, concurrency, queues, threads, loglevel, name, events):
         shown = f"{os.environ['MINER_THREADS']} threads"
     else:  # the host's cores, shared by the task processes of every worker on it (miner.cores)
         shown = f"a share of this host's {cores} cores"
-    from workers.app import use_config
+    from miner.workers.app import use_config
     # Celery's banner only on a terminal: in a log file our one line below says what matters.
     argv = ([] if sys.stderr.isatty() else ["--quiet"]) + [
         "worker", "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,

@@ -47,7 +47,7 @@ class MinerGroup(click.Group):
                 f"cannot use {where}: {exc.strerror or exc}; check the path, its permissions and free space"
             ) from None
         except Exception as exc:
-            from workers.client import is_broker_error
+            from miner.workers.client import is_broker_error
 
             if not is_broker_error(exc):
                 raise

@@ -9,7 +9,7 @@ worker ends. Before each task, a pool process counts the slots of the live regis
 uses every core, and two workers on one host split them instead of running twice as many threads
 as there are cores (which made a two-thread encode up to 5x slower).
 
-No Celery here: :mod:`workers.hooks` registers the worker and sizes each task's threads.
+No Celery here: :mod:`miner.workers.hooks` registers the worker and sizes each task's threads.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import time
 from sqlalchemy import delete, insert, select, update
 
 from miner.config import Config
-from miner.db import Corpus, CorpusState, Job, Sentence, SentenceDuplicate, session_scope, utcnow
+from miner.db import Corpus, CorpusState, Job, Sentence, SentenceDuplicate, db_now, server_now, session_scope
 from miner.errors import InputFileError, JobCancelled
 from miner.orchestration import ensure_active, record_step
 from miner.reader import ReadStats, batched, check_input_file, file_digest
@@ -102,8 +102,8 @@ def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) ->
                 return corpus.id, False
             if corpus.state == CorpusState.READY.value:
                 return corpus.id, True
-            corpus_id, seen = corpus.id, corpus.heartbeat_at
-        if (utcnow() - seen).total_seconds() > STALE_INGEST_SECONDS and _take_over(cfg, corpus_id, seen):
+            corpus_id, seen, now = corpus.id, corpus.heartbeat_at, server_now(s)
+        if (now - seen).total_seconds() > STALE_INGEST_SECONDS and _take_over(cfg, corpus_id, seen):
             return corpus_id, False  # the task that was filling it died
         time.sleep(1.0)
 
@@ -114,14 +114,14 @@ def _take_over(cfg: Config, corpus_id: int, seen) -> bool:
         moved = s.execute(
             update(Corpus)
             .where(Corpus.id == corpus_id, Corpus.heartbeat_at == seen, Corpus.state != CorpusState.READY.value)
-            .values(heartbeat_at=utcnow())
+            .values(heartbeat_at=db_now())
         ).rowcount
     return moved == 1
 
 
 def _beat_corpus(s, corpus_id: int, beat):
     """Move the corpus's heartbeat on from ``beat`` (ours); raise when another task took it over."""
-    now = utcnow()
+    now = server_now(s)  # the database's clock: the other hosts judge this heartbeat by it
     if now <= beat:
         now = beat + dt.timedelta(microseconds=1)
     moved = s.execute(update(Corpus).where(Corpus.id == corpus_id, Corpus.heartbeat_at == beat)

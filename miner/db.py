@@ -33,13 +33,47 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
+    text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 def utcnow() -> dt.datetime:
+    """This host's clock (UTC, naive). For display only: every lease, heartbeat and stall time is
+    the database's clock (:func:`db_now`, :func:`server_now`), which all hosts share."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class db_now(FunctionElement):
+    """The database server's clock in UTC, as SQL (``INSERT``/``UPDATE`` values, column defaults).
+
+    Every time stamp that another host compares with its own (leases, heartbeats, hand-overs, the
+    stall sweep) is written and judged by this one clock, so a worker whose clock runs ahead does
+    not take a live unit over. SQLite is a local file: its clock is this host's."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element, compiler, **kw):
+    # clock_timestamp(), not now(): now() stands still for a whole transaction.
+    return "(clock_timestamp() AT TIME ZONE 'UTC')"
+
+
+@compiles(db_now)
+def _db_now_sqlite(element, compiler, **kw):
+    # SQLAlchemy's SQLite DateTime format, microseconds included ('%f' gives milliseconds).
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+
+
+def server_now(session) -> dt.datetime:
+    """The database server's clock now (UTC, naive): what leases and stalls are judged by."""
+    return session.scalar(select(db_now()))
 
 
 class JobState(str, enum.Enum):
@@ -60,7 +94,9 @@ class CorpusState(str, enum.Enum):
 
 
 class Base(DeclarativeBase):
-    pass
+    # The time stamps db_now() fills in come back with the INSERT (RETURNING), so objects read
+    # them after their session closed.
+    __mapper_args__ = {"eager_defaults": True}
 
 
 class Corpus(Base):
@@ -75,8 +111,8 @@ class Corpus(Base):
     n_sentences: Mapped[int] = mapped_column(Integer, default=0)
     stats: Mapped[dict] = mapped_column(JSON, default=dict)
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
 
 
 class Sentence(Base):
@@ -106,8 +142,16 @@ class SentenceDuplicate(Base):
     meta: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
+#: The states in which a job holds its ``live_key`` (the partial unique index uq_jobs_live_key).
+LIVE_STATES = ("queued", "running")
+_LIVE = text("state IN ('queued', 'running')")
+
+
 class Job(Base):
     __tablename__ = "jobs"
+    # One live job per request (miner.jobs.create_job): two identical submissions at the same
+    # moment cannot both mine; the second finds the first.
+    __table_args__ = (Index("uq_jobs_live_key", "live_key", unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
@@ -130,10 +174,13 @@ class Job(Base):
     swept_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     # Hash of both files' contents and the options that change results: finds duplicate submissions.
     request_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The request key while this job is the one that mines it (None for a --force submission):
+    # unique among queued and running jobs.
+    live_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The cut the finished job uses: {"value", "method" (auto, fallback, fixed, calibrated), "reason",
     # ...evidence} (miner.autocut.Decision.to_json); None until finish, and for jobs mined before it.
     threshold_info: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -159,8 +206,8 @@ class JobLease(Base):
     stage: Mapped[str] = mapped_column(String(16), primary_key=True)
     unit: Mapped[str] = mapped_column(String(64), primary_key=True)
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
 
 
 class JobStep(Base):
@@ -176,7 +223,7 @@ class JobStep(Base):
     reused: Mapped[bool] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=db_now())
 
 
 class Candidate(Base):

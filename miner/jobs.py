@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 
 from miner.config import Config
 from miner.defaults import threshold_choice
-from miner.db import Candidate, Corpus, Job, JobStage, JobState, JobStep, session_scope, utcnow
+from miner.db import LIVE_STATES, Candidate, Corpus, Job, JobStage, JobState, JobStep, server_now, session_scope
 from miner.errors import JobNotFound, JobStateError, UsageError
 from miner.mining import Margin, Retrieval
 from miner.orchestration import STAGES, load_job, missing_units, unit_name
@@ -200,20 +200,43 @@ def _same_input(src: Path | str, tgt: Path | str) -> bool:
 
 
 def create_job(cfg: Config, src: Path | str, tgt: Path | str, options: JobOptions, request_key: str | None = None) -> int:
+    """Insert a job that does not take the request key as its live key (``--force``); its id."""
+    return claim_job(cfg, src, tgt, options, request_key, exclusive=False)[0]
+
+
+def claim_job(cfg: Config, src: Path | str, tgt: Path | str, options: JobOptions, request_key: str | None,
+              exclusive: bool = True) -> tuple[int, bool]:
+    """Insert the job; returns (id, False). ``exclusive`` (not --force): the job takes the request
+    key as its live key, unique among queued and running jobs, so that of two identical submissions
+    at the same moment one inserts and the other gets (id of that job, True) instead of a second
+    job mining the same thing."""
+    from sqlalchemy.exc import IntegrityError
+
+    live = request_key if exclusive else None
+    try:
+        with session_scope(cfg.db_url) as s:
+            job = Job(
+                request_key=request_key,
+                live_key=live,
+                src_path=input_name(src),
+                tgt_path=input_name(tgt),
+                src_lang=options.src_lang,
+                tgt_lang=options.tgt_lang,
+                model=options.model,
+                options=options.stored(),
+                state=JobState.QUEUED.value,
+            )
+            s.add(job)
+            s.flush()
+            return job.id, False
+    except IntegrityError:
+        if live is None:
+            raise
     with session_scope(cfg.db_url) as s:
-        job = Job(
-            request_key=request_key,
-            src_path=input_name(src),
-            tgt_path=input_name(tgt),
-            src_lang=options.src_lang,
-            tgt_lang=options.tgt_lang,
-            model=options.model,
-            options=options.stored(),
-            state=JobState.QUEUED.value,
-        )
-        s.add(job)
-        s.flush()
-        return job.id
+        other = s.scalar(select(Job.id).where(Job.live_key == live, Job.state.in_(LIVE_STATES)))
+    if other is None:  # it finished between the insert and this look: this submission is the next one
+        return claim_job(cfg, src, tgt, options, request_key, exclusive)
+    return int(other), True
 
 
 get_job = load_job  # the job row, or JobNotFound
@@ -237,13 +260,22 @@ def cancel_job(cfg: Config, job_id: int) -> str:
         if JobState(old).finished and old != JobState.FAILED.value:
             return old
         job.state = JobState.CANCELLED.value
-        job.finished_at = utcnow()
+        job.finished_at = server_now(s)
         return old
 
 
 def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
     """Put a failed or cancelled job (with ``force``, also a done one) back in the queue; finished
     steps stay and are skipped, the candidates are replaced at the end."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        _reset_for_retry(cfg, job_id, force, keep_key=True)
+    except IntegrityError:  # an identical job was queued at the same moment: run beside it, as asked
+        _reset_for_retry(cfg, job_id, force, keep_key=False)
+
+
+def _reset_for_retry(cfg: Config, job_id: int, force: bool, keep_key: bool) -> None:
     with session_scope(cfg.db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -252,6 +284,9 @@ def reset_for_retry(cfg: Config, job_id: int, force: bool = False) -> None:
             raise JobStateError(f"job {job_id} is {job.state}; cancel it first (`miner cancel {job_id}`) or pass --force")
         if job.state == JobState.DONE.value and not force:
             raise JobStateError(f"job {job_id} is done; pass --force to run its tasks again")
+        if not keep_key or job.live_key is not None and s.scalar(select(Job.id).where(
+                Job.live_key == job.live_key, Job.id != job_id, Job.state.in_(LIVE_STATES)).limit(1)) is not None:
+            job.live_key = None  # another job mines the same request now; this one runs beside it, as asked
         job.state = JobState.QUEUED.value
         job.error = None
         job.finished_at = None
@@ -319,7 +354,7 @@ def job_status(cfg: Config, job_id: int) -> dict:
                 else None
             )
         stored = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
-    now = utcnow()
+        now = server_now(s)  # ages and the stall mark by the database's clock, as the workers judge them
     running, missing = _running_and_missing(cfg, job, now)
     end = job.finished_at or now
     elapsed = (end - (job.started_at or job.created_at)).total_seconds() if job.started_at else 0.0
@@ -454,8 +489,8 @@ def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[di
         query = query.where(Job.state == state)
     from miner.db import JobLease
 
-    now = utcnow()
     with session_scope(cfg.db_url) as s:
+        now = server_now(s)
         jobs = s.scalars(query).all()
         quiet = {}
         for j in jobs:
@@ -558,4 +593,8 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
             return other, True
         if state in ("failed", "cancelled") and not opts.get("force"):
             warn(f"job {other} with the same files and options is {state}; `miner retry {other}` resumes it")
-    return create_job(cfg, src, tgt, options, request_key=key), False
+    job_id, raced = claim_job(cfg, src, tgt, options, key, exclusive=not opts.get("force"))
+    if raced:
+        warn(f"job {job_id} (submitted at the same moment) already mines these files with these options; "
+             f"using it (--force mines again)")
+    return job_id, raced

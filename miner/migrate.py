@@ -7,7 +7,7 @@ from pathlib import Path
 
 from miner.db import get_engine
 
-import migrations as _migrations_pkg
+import miner.migrations as _migrations_pkg
 
 MIGRATIONS = Path(_migrations_pkg.__file__).resolve().parent
 

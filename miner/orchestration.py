@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 
 from miner.config import Config
-from miner.db import Corpus, CorpusState, Job, JobLease, JobStage, JobState, JobStep, insert_ignore, session_scope, utcnow
+from miner.db import (Corpus, CorpusState, Job, JobLease, JobStage, JobState, JobStep, db_now, insert_ignore,
+                      server_now, session_scope)
 from miner.errors import JobCancelled, JobNotFound, MinerError, UnitTaken
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,12 @@ def ensure_active(cfg: Config, job_id: int) -> Job:
             job.state = JobState.RUNNING.value
             job.error = None
             job.exit_code = None
-            job.started_at = job.started_at or utcnow()
+            job.started_at = job.started_at or server_now(s)
         return job
 
 
 def worker_name() -> str:
-    """The Celery worker running this process (set by workers.app), else host:pid."""
+    """The Celery worker running this process (set by miner.workers.app), else host:pid."""
     return os.environ.get("MINER_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -99,7 +100,7 @@ def record_step(cfg: Config, job_id: int, stage: str, unit: str, items: int, reu
     same task delivered twice) is ignored by the unique key, also when both race. ``unit`` is
     ``part:start`` or ``part``, where part is the side (src, tgt) or direction (fwd, bwd)."""
     values = dict(job_id=job_id, stage=stage, unit=unit, part=unit.split(":")[0], items=items,
-                  reused=int(reused), worker=worker_name()[:128], seconds=float(seconds), finished_at=utcnow())
+                  reused=int(reused), worker=worker_name()[:128], seconds=float(seconds), finished_at=db_now())
     with session_scope(cfg.db_url) as s:
         s.execute(insert_ignore(s, JobStep, values, ["job_id", "stage", "unit"]))
 
@@ -149,7 +150,7 @@ def claim_stage(cfg: Config, job_id: int, previous: str | None, stage: str):
         result = s.execute(
             update(Job)
             .where(Job.id == job_id, condition, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-            .values(dispatched=stage, dispatched_at=utcnow(), swept_at=None)
+            .values(dispatched=stage, dispatched_at=db_now(), swept_at=None)
         )
         yield result.rowcount == 1
 
@@ -213,9 +214,10 @@ def unit_recorded(cfg: Config, job_id: int, stage: str, unit: str) -> bool:
 def _take_lease(cfg: Config, job_id: int, stage: str, unit: str, lost_after: float) -> dt.datetime:
     """Take the unit's lease: a new one, or one not renewed for ``lost_after`` seconds (its task is
     gone). Returns our token (its ``started_at``); raises UnitTaken when a live task holds it."""
-    now = utcnow()
-    values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=now, heartbeat_at=now)
     with session_scope(cfg.db_url) as s:
+        now = server_now(s)  # the database's clock, not this host's: hosts' clocks disagree
+        values = dict(job_id=job_id, stage=stage, unit=unit, worker=worker_name()[:128], started_at=now,
+                      heartbeat_at=now)
         inserted = s.execute(insert_ignore(s, JobLease, values, ["job_id", "stage", "unit"])
                              .returning(JobLease.job_id)).first()  # (rowcount is -1 here on psycopg)
         if inserted is not None:
@@ -252,7 +254,7 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float | No
         while not stop.wait(interval):
             try:
                 with session_scope(cfg.db_url) as s:
-                    renewed = s.execute(update(JobLease).where(*key).values(heartbeat_at=utcnow())).rowcount
+                    renewed = s.execute(update(JobLease).where(*key).values(heartbeat_at=db_now())).rowcount
                     state = s.scalar(select(Job.state).where(Job.id == job_id))
                 if not renewed:
                     lease_lost.set()
@@ -278,6 +280,13 @@ def leased(cfg: Config, job_id: int, stage: str, unit: str, interval: float | No
             log.debug("could not release the lease of job %s %s %s: %s", job_id, stage, unit, exc)
 
 
+def database_now(cfg: Config) -> dt.datetime:
+    """The database server's clock: leases, hand-overs and stalls are judged by it, never by the
+    clock of the host asking (:func:`miner.db.db_now`)."""
+    with session_scope(cfg.db_url) as s:
+        return server_now(s)
+
+
 def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None = None,
             quiet_jobs: bool = True) -> list[str]:
     """Send again, at once, the work of workers that died (run every heartbeat by each worker):
@@ -293,7 +302,7 @@ def recover(cfg: Config, send, queue_busy=lambda: False, now: dt.datetime | None
     dropped (:func:`leased`, workers/tasks.py). ``send(job_id, stage, units)`` queues tasks.
     ``quiet_jobs=False``: the stale leases only (one query; the workers check them every heartbeat,
     the quiet jobs less often)."""
-    now = now or utcnow()
+    now = now or database_now(cfg)
     cutoff = now - dt.timedelta(seconds=cfg.lease_seconds)
     active = [JobState.QUEUED.value, JobState.RUNNING.value]
     with session_scope(cfg.db_url) as s:
@@ -350,8 +359,8 @@ def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now
     run in every worker at once:
     each stalled job is claimed by one sweeper (compare-and-set on ``jobs.swept_at``). Re-sent
     tasks that were not lost after all only find their unit done. ``now``: the time to judge by
-    (default: the clock; tests pass a later one instead of waiting)."""
-    now = now or utcnow()
+    (default: the database's clock; tests pass a later one instead of waiting)."""
+    now = now or database_now(cfg)
     cutoff = now - dt.timedelta(seconds=stall_seconds)
     active = [JobState.QUEUED.value, JobState.RUNNING.value]
     with session_scope(cfg.db_url) as s:
@@ -416,7 +425,7 @@ def mark_failed(cfg: Config, job_id: int, message: str, exit_code: int = 1) -> N
             job.state = JobState.FAILED.value
             job.error = message.strip().splitlines()[0][:2000] if message.strip() else "unknown error"
             job.exit_code = exit_code
-            job.finished_at = utcnow()
+            job.finished_at = server_now(s)
 
 
 def job_sides(cfg: Config, job: Job) -> dict[str, Side]:

@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, insert, select
 from miner import corpora, indexes, mining
 from miner.artifacts import Artifacts, Location, artifacts_for, job_key
 from miner.config import Config
-from miner.db import Candidate, Job, JobState, Sentence, session_scope, utcnow
+from miner.db import Candidate, Job, JobState, Sentence, server_now, session_scope
 from miner.errors import JobCancelled, MinerError, ModelError
 from miner.orchestration import (
     DIRECTIONS,
@@ -475,7 +475,7 @@ def finish(cfg: Config, job_id: int) -> int:
         job.n_candidates = above
         job.threshold_info = info
         job.state = JobState.DONE.value
-        job.finished_at = utcnow()
+        job.finished_at = server_now(s)
         job.error = None
     from miner.jobs import fallback_warning
 

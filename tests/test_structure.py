@@ -10,18 +10,20 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("miner", "workers")
+#: Each source folder and the package name it installs as (pyproject.toml's package-dir: the
+#: ``workers/`` folder is the ``miner.workers`` package).
+PACKAGES = {"miner": "miner", "workers": "miner.workers"}
 MAX_LINES = 600
 CLI_MODULES = {"miner.cli", "miner.cli_options"}
 
 
 def modules() -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            found[name] = path
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            found[".".join((package, *parts))] = path
     return found
 
 
@@ -81,7 +83,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_finds_a_cycle_and_a_relative_import():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    assert "workers.app" in imports(ROOT / "workers" / "tasks.py", "workers.tasks")
+    assert "miner.workers.app" in imports(ROOT / "workers" / "tasks.py", "miner.workers.tasks")
+    assert "miner.workers.tasks" in modules() and "workers.tasks" not in modules()
 
 
 def test_no_import_cycle():
@@ -99,11 +102,11 @@ def test_click_only_in_the_cli_and_celery_only_in_workers():
         if "click" in used:
             assert name in CLI_MODULES, f"{name} imports click"
         if used & {"celery", "kombu", "billiard"}:
-            assert name.startswith("workers."), f"{name} imports Celery or kombu"
+            assert name.startswith("miner.workers."), f"{name} imports Celery or kombu"
 
 
 def test_nothing_below_the_tasks_imports_them():
-    importers = {name for name, deps in graph().items() if "workers.tasks" in deps}
+    importers = {name for name, deps in graph().items() if "miner.workers.tasks" in deps}
     assert importers == set()
 
 

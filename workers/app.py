@@ -1,8 +1,8 @@
 """The Celery app, configured once from :class:`miner.config.Config` (env vars ``MINER_*``).
 
-Start a worker with ``miner worker`` (or ``celery -A workers.app worker -Q miner,embed``).
+Start a worker with ``miner worker`` (or ``celery -A miner.workers.app worker -Q miner,embed``).
 Importing this module has no side effect beyond reading the environment: the worker's folders,
-umask and thread sizing are set when a worker starts (:mod:`workers.hooks`).
+umask and thread sizing are set when a worker starts (:mod:`miner.workers.hooks`).
 
 ``app.miner_config`` is the one configuration of the process: tasks read it, a worker sizes its
 ``threads`` when it starts, and :func:`use_config` re-points it.
@@ -16,10 +16,10 @@ import warnings
 from celery import Celery
 from celery.exceptions import SecurityWarning
 
-import workers.hooks  # noqa: F401 - connects the worker's signal handlers
-import workers.transport  # noqa: F401 - registers the miner+socket:// transport (the embedded broker)
+import miner.workers.hooks  # noqa: F401 - connects the worker's signal handlers
+import miner.workers.transport  # noqa: F401 - registers the miner+socket:// transport (the embedded broker)
 from miner.config import Config
-from workers.settings import CelerySettings
+from miner.workers.settings import CelerySettings
 
 
 class _NoDefaultHostWarning(logging.Filter):
@@ -34,7 +34,7 @@ logging.getLogger("kombu.connection").addFilter(_NoDefaultHostWarning())
 
 # Celery warns in every worker log when the worker runs as root ("absolutely not recommended",
 # `--uid`). What it guards against is a root worker that unpickles messages; these workers accept
-# JSON only (workers.settings), run only this package's tasks, and keep their files private to
+# JSON only (miner.workers.settings), run only this package's tasks, and keep their files private to
 # their user (miner.artifacts.make_private). Containers and CI run as root by default, and a user
 # who wants another uid runs the worker as that user; the warning said nothing actionable there.
 warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
@@ -43,7 +43,7 @@ warnings.filterwarnings("ignore", message="You're running the worker with superu
 
 def make_app(cfg: Config | None = None) -> Celery:
     cfg = cfg or Config.from_env()
-    celery_app = Celery("miner", include=["workers.tasks"])
+    celery_app = Celery("miner", include=["miner.workers.tasks"])
     celery_app.config_from_object(CelerySettings(cfg))
     celery_app.miner_config = cfg
     return celery_app

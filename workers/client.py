@@ -6,8 +6,8 @@ from __future__ import annotations
 from miner import broker, orchestration
 from miner.config import Config, mask_url
 from miner.errors import JobFailed
-from workers.app import use_config
-from workers.dispatch import sender
+from miner.workers.app import use_config
+from miner.workers.dispatch import sender
 
 
 def broker_errors() -> tuple[type[BaseException], ...]:

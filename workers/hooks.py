@@ -1,9 +1,9 @@
-"""What a worker does when it starts, through Celery's signals (connected when :mod:`workers.app`
-is imported, so ``celery -A workers.app worker`` gets them too):
+"""What a worker does when it starts, through Celery's signals (connected when :mod:`miner.workers.app`
+is imported, so ``celery -A miner.workers.app worker`` gets them too):
 
 * main process, before the pool starts: files for this user only, the configuration's folders, and
   the worker's registration among the workers of this host (:mod:`miner.cores`);
-* main process, once ready: the stall sweeper (:func:`workers.dispatch.start_sweeper`);
+* main process, once ready: the stall sweeper (:func:`miner.workers.dispatch.start_sweeper`);
 * each pool child: fresh database connections, bounded thread pools (sized again before each task,
   :func:`size_threads`), and the job's model loaded ahead of the first embed task when ``miner
   mine`` said which (``MINER_PRELOAD_MODEL``).
@@ -90,7 +90,7 @@ def _remember_name(sender=None, instance=None, **kwargs) -> None:
 def _start_sweeper(sender=None, **kwargs) -> None:
     """The main process of every worker watches for stalled jobs (tasks lost with a dead worker or
     a restarted broker) and sends their missing tasks again."""
-    from workers.dispatch import start_sweeper
+    from miner.workers.dispatch import start_sweeper
 
     app = getattr(sender, "app", None) or _worker_app
     start_sweeper(app, app.miner_config)

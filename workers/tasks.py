@@ -1,6 +1,6 @@
 """Thin Celery tasks: each takes ids, runs one unit of its stage (:data:`miner.steps.STEP_FUNCTIONS`)
 under a lease, then hands over to the next stage when its own is complete
-(:func:`miner.orchestration.advance`, sending by task name through :mod:`workers.dispatch`).
+(:func:`miner.orchestration.advance`, sending by task name through :mod:`miner.workers.dispatch`).
 
 Failures: a cancelled (or already failed) job stops quietly, and so does a task whose unit is
 recorded already or leased by another live task (a message delivered twice, or a dead worker's
@@ -21,9 +21,9 @@ from miner.encoders import trusting
 from miner.errors import JobCancelled
 from miner.jobs import get_job
 from miner.steps import STEP_FUNCTIONS
-from workers.app import app
-from workers.dispatch import sender
-from workers.hooks import size_threads
+from miner.workers.app import app
+from miner.workers.dispatch import sender
+from miner.workers.hooks import size_threads
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ class Transport(kombu_redis.Transport):
 
 
 def register() -> None:
-    TRANSPORT_ALIASES[broker.SCHEME] = "workers.transport:Transport"
+    TRANSPORT_ALIASES[broker.SCHEME] = "miner.workers.transport:Transport"
 
 
 register()
