@@ -5,6 +5,7 @@ works beside another project's ``workers`` or ``migrations`` package."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,9 +14,15 @@ from .conftest import ROOT, run_miner
 
 
 def test_the_wheel_holds_only_the_miner_package(tmp_path):
+    source = tmp_path / "source"  # a copy: setuptools builds in the source tree (build/, *.egg-info)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("miner", "workers", "migrations"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path),
-         str(ROOT)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+         str(source)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert built.returncode == 0, built.stderr
     [wheel] = tmp_path.glob("bitext_miner-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
