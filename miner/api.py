@@ -35,11 +35,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from miner import defaults
 from miner.config import Config, mask_url
+from miner.spec import request_fields
 from miner.errors import (InputFileError, InputNotAllowed, JobFailed, JobNotFound, JobStateError, MinerError,
                           ModelError, UsageError)
 
@@ -79,33 +79,11 @@ def one_line(text: str) -> str:
 Threshold = Annotated[float, Field(allow_inf_nan=False)] | Literal["auto"]
 
 
-class JobRequest(BaseModel):
-    """A job: the options of ``miner submit`` by their long names with underscores."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    src: str = Field(description="Source corpus: a path under MINER_INPUT_ROOTS (relative: to the first root), "
-                                 "or an object-store URL under MINER_INPUT_URLS.")
-    tgt: str = Field(description="Target corpus, as src.")
-    src_lang: str = Field(min_length=1)
-    tgt_lang: str = Field(min_length=1)
-    model: str = defaults.MODEL
-    k: int = Field(defaults.K, ge=1)
-    margin: Literal["ratio", "distance", "absolute"] = defaults.MARGIN
-    retrieval: Literal["max", "intersect", "fwd", "bwd"] = defaults.RETRIEVAL
-    threshold: Threshold | None = None
-    shard_size: int = Field(defaults.SHARD_SIZE, ge=1)
-    max_line_length: int = Field(defaults.MAX_LINE_LENGTH, ge=1)
-    on_decode_error: Literal["skip", "replace", "fail"] = "skip"
-    input_format: Literal["auto", "text", "tsv", "jsonl"] = "auto"
-    columns: str | None = None
-    on_bad_row: Literal["skip", "fail"] = "skip"
-    index: Literal["auto", "flat", "ivf", "ivfpq"] = "auto"
-    nlist: int | None = Field(None, ge=1)
-    nprobe: int | None = Field(None, ge=1)
-    storage: Literal["auto", "float32", "float16"] = "auto"
-    trust_remote_code: bool | None = None
-    force: bool = False
+#: A job: the options of ``miner submit`` by their long names with underscores, made from the job
+#: spec (tests/test_spec.py checks that it and the CLI agree).
+JobRequest = create_model("JobRequest", __config__=ConfigDict(extra="forbid"),
+                          __doc__="A job: the options of ``miner submit`` by their long names with underscores.",
+                          **request_fields(Threshold))
 
 
 class RetryRequest(BaseModel):

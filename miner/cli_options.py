@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from miner import defaults
 from miner.config import mask_url
 from miner.errors import MinerError, OutputClosed
+from miner.spec import THRESHOLD_HELP, fields as spec_fields  # noqa: F401 - THRESHOLD_HELP re-exported
 
 
 def warn(message: str) -> None:
@@ -109,15 +110,6 @@ class ThresholdType(click.ParamType):
         return number
 
 
-THRESHOLD_HELP = (
-    "Keep pairs scoring >= this (equal scores are kept; LASER keeps > only): a number, or auto (each job estimates its own cut from its score "
-    "distribution, no gold needed). Default: the threshold `miner calibrate` stored for the model and "
-    "margin, else auto. A number, a calibrated threshold and `export --min-score` take precedence over auto; "
-    "auto falls back to the model's fixed default (muse/ratio 1.05) when the scores allow no estimate, "
-    "with a warning."
-)
-
-
 class InputPath(click.ParamType):
     """An input corpus: a local path (a :class:`Path`), or an fsspec URL kept as a string
     (``s3://bucket/de.txt.gz``; the workers stream it, :mod:`miner.storage`)."""
@@ -132,54 +124,38 @@ class InputPath(click.ParamType):
         return str(value)
 
 
+def _spec_option(spec) -> click.Option:
+    """The click option of one field of the job spec (:mod:`miner.spec`)."""
+    meta = spec.metadata
+    flag = "--" + spec.name.replace("_", "-")
+    default = meta["cli_default"]
+    required = default is dataclasses.MISSING
+    kw: dict = {"help": meta["help"]}
+    if meta["kind"] == "flag":
+        return click.option(flag, spec.name, is_flag=True, default=default, **kw)
+    if meta["kind"] == "threshold":
+        kind = ThresholdType()
+    elif meta["choices"] is not None:
+        kind = click.Choice(list(meta["choices"]))
+    elif meta["minimum"] is not None:
+        kind = click.IntRange(min=meta["minimum"])
+    else:
+        kind = None
+    if kind is not None:
+        kw["type"] = kind
+    if meta["metavar"]:
+        kw["metavar"] = meta["metavar"]
+    if required:
+        return click.option(flag, spec.name, required=True, **kw)
+    return click.option(flag, spec.name, default=default, show_default=meta["show_default"], **kw)
+
+
 def job_options(fn):
-    """The options shared by ``mine`` and ``submit``."""
+    """The options shared by ``mine`` and ``submit``: the job spec's (:mod:`miner.spec`), and --force."""
     decorators = [
         click.argument("src", type=InputPath()),
         click.argument("tgt", type=InputPath()),
-        click.option("--src-lang", required=True, help="Language code of SRC (ISO 639-1 or 639-3; a label)."),
-        click.option("--tgt-lang", required=True, help="Language code of TGT."),
-        click.option("--model", default=defaults.MODEL, show_default=True,
-                     help="muse, minilm, a local sentence-transformers directory or a Hugging Face id."),
-        click.option("--k", "k", type=click.IntRange(min=1), default=defaults.K, show_default=True,
-                     help="Neighbours per sentence for the margin."),
-        click.option("--margin", type=click.Choice(["ratio", "distance", "absolute"]), default=defaults.MARGIN,
-                     show_default=True, help="Margin function (Artetxe & Schwenk 2019)."),
-        click.option("--retrieval", type=click.Choice(["max", "intersect", "fwd", "bwd"]), default=defaults.RETRIEVAL,
-                     show_default=True, help="Which candidates to keep."),
-        click.option("--threshold", type=ThresholdType(), default=None, metavar="NUMBER|auto", help=THRESHOLD_HELP),
-        click.option("--shard-size", type=click.IntRange(min=1), default=defaults.SHARD_SIZE, show_default=True,
-                     help="Sentences per shard (unit of parallel work)."),
-        click.option("--max-line-length", type=click.IntRange(min=1), default=defaults.MAX_LINE_LENGTH,
-                     show_default=True, help="Longer lines (characters) are skipped and counted."),
-        click.option("--on-decode-error", type=click.Choice(["skip", "replace", "fail"]), default="skip",
-                     show_default=True, help="Lines that are not valid UTF-8: skip (counted), replace bytes, or fail."),
-        click.option("--input-format", "input_format", type=click.Choice(["auto", "text", "tsv", "jsonl"]),
-                     default="auto", show_default=True,
-                     help="How SRC and TGT are read: text (one sentence per line; ids are 1-based line numbers), "
-                          "tsv (ID<TAB>TEXT as BUCC, or --columns; more columns are kept as metadata), jsonl "
-                          "(objects with text, optional id, other fields kept as metadata); auto: jsonl for "
-                          ".jsonl/.ndjson names, else text."),
-        click.option("--columns", default=None, metavar="NAMES",
-                     help="TSV column names, comma-separated, e.g. id,text,url (default id,text); 'text' is "
-                          "required, 'id' optional (else line numbers), the others are kept as metadata."),
-        click.option("--on-bad-row", "on_bad_row", type=click.Choice(["skip", "fail"]), default="skip",
-                     show_default=True,
-                     help="TSV/JSONL rows that cannot be read (too few columns, invalid JSON, no text, an id "
-                          "used twice): skip (counted) or fail with the line number."),
-        click.option("--index", "index", type=click.Choice(["auto", "flat", "ivf", "ivfpq"]), default="auto",
-                     show_default=True,
-                     help="Search index per side: auto = exact (flat) up to 100,000 sentences, IVF up to 2M, then IVF-PQ."),
-        click.option("--nlist", type=click.IntRange(min=1), default=None,
-                     help="IVF lists (default about 4*sqrt(sentences), a power of two)."),
-        click.option("--nprobe", type=click.IntRange(min=1), default=None,
-                     help="IVF lists searched per query (default 16; nlist/256 above 4096 lists, at most 64)."),
-        click.option("--storage", type=click.Choice(["auto", "float32", "float16"]), default="auto", show_default=True,
-                     help="Embeddings on disk: auto = float16 for sides searched by an IVF index, else float32."),
-        click.option("--trust-remote-code", "trust_remote_code", is_flag=True, default=None,
-                     help="Let a local or Hugging Face model run code of its own (custom module classes, "
-                          "auto_map) when the workers load it. Off by default (MINER_TRUST_REMOTE_CODE=1 "
-                          "turns it on); muse and minilm need no code of their own."),
+        *(_spec_option(spec) for spec in spec_fields()),
         click.option("--force", is_flag=True,
                      help="Mine again even when a job with the same files (by content) and options exists."),
     ]

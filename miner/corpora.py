@@ -20,6 +20,7 @@ from miner.errors import InputFileError, JobCancelled
 from miner.orchestration import ensure_active, record_step
 from miner.reader import ReadStats, batched, check_input_file, file_digest
 from miner.records import RowParser, read_records
+from miner.spec import JobOptions, job_spec
 
 READER_VERSION = 2  # 2: ids, metadata and duplicate occurrences are stored (miner.records)
 INGEST_BATCH = 5000
@@ -37,7 +38,7 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
     job = ensure_active(cfg, job_id)
     path = job.src_path if side == "src" else job.tgt_path
     check_input_file(path)
-    settings = reader_settings(job.options, path)
+    settings = reader_settings(job_spec(job), path)
     sha = file_digest(path)
     key = corpus_key(sha, settings)
     corpus_id, reused = _claim_corpus(cfg, key, sha, path, settings)
@@ -60,20 +61,20 @@ def ingest(cfg: Config, job_id: int, side: str) -> int:
     return corpus_id
 
 
-def reader_settings(options: dict, path) -> dict:
-    """What the reader needs to read one side of a job; part of the corpus key."""
+def reader_settings(options: JobOptions, path) -> dict:
+    """What the reader needs to read one side of a job (its typed options); part of the corpus key."""
     from miner.records import parse_columns, resolve_format
 
     settings = {
-        "max_chars": int(options["max_line_length"]),
-        "on_decode_error": options["on_decode_error"],
+        "max_chars": int(options.max_line_length),
+        "on_decode_error": options.on_decode_error,
         "reader": READER_VERSION,
-        "input_format": resolve_format(options.get("input_format") or "auto", path),
+        "input_format": resolve_format(options.input_format or "auto", path),
     }
     if settings["input_format"] != "text":
-        settings["on_bad_row"] = options.get("on_bad_row") or "skip"
+        settings["on_bad_row"] = options.on_bad_row or "skip"
     if settings["input_format"] == "tsv":
-        settings["columns"] = parse_columns(options.get("columns"))
+        settings["columns"] = parse_columns(options.columns)
     return settings
 
 

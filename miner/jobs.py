@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -12,85 +11,8 @@ from miner.config import Config
 from miner.defaults import threshold_choice
 from miner.db import LIVE_STATES, Candidate, Corpus, Job, JobStage, JobState, JobStep, server_now, session_scope
 from miner.errors import JobNotFound, JobStateError, UsageError
-from miner.mining import Margin, Retrieval
 from miner.orchestration import STAGES, load_job, missing_units, unit_name
-
-
-
-@dataclasses.dataclass(frozen=True)
-class JobOptions:
-    """The options of one job. ``model_key`` and the reader settings enter artifact keys."""
-
-    src_lang: str
-    tgt_lang: str
-    model: str
-    model_key: str
-    k: int = 4
-    margin: str = Margin.RATIO.value
-    retrieval: str = Retrieval.MAX.value
-    threshold: float | None = None
-    # How the cut is chosen: "auto" (threshold None: the finish step estimates it from the job's
-    # scores), "fixed" (--threshold N) or "calibrated" (stored by `miner calibrate`). None (library
-    # callers, jobs mined before --threshold auto): a number is fixed, None keeps every candidate.
-    threshold_method: str | None = None
-    # The model's fixed default, resolved when the job is created: what "auto" falls back to.
-    fallback_threshold: float | None = None
-    shard_size: int = 10000
-    max_line_length: int = 2000
-    on_decode_error: str = "skip"
-    index: str = "auto"  # auto, flat, ivf, ivfpq (miner.indexes)
-    nlist: int | None = None
-    nprobe: int | None = None
-    storage: str = "auto"  # embeddings on disk: float32, float16, auto (float16 for approximate indexes)
-    # let the model run its own code when the workers load it (--trust-remote-code); no effect on results
-    trust_remote_code: bool = False
-    # how the inputs are read (miner.records): auto, text, tsv, jsonl; the TSV column names; bad rows
-    input_format: str = "auto"
-    columns: str | None = None
-    on_bad_row: str = "skip"
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise UsageError(f"k must be at least 1, got {self.k}")
-        if self.shard_size < 1:
-            raise UsageError(f"shard size must be at least 1, got {self.shard_size}")
-        if self.max_line_length < 1:
-            raise UsageError(f"max line length must be at least 1, got {self.max_line_length}")
-        Margin(self.margin)
-        Retrieval(self.retrieval)
-        if self.threshold_method not in (None, *THRESHOLD_METHODS):
-            raise UsageError(f"unknown threshold method {self.threshold_method!r}; "
-                             f"choose {', '.join(THRESHOLD_METHODS)}")
-        from miner.records import BAD_ROW_POLICIES, INPUT_FORMATS, parse_columns
-
-        if self.input_format not in INPUT_FORMATS:
-            raise UsageError(f"unknown input format {self.input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
-        if self.on_bad_row not in BAD_ROW_POLICIES:
-            raise UsageError(f"unknown bad-row policy {self.on_bad_row!r}; use one of {', '.join(BAD_ROW_POLICIES)}")
-        if self.columns is not None:
-            if self.input_format not in ("tsv", "auto"):
-                raise UsageError(f"--columns names TSV columns; it does not apply to --input-format {self.input_format}")
-            object.__setattr__(self, "columns", ",".join(parse_columns(self.columns)))  # frozen
-        if self.threshold_method == "auto" and self.threshold is not None:
-            raise UsageError(f"an automatic threshold takes no value, got {self.threshold}")
-        if self.threshold_method in ("fixed", "calibrated") and self.threshold is None:
-            raise UsageError(f"a {self.threshold_method} threshold needs a value")
-        from miner.indexes import choose_index
-
-        choose_index(1000, 512, self.index, self.nlist, self.nprobe)  # raises UsageError when invalid
-        if self.storage not in ("auto", "float32", "float16"):
-            raise UsageError(f"unknown storage {self.storage!r}; choose auto, float32 or float16")
-
-    def stored(self) -> dict:
-        data = dataclasses.asdict(self)
-        for key in ("src_lang", "tgt_lang", "model"):
-            data.pop(key)
-        return data
-
-
-#: How a job's cut is chosen (``JobOptions.threshold_method``); a finished auto job whose scores do
-#: not allow an estimate records "fallback" in ``jobs.threshold_info``.
-THRESHOLD_METHODS = ("auto", "fixed", "calibrated")
+from miner.spec import FORMAT_OPTIONS, REQUEST_OPTIONS, THRESHOLD_METHODS, JobOptions  # noqa: F401 - re-exported
 
 
 def threshold_method(options: dict) -> str | None:
@@ -151,14 +73,6 @@ def fallback_warning(job_id: int, info: dict | None) -> str | None:
     shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
     return (f"job {job_id}: automatic threshold fell back to the fixed default {shown}: "
             f"{info.get('reason') or 'no reason recorded'}")
-
-
-#: Options that change the stored candidates (threshold and shard size do not).
-REQUEST_OPTIONS = ("src_lang", "tgt_lang", "model_key", "k", "margin", "retrieval", "max_line_length", "on_decode_error",
-                   "index", "nlist", "nprobe", "storage")
-# Reader options that enter the key only when they read a file differently from plain text, so a
-# plain-text job keeps the key it had before they existed.
-FORMAT_OPTIONS = ("columns", "on_bad_row")
 
 
 def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions, formats: tuple[str, str] | None = None) -> str:

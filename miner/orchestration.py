@@ -35,6 +35,7 @@ from miner.config import Config
 from miner.db import (Corpus, CorpusState, Job, JobLease, JobStage, JobState, JobStep, db_now, insert_ignore,
                       server_now, session_scope)
 from miner.errors import JobCancelled, JobNotFound, MinerError, UnitTaken
+from miner.spec import job_spec
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ def stage_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
         return [()]
     job = load_job(cfg, job_id)
     sides = job_sides(cfg, job)
-    size = int(job.options["shard_size"])
+    size = job_spec(job).shard_size
     if stage == "embed":
         return [(name, s, e) for name in SIDES for s, e in shard_spans(sides[name].n, size)]
     if stage in ("knn", "score"):
@@ -447,7 +448,7 @@ def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
     """Shard both sides and record the size of every stage; returns the shard spans per side."""
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
-    size = int(job.options["shard_size"])
+    size = job_spec(job).shard_size
     spans = {name: shard_spans(side.n, size) for name, side in sides.items()}
     by_side = {name: (len(spans[name]), sides[name].n) for name in SIDES}
     by_direction = {direction: by_side[query] for direction, (query, _) in DIRECTIONS.items()}

@@ -44,6 +44,7 @@ from miner.errors import InputFileError, UsageError
 from miner.export import load_done_job
 from miner.reader import file_digest, normalise, open_text_stream
 from miner.records import display_id
+from miner.spec import job_spec
 
 GOLD_FORMATS = ("auto", "ids", "text")
 _ID = re.compile(r"(?:[A-Za-z]{2,3}[-_])?(\d+)")
@@ -444,7 +445,7 @@ def evaluate(cfg: Config, job_id: int, gold_path: str, *, fmt: str = "auto", id_
         "src_lang": job.src_lang,
         "tgt_lang": job.tgt_lang,
         "model": job.model,
-        "margin": job.options.get("margin"),
+        "margin": job_spec(job).margin,
         "gold": {
             "path": gold.path,
             "format": gold.format,
@@ -497,7 +498,7 @@ def format_eval(result: dict) -> str:
 def model_name(job: Job) -> str:
     """The name a calibration is stored under: the alias (muse, minilm) or the model's cache key."""
     name = (job.model or "").strip()
-    return name if name in ALIASES else job.options.get("model_key") or name
+    return name if name in ALIASES else job_spec(job).model_key or name
 
 
 def grid_neighbours(t: float, decimals: int) -> list[float]:
@@ -524,10 +525,10 @@ def calibrate(cfg: Config, entries: list[tuple[int, str]], *, fmt: str = "auto",
         jobs.append((job, gold_path, resolved))
         curves.append(curve)
     models = {model_name(job) for job, _, _ in jobs}
-    margins = {job.options.get("margin") for job, _, _ in jobs}
+    margins = {job_spec(job).margin for job, _, _ in jobs}
     if len(models) > 1 or len(margins) > 1:
         raise UsageError("the dev jobs use different models or margins ("
-                         + ", ".join(f"job {j.id}: {model_name(j)}/{j.options.get('margin')}" for j, _, _ in jobs)
+                         + ", ".join(f"job {j.id}: {model_name(j)}/{job_spec(j).margin}" for j, _, _ in jobs)
                          + "); calibrate each model and margin on its own")
     model, margin = models.pop(), margins.pop()
     decimals = defaults.DECIMALS.get(margin, 2) if decimals is None else decimals

@@ -30,6 +30,7 @@ from miner.db import Candidate, Corpus, Sentence, session_scope
 from miner.errors import UsageError
 from miner.export import load_done_job
 from miner.quality import progress
+from miner.spec import job_spec
 
 BELOW_COLOUR = "#8da0cb"  # histogram bars below the threshold
 ABOVE_COLOUR = "#1b9e77"  # histogram bars at or above the threshold
@@ -225,7 +226,7 @@ def render_report(cfg: Config, job_id: int, *, per_band: int = 10, seed: int = 0
     with session_scope(cfg.db_url) as s:
         corpora = {side: s.get(Corpus, cid) for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id))}
     log(f"report job {job_id}: drawing {len(scores):,} scores")
-    title = f"job {job.id}: {job.src_lang}-{job.tgt_lang}, model {job.model}, margin {job.options.get('margin')}"
+    title = f"job {job.id}: {job.src_lang}-{job.tgt_lang}, model {job.model}, margin {job_spec(job).margin}"
     density = (job.threshold_info or {}).get("density") if isinstance(job.threshold_info, dict) else None
     png = draw(scores, src_len, tgt_len, threshold, title, seed, method=info.get("method"), density=density)
     rng = np.random.default_rng(seed)
@@ -301,14 +302,14 @@ def _threshold_rows(info: dict) -> list[tuple[str, str]]:
 
 def _html(job, corpora: dict, summary: dict, bands: list[Band], png: bytes, scores: np.ndarray) -> str:
     e = html.escape
-    opts = job.options or {}
+    opts = job_spec(job)
     threshold = summary["threshold"]
     rows = [
         ("languages", f"{job.src_lang} → {job.tgt_lang}"),
         ("source", f"{job.src_path} ({corpora['src'].n_sentences:,} sentences)" if corpora["src"] else job.src_path),
         ("target", f"{job.tgt_path} ({corpora['tgt'].n_sentences:,} sentences)" if corpora["tgt"] else job.tgt_path),
         ("model", job.model),
-        ("margin / k / retrieval", f"{opts.get('margin')} / {opts.get('k')} / {opts.get('retrieval')}"),
+        ("margin / k / retrieval", f"{opts.margin} / {opts.k} / {opts.retrieval}"),
         ("threshold", f"{threshold:g}"),
         *_threshold_rows(summary["threshold_info"]),
         ("candidates stored", f"{summary['candidates']:,}"),

@@ -26,6 +26,7 @@ from miner.artifacts import Artifacts, Location, artifacts_for, job_key
 from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, server_now, session_scope
 from miner.errors import JobCancelled, MinerError, ModelError
+from miner.spec import job_spec
 from miner.orchestration import (
     DIRECTIONS,
     Side,
@@ -90,7 +91,7 @@ def set_threads(threads: int) -> None:
 
 
 def _model(cfg: Config, job: Job):
-    return model_for(cfg, job.model, expected_key=job.options["model_key"])
+    return model_for(cfg, job.model, expected_key=job_spec(job).model_key)
 
 
 def _side_texts(cfg: Config, corpus_id: int, start: int, end: int) -> list[str]:
@@ -107,13 +108,13 @@ def side_index(job: Job, side: Side, dim: int | None = None):
     """The index spec that searches ``side`` (miner.indexes.choose_index on the job's options)."""
     from miner.indexes import choose_index
 
-    o = job.options
-    return choose_index(side.n, dim, o.get("index", "auto"), o.get("nlist"), o.get("nprobe"))
+    o = job_spec(job)
+    return choose_index(side.n, dim, o.index, o.nlist, o.nprobe)
 
 
 def storage_dtype(job: Job, side: Side) -> str:
     """float16 or float32: how the side's embeddings are stored on disk."""
-    storage = job.options.get("storage", "auto")
+    storage = job_spec(job).storage
     if storage == "auto":
         return "float32" if side_index(job, side).exact else "float16"
     return storage
@@ -131,11 +132,11 @@ def knn_variant(job: Job, target: Side, dim: int | None = None) -> str:
 
 
 def _embeddings(art: Artifacts, job: Job, side: Side, start: int, end: int) -> Location:
-    return art.embeddings(side.key, job.options["model_key"], start, end, storage_dtype(job, side))
+    return art.embeddings(side.key, job_spec(job).model_key, start, end, storage_dtype(job, side))
 
 
 def _shard_dim(art: Artifacts, job: Job, side: Side) -> int:
-    first = shard_spans(side.n, int(job.options["shard_size"]))[0]
+    first = shard_spans(side.n, job_spec(job).shard_size)[0]
     return int(art.load_npy(_embeddings(art, job, side, *first)).shape[1])
 
 
@@ -180,11 +181,11 @@ def build_index(cfg: Config, job_id: int, side: str) -> str:
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
     corpus = job_sides(cfg, job)[side]
-    model_key = job.options["model_key"]
+    model_key = job_spec(job).model_key
     art = artifacts_for(cfg)
     dim = _shard_dim(art, job, corpus)
     spec = side_index(job, corpus, dim)
-    spans = shard_spans(corpus.n, int(job.options["shard_size"]))
+    spans = shard_spans(corpus.n, job_spec(job).shard_size)
     manifest = art.manifest(corpus.key, model_key, spec.name, storage_dtype(job, corpus))
     reused = art.exists(manifest)
     if not reused:
@@ -265,8 +266,8 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    model_key = job.options["model_key"]
-    k = min(int(job.options["k"]), target.n)
+    model_key = job_spec(job).model_key
+    k = min(job_spec(job).k, target.n)
     art = artifacts_for(cfg)
     path = _knn_path(art, job, query, target, k, start, end)
     reused = art.exists(path)
@@ -289,7 +290,7 @@ def knn(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str:
 
 def _knn_path(art: Artifacts, job: Job, query: Side, target: Side, k: int, start: int, end: int) -> Location:
     dim = None if side_index(job, target).kind != "ivfpq" else _shard_dim(art, job, target)
-    return art.knn(query.key, target.key, job.options["model_key"], k, start, end, knn_variant(job, target, dim))
+    return art.knn(query.key, target.key, job_spec(job).model_key, k, start, end, knn_variant(job, target, dim))
 
 
 def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -> np.ndarray:
@@ -297,9 +298,9 @@ def _side_means(cfg: Config, job: Job, direction: str, sides: dict[str, Side]) -
     all of the direction's kNN shards and stored beside them (keyed like them, so jobs that share
     the neighbours share the means); every later score task loads one file, not every shard."""
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    k = min(int(job.options["k"]), target.n)
+    k = min(job_spec(job).k, target.n)
     art = artifacts_for(cfg)
-    spans = shard_spans(query.n, int(job.options["shard_size"]))
+    spans = shard_spans(query.n, job_spec(job).shard_size)
     if not spans:
         return np.empty(0)
     first = _knn_path(art, job, query, target, k, *spans[0])
@@ -320,7 +321,7 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     query, target = (sides[name] for name in DIRECTIONS[direction])
-    k = min(int(job.options["k"]), target.n)
+    k = min(job_spec(job).k, target.n)
     art = artifacts_for(cfg)
     path = art.scores(job_key(job), direction, start, end)
     reused = art.exists(path)
@@ -329,7 +330,7 @@ def score(cfg: Config, job_id: int, direction: str, start: int, end: int) -> str
         other = "bwd" if direction == "fwd" else "fwd"
         target_mean = _side_means(cfg, job, other, sides)
         best, scores, decoy = mining.best_candidates_with_decoy(
-            shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job.options["margin"]
+            shard["sims"], shard["ids"], mining.knn_mean(shard["sims"]), target_mean, job_spec(job).margin
         )
         art.save_npz(path, ids=best, scores=scores, decoy=decoy)
     record_step(cfg, job_id, "score", f"{direction}:{start}", end - start, reused, seconds=time.monotonic() - started)
@@ -343,7 +344,7 @@ def _best(cfg: Config, job: Job, direction: str, side: Side) -> tuple[np.ndarray
     """(best ids, best scores, decoy scores) of every sentence of ``side``; the decoys are None
     when a score artifact predates them."""
     art = artifacts_for(cfg)
-    parts = [art.load_npz(art.scores(job_key(job), direction, s, e)) for s, e in shard_spans(side.n, int(job.options["shard_size"]))]
+    parts = [art.load_npz(art.scores(job_key(job), direction, s, e)) for s, e in shard_spans(side.n, job_spec(job).shard_size)]
     decoy = np.concatenate([p["decoy"] for p in parts]) if all("decoy" in p for p in parts) else None
     return np.concatenate([p["ids"] for p in parts]), np.concatenate([p["scores"] for p in parts]), decoy
 
@@ -409,20 +410,20 @@ def choose_threshold(job: Job, inputs) -> tuple[float | None, dict | None, np.nd
     from miner import autocut, defaults
     from miner.jobs import threshold_method
 
-    options = job.options or {}
-    method = threshold_method(options)
+    options = job_spec(job)
+    method = threshold_method(job.options or {})
     if method in ("fixed", "calibrated"):
-        value = float(options["threshold"])
+        value = float(options.threshold)
         return value, {"value": value, "method": method}, None
     if method != "auto":
         return None, None, None
-    fixed = options.get("fallback_threshold")
+    fixed = options.fallback_threshold
     if fixed is None:
         from miner.encoders import ALIASES
 
         alias = job.model if job.model in ALIASES else ""
-        fixed = defaults.default_threshold(alias, options["margin"], model_key=options.get("model_key"))
-    decision = autocut.decide(inputs, options["margin"], float(fixed))
+        fixed = defaults.default_threshold(alias, options.margin, model_key=options.model_key)
+    decision = autocut.decide(inputs, options.margin, float(fixed))
     info = json_ready(decision.to_json())
     probability = None
     if decision.probability is not None:
@@ -456,7 +457,7 @@ def finish(cfg: Config, job_id: int) -> int:
     fwd_best, fwd_scores, fwd_decoy = _best(cfg, job, "fwd", sides["src"])
     bwd_best, bwd_scores, bwd_decoy = _best(cfg, job, "bwd", sides["tgt"])
     src, tgt, scores, direction = mining.retrieve(
-        fwd_best, fwd_scores, bwd_best, bwd_scores, job.options["retrieval"], threshold=None
+        fwd_best, fwd_scores, bwd_best, bwd_scores, job_spec(job).retrieval, threshold=None
     )
     from miner.autocut import CutInputs
 
