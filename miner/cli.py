@@ -22,6 +22,7 @@ import click
 
 from miner.cli_options import MinerGroup, export_options, gold_options, job_options, warn
 from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config, available_cores, mask_url
+from miner.stages import QUEUES
 from miner.errors import JobFailed, UsageError
 
 
@@ -274,7 +275,7 @@ def _print_status(status: dict) -> None:
 @main.command()
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
               help="Tasks in parallel (processes); default: the number of cores.")
-@click.option("--queues", "-Q", default=f"{DEFAULT_QUEUE},{EMBED_QUEUE}", show_default=True,
+@click.option("--queues", "-Q", default=",".join(QUEUES), show_default=True,
               help=f"Queues to consume: '{EMBED_QUEUE}' for embedding (GPU workers), '{DEFAULT_QUEUE}' for the rest.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="BLAS/torch/FAISS threads per process (default: MINER_THREADS, else this host's cores divided "

@@ -36,12 +36,12 @@ from miner.db import (Corpus, CorpusState, Job, JobLease, JobStage, JobState, Jo
                       server_now, session_scope)
 from miner.errors import JobCancelled, JobNotFound, MinerError, UnitTaken
 from miner.spec import job_spec
+from miner import stages
+from miner.stages import DIRECTIONS, SIDES, shard_spans  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-SIDES = ("src", "tgt")
-DIRECTIONS = {"fwd": ("src", "tgt"), "bwd": ("tgt", "src")}  # direction -> (query side, target side)
-STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
+STAGES = stages.NAMES  # in order (miner/stages.py declares them)
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,6 @@ class Side:
     n: int
 
 
-def shard_spans(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[(0, s), (s, 2s), ...]`` covering ``range(n)``."""
-    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -126,13 +123,13 @@ def set_stage(cfg: Config, job_id: int, stage: str, parts: dict[str, tuple[int, 
 # sends the next stage's tasks. A task delivered twice, or run again after its worker died, finds
 # its unit recorded and the next stage already claimed, so nothing runs twice and nothing is lost.
 
-NEXT_STAGE = {"ingest": "embed", "embed": "index", "index": "knn", "knn": "score", "score": "finish"}
+NEXT_STAGE = stages.NEXT_STAGE
 
 
 def stage_complete(cfg: Config, job_id: int, stage: str) -> bool:
     with session_scope(cfg.db_url) as s:
-        if stage == "ingest":
-            units = len(SIDES)
+        if stage == stages.FIRST:
+            units = len(stages.stage(stage).units(None, 1))
         else:
             units = s.scalar(select(JobStage.units).where(JobStage.job_id == job_id, JobStage.stage == stage))
             if units is None:
@@ -172,7 +169,7 @@ def advance(cfg: Config, job_id: int, stage: str, send) -> bool:
     if following is None or not stage_complete(cfg, job_id, stage):
         return False
     try:
-        if following == "embed":
+        if stage == stages.FIRST:  # the sides' sizes are known now: plan every later stage
             plan(cfg, job_id)
         return hand_over(cfg, job_id, stage, following, send)
     except JobCancelled:
@@ -181,11 +178,7 @@ def advance(cfg: Config, job_id: int, stage: str, send) -> bool:
 
 def unit_name(stage: str, args: tuple) -> str:
     """The ``job_steps.unit`` of a task of ``stage`` with ``args`` (after the job id)."""
-    if stage == "finish":
-        return "all"
-    if stage in ("ingest", "index"):
-        return str(args[0])
-    return f"{args[0]}:{args[1]}"
+    return stages.stage(stage).unit_name(args)
 
 
 # --------------------------------------------------------------------------- leases and stalls
@@ -402,20 +395,13 @@ def sweep(cfg: Config, send, stall_seconds: float, queue_busy=lambda: False, now
 
 
 def stage_units(cfg: Config, job_id: int, stage: str) -> list[tuple]:
-    """The arguments (after ``job_id``) of every task of ``stage``."""
-    if stage in ("ingest", "index"):
-        return [(side,) for side in SIDES]
-    if stage == "finish":
-        return [()]
+    """The arguments (after ``job_id``) of every task of ``stage`` (:meth:`miner.stages.Stage.units`)."""
+    declared = stages.stage(stage)
+    if declared.unit in ("side", "job"):
+        return declared.units(None, 1)
     job = load_job(cfg, job_id)
     sides = job_sides(cfg, job)
-    size = job_spec(job).shard_size
-    if stage == "embed":
-        return [(name, s, e) for name in SIDES for s, e in shard_spans(sides[name].n, size)]
-    if stage in ("knn", "score"):
-        return [(direction, s, e) for direction, (query, _) in DIRECTIONS.items()
-                for s, e in shard_spans(sides[query].n, size)]
-    raise ValueError(f"unknown stage {stage!r}")
+    return declared.units({name: side.n for name, side in sides.items()}, job_spec(job).shard_size)
 
 
 def mark_failed(cfg: Config, job_id: int, message: str, exit_code: int = 1) -> None:
@@ -445,17 +431,13 @@ def job_sides(cfg: Config, job: Job) -> dict[str, Side]:
 
 
 def plan(cfg: Config, job_id: int) -> dict[str, list[tuple[int, int]]]:
-    """Shard both sides and record the size of every stage; returns the shard spans per side."""
+    """Shard both sides and record the size of every stage after the first
+    (:meth:`miner.stages.Stage.planned`); returns the shard spans per side."""
     job = ensure_active(cfg, job_id)
     sides = job_sides(cfg, job)
     size = job_spec(job).shard_size
-    spans = {name: shard_spans(side.n, size) for name, side in sides.items()}
-    by_side = {name: (len(spans[name]), sides[name].n) for name in SIDES}
-    by_direction = {direction: by_side[query] for direction, (query, _) in DIRECTIONS.items()}
-    set_stage(cfg, job_id, "embed", by_side)
-    set_stage(cfg, job_id, "index", {name: (1, n) for name, (_, n) in by_side.items()})
-    set_stage(cfg, job_id, "knn", by_direction)
-    set_stage(cfg, job_id, "score", by_direction)
-    set_stage(cfg, job_id, "finish", {"all": (1, 0)})
-    return spans
+    sizes = {name: side.n for name, side in sides.items()}
+    for declared in stages.STAGES[1:]:
+        set_stage(cfg, job_id, declared.name, declared.planned(sizes, size))
+    return {name: shard_spans(n, size) for name, n in sizes.items()}
 

@@ -27,6 +27,7 @@ from miner.config import Config
 from miner.db import Candidate, Job, JobState, Sentence, server_now, session_scope
 from miner.errors import JobCancelled, MinerError, ModelError
 from miner.spec import job_spec
+from miner.stages import STAGES
 from miner.orchestration import (
     DIRECTIONS,
     Side,
@@ -488,6 +489,6 @@ def finish(cfg: Config, job_id: int) -> int:
     return above
 
 
-#: The function that runs one unit of each stage (``fn(cfg, job_id, *unit_args)``).
-STEP_FUNCTIONS = {"ingest": corpora.ingest, "embed": embed, "index": build_index, "knn": knn, "score": score,
-                  "finish": finish}
+#: The function that runs one unit of each stage (``fn(cfg, job_id, *unit_args)``), from the
+#: stages' declarations (miner/stages.py).
+STEP_FUNCTIONS = {stage.name: stage.function() for stage in STAGES}

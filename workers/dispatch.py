@@ -11,19 +11,14 @@ import time
 from celery import Celery
 
 from miner import orchestration
-from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config
+from miner.config import Config
+from miner.stages import QUEUES, STAGES
 
 log = logging.getLogger(__name__)
 
-#: The Celery task of each stage (see workers/tasks.py); embed tasks are routed to their own queue.
-TASK_NAMES = {
-    "ingest": "miner.ingest",
-    "embed": "miner.embed",
-    "index": "miner.build_index",
-    "knn": "miner.knn",
-    "score": "miner.score",
-    "finish": "miner.finish",
-}
+#: The Celery task of each stage, from the stages' declarations (miner/stages.py; the tasks are
+#: made from the same declarations in workers/tasks.py, their routes in workers/settings.py).
+TASK_NAMES = {stage.name: stage.task for stage in STAGES}
 
 
 def send_stage(app: Celery, job_id: int, stage: str, units: list[tuple]) -> None:
@@ -44,7 +39,7 @@ def queue_busy(app: Celery) -> bool:
     try:
         with app.connection_for_write() as conn:
             channel = conn.default_channel
-            for name in (DEFAULT_QUEUE, EMBED_QUEUE):
+            for name in QUEUES:
                 try:
                     if channel.queue_declare(queue=name, passive=True).message_count:
                         return True

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from miner import broker
-from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, Config
+from miner.config import DEFAULT_QUEUE, Config
+from miner.stages import STAGES
 
 
 class CelerySettings:
@@ -13,7 +14,8 @@ class CelerySettings:
         self.broker_url = cfg.broker_url
         self.result_backend = cfg.result_backend
         self.task_default_queue = DEFAULT_QUEUE
-        self.task_routes = {"miner.embed": {"queue": EMBED_QUEUE}}
+        # Each stage's tasks go to its declared queue (miner/stages.py; embed has one of its own).
+        self.task_routes = {stage.task: {"queue": stage.queue} for stage in STAGES if stage.queue != DEFAULT_QUEUE}
         self.task_serializer = "json"
         self.result_serializer = "json"
         self.accept_content = ["json"]

@@ -20,6 +20,7 @@ from miner import orchestration
 from miner.encoders import trusting
 from miner.errors import JobCancelled
 from miner.jobs import get_job
+from miner.stages import STAGES, Stage
 from miner.steps import STEP_FUNCTIONS
 from miner.workers.app import app
 from miner.workers.dispatch import sender
@@ -103,31 +104,16 @@ class StageTask(app.Task):
             log.error("job %s: cannot mark it failed (%s)", job_id, cannot_mark)
 
 
-@app.task(name="miner.ingest", bind=True, base=StageTask, stage="ingest")
-def ingest(self, job_id: int, side: str) -> int:
-    return self.run_unit(job_id, side)
+def _stage_task(stage: Stage):
+    """The Celery task of one declared stage: it runs one unit (its arguments after the job id)."""
+
+    def run(self, job_id: int, *args):
+        return self.run_unit(job_id, *args)
+
+    run.__name__ = run.__qualname__ = stage.name
+    run.__doc__ = f"One unit of the {stage.name} stage ({stage.unit}): {stage.run}."
+    return app.task(name=stage.task, bind=True, base=StageTask, stage=stage.name)(run)
 
 
-@app.task(name="miner.embed", bind=True, base=StageTask, stage="embed")
-def embed(self, job_id: int, side: str, start: int, end: int) -> str:
-    return self.run_unit(job_id, side, start, end)
-
-
-@app.task(name="miner.build_index", bind=True, base=StageTask, stage="index")
-def build_index(self, job_id: int, side: str) -> str:
-    return self.run_unit(job_id, side)
-
-
-@app.task(name="miner.knn", bind=True, base=StageTask, stage="knn")
-def knn(self, job_id: int, direction: str, start: int, end: int) -> str:
-    return self.run_unit(job_id, direction, start, end)
-
-
-@app.task(name="miner.score", bind=True, base=StageTask, stage="score")
-def score(self, job_id: int, direction: str, start: int, end: int) -> str:
-    return self.run_unit(job_id, direction, start, end)
-
-
-@app.task(name="miner.finish", bind=True, base=StageTask, stage="finish")
-def finish(self, job_id: int) -> int:
-    return self.run_unit(job_id)
+#: The task of each stage, made from the stages' declarations (miner/stages.py).
+TASKS = {stage.name: _stage_task(stage) for stage in STAGES}
