@@ -259,7 +259,7 @@ def _watch(cfg: Config, job_id: int, **kwargs) -> dict:
 
 
 def _print_status(status: dict) -> None:
-    from miner.jobs import fallback_warning
+    from miner.threshold import fallback_warning
     from miner.progress import status_lines
 
     for line in status_lines(status):

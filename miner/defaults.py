@@ -102,18 +102,3 @@ def default_threshold(model: str, margin: str, *, model_key: str | None = None, 
     bundled value. ``--threshold auto`` falls back to it when a job's scores allow no estimate."""
     value = calibrated_default(model, margin, model_key=model_key, home=home)
     return value if value is not None else bundled_threshold(model, margin)
-
-
-def threshold_choice(spec, margin: str, asked, home: Path | None = None) -> tuple[str, float | None, float | None]:
-    """(method, threshold, fallback) of a new job from ``--threshold`` (a number, "auto" or None):
-    a number is "fixed"; none given is the threshold `miner calibrate` stored for the model and
-    margin ("calibrated"), else "auto"; "auto" is auto even when a calibration exists. An auto job
-    gets the model's fixed default (calibrated, else bundled) to fall back to."""
-    alias = spec.name if spec.kind == "alias" else ""
-    if isinstance(asked, float):
-        return "fixed", asked, None
-    calibrated = calibrated_default(alias, margin, model_key=spec.key, home=home)
-    if asked is None and calibrated is not None:
-        return "calibrated", calibrated, None
-    fixed = calibrated if calibrated is not None else bundled_threshold(alias, margin)
-    return "auto", None, fixed

@@ -1,4 +1,8 @@
-"""Job bookkeeping for the CLI: create, look up, cancel, report progress. Reads the database only."""
+"""Jobs as the CLI and the HTTP API see them: submit (check the inputs, resolve the options, create
+the row or find the live job with the same request), look up, list, cancel, retry, and the status
+that ``miner status`` shows. It writes the jobs table (create, cancel, retry); the pipeline's
+progress is written by :mod:`miner.orchestration` and the steps. Threshold policy is in
+:mod:`miner.threshold`, the options in :mod:`miner.spec`."""
 
 from __future__ import annotations
 
@@ -8,71 +12,12 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from miner.config import Config
-from miner.defaults import threshold_choice
 from miner.db import LIVE_STATES, Candidate, Corpus, Job, JobStage, JobState, JobStep, server_now, session_scope
 from miner.errors import JobNotFound, JobStateError, UsageError
 from miner.orchestration import STAGES, load_job, missing_units, unit_name
 from miner.spec import FORMAT_OPTIONS, REQUEST_OPTIONS, THRESHOLD_METHODS, JobOptions  # noqa: F401 - re-exported
-
-
-def threshold_method(options: dict) -> str | None:
-    """The method of a job's options; jobs without one (mined before ``--threshold auto``, or created
-    by library callers) are "fixed" when they have a number, None when they keep every candidate."""
-    method = options.get("threshold_method")
-    if method:
-        return method
-    return "fixed" if options.get("threshold") is not None else None
-
-
-def effective_threshold(job: Job) -> float | None:
-    """The cut a job uses: pairs with ``score >= value`` are its pairs (export default, report, eval,
-    status). The value the finish step chose (``threshold_info["value"]``), else the option's number
-    (None: an auto job not finished yet, or a job that keeps every candidate)."""
-    info = job.threshold_info
-    if isinstance(info, dict) and info.get("value") is not None:
-        return float(info["value"])
-    value = (job.options or {}).get("threshold")
-    return None if value is None else float(value)
-
-
-def threshold_status(job: Job) -> dict:
-    """``{"value", "method", ...evidence}`` for ``status``: the finish step's record without the
-    report's ``density`` grid; before finish ``{"value": None, "method": "auto"}`` for an auto job,
-    the option's number and method otherwise ("none" for a job that keeps every candidate)."""
-    info = job.threshold_info
-    if isinstance(info, dict) and info.get("method"):
-        out = {"value": info.get("value"), "method": info["method"]}
-        out.update({k: v for k, v in info.items() if k not in ("value", "method", "density")})
-        return out
-    options = job.options or {}
-    return {"value": options.get("threshold"), "method": threshold_method(options) or "none"}
-
-
-def threshold_note(threshold: dict) -> str:
-    """``auto: ~12% of candidates are translations, est. precision 95%``, ``fixed``, ``calibrated``,
-    ``fallback: REASON``: the method and the evidence that is there (any of it may be missing)."""
-    method = threshold.get("method") or "none"
-    if method == "fallback":
-        return f"fallback: {threshold.get('reason') or 'no reason recorded'}"
-    if method != "auto":
-        return method
-    parts = []
-    share, precision = threshold.get("share"), threshold.get("precision")
-    if isinstance(share, (int, float)) and share == share:
-        parts.append(f"~{100 * share:.0f}% of candidates are translations")
-    if isinstance(precision, (int, float)) and precision == precision:
-        parts.append(f"est. precision {100 * precision:.0f}%")
-    return "auto" + (": " + ", ".join(parts) if parts else "")
-
-
-def fallback_warning(job_id: int, info: dict | None) -> str | None:
-    """The one warning line of an auto job that fell back to the fixed default, else None."""
-    if not isinstance(info, dict) or info.get("method") != "fallback":
-        return None
-    value = info.get("value")
-    shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-    return (f"job {job_id}: automatic threshold fell back to the fixed default {shown}: "
-            f"{info.get('reason') or 'no reason recorded'}")
+from miner.threshold import (choose_method, effective_threshold, fallback_warning, threshold_method,  # noqa: F401
+                             threshold_note, threshold_status)
 
 
 def request_key(src_sha256: str, tgt_sha256: str, options: JobOptions, formats: tuple[str, str] | None = None) -> str:
@@ -465,7 +410,7 @@ def prepare_job(cfg: Config, src: Path, tgt: Path, *, warn, open_db, **opts) -> 
         message = side_language_warning(path, opts[f"{side}_lang"], side, opts[other])
         if message:
             warn(message)
-    method, threshold, fallback = threshold_choice(spec, opts["margin"], opts["threshold"], cfg.home)
+    method, threshold, fallback = choose_method(spec, opts["margin"], opts["threshold"], cfg.home)
     options = JobOptions(
         src_lang=normalise_code(opts["src_lang"]),
         tgt_lang=normalise_code(opts["tgt_lang"]),

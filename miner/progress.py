@@ -15,7 +15,7 @@ import time
 from typing import Callable, TextIO
 
 from miner.errors import MinerError
-from miner.jobs import fallback_warning, threshold_note
+from miner.threshold import fallback_warning, threshold_note
 from miner.local_workers import log_tail
 
 FINISHED = ("done", "failed", "cancelled")
@@ -29,7 +29,7 @@ def format_eta(seconds) -> str:
 
 
 def status_lines(status: dict) -> list[str]:
-    """``miner status JOB`` as lines of text (a fallback warning is :func:`miner.jobs.fallback_warning`)."""
+    """``miner status JOB`` as lines of text (a fallback warning is :func:`miner.threshold.fallback_warning`)."""
     lines = [f"job {status['id']}  {status['state']}  {status['src_lang']}-{status['tgt_lang']}  "
              f"model {status['model']}  elapsed {status['elapsed_s']:.1f}s",
              f"  src {status['src']}",

@@ -432,7 +432,7 @@ def evaluate(cfg: Config, job_id: int, gold_path: str, *, fmt: str = "auto", id_
     job = load_done_job(cfg, job_id, "evaluate")
     gold, resolved = load_gold(cfg, job, gold_path, fmt, id_base, warn)
     curve, scores = job_curve(cfg, job, resolved, sample)
-    from miner.jobs import effective_threshold, threshold_method
+    from miner.threshold import effective_threshold, threshold_method
 
     threshold = effective_threshold(job)
     at_threshold = curve.at(threshold if threshold is not None else -math.inf)

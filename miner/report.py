@@ -216,7 +216,7 @@ def render_report(cfg: Config, job_id: int, *, per_band: int = 10, seed: int = 0
     job = load_done_job(cfg, job_id, "report")
     log(f"report job {job_id}: reading the candidates")
     scores, src_len, tgt_len, src_idx, tgt_idx = _load(cfg, job)
-    from miner.jobs import effective_threshold, threshold_status
+    from miner.threshold import effective_threshold, threshold_status
 
     threshold = effective_threshold(job)
     info = threshold_status(job)

@@ -28,6 +28,8 @@ from miner.db import Candidate, Job, JobState, Sentence, server_now, session_sco
 from miner.errors import JobCancelled, MinerError, ModelError
 from miner.spec import job_spec
 from miner.stages import STAGES
+from miner import threshold as threshold_policy
+from miner.threshold import json_ready  # noqa: F401 - re-exported
 from miner.orchestration import (
     DIRECTIONS,
     Side,
@@ -385,56 +387,6 @@ def store_candidates(s, job_id: int, src: np.ndarray, tgt: np.ndarray, scores: n
         s.execute(insert(Candidate), rows)
 
 
-def json_ready(value):
-    """``value`` with numpy scalars and arrays as Python numbers and lists, and nan/inf as None
-    (PostgreSQL's JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [json_ready(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def choose_threshold(job: Job, inputs) -> tuple[float | None, dict | None, np.ndarray | None]:
-    """The cut of a finished job: (value, threshold_info, probability per candidate).
-
-    ``auto``: :func:`miner.autocut.decide` on the job's own scores, falling back to the fixed default
-    resolved when the job was created (``fallback_threshold``; for jobs without one, the model's
-    default as ``miner.defaults`` resolves it now). ``fixed`` / ``calibrated``: the job's number.
-    No method and no number (library callers): every candidate counts, nothing is recorded."""
-    from miner import autocut, defaults
-    from miner.jobs import threshold_method
-
-    options = job_spec(job)
-    method = threshold_method(job.options or {})
-    if method in ("fixed", "calibrated"):
-        value = float(options.threshold)
-        return value, {"value": value, "method": method}, None
-    if method != "auto":
-        return None, None, None
-    fixed = options.fallback_threshold
-    if fixed is None:
-        from miner.encoders import ALIASES
-
-        alias = job.model if job.model in ALIASES else ""
-        fixed = defaults.default_threshold(alias, options.margin, model_key=options.model_key)
-    decision = autocut.decide(inputs, options.margin, float(fixed))
-    info = json_ready(decision.to_json())
-    probability = None
-    if decision.probability is not None:
-        probability = np.asarray(decision.probability, dtype=np.float64)
-        if probability.shape != np.shape(inputs.scores):
-            raise MinerError(f"job {job.id}: the automatic threshold gave {probability.shape[0]} probabilities for "
-                             f"{len(inputs.scores)} candidates")
-    return float(decision.value), info, probability
-
-
 def sentence_lengths(db_url: str, corpus_id: int, n: int, ids: np.ndarray) -> np.ndarray:
     """Characters of the sentences ``ids`` of a corpus of ``n`` sentences (the stored,
     whitespace-normalised text, as the export's length filters count them), from one streamed
@@ -450,7 +402,7 @@ def sentence_lengths(db_url: str, corpus_id: int, n: int, ids: np.ndarray) -> np
 
 
 def finish(cfg: Config, job_id: int) -> int:
-    """Apply the retrieval mode, choose the job's cut (:func:`choose_threshold`) and store the
+    """Apply the retrieval mode, choose the job's cut (:func:`miner.threshold.decide`) and store the
     candidates with their probabilities (replacing any earlier ones) and the cut's record."""
     started = time.monotonic()
     job = ensure_active(cfg, job_id)
@@ -464,7 +416,7 @@ def finish(cfg: Config, job_id: int) -> int:
 
     inputs = CutInputs(scores=scores, direction=direction, src=src, tgt=tgt, fwd_scores=fwd_scores,
                        bwd_scores=bwd_scores, fwd_decoy=fwd_decoy, bwd_decoy=bwd_decoy)
-    threshold, info, probability = choose_threshold(job, inputs)
+    threshold, info, probability = threshold_policy.decide(job, inputs)
     above = int(np.count_nonzero(scores >= threshold)) if threshold is not None else len(scores)
     names = np.array(["", "fwd", "bwd", "both"])[direction]
     with session_scope(cfg.db_url) as s:
@@ -479,9 +431,7 @@ def finish(cfg: Config, job_id: int) -> int:
         job.state = JobState.DONE.value
         job.finished_at = server_now(s)
         job.error = None
-    from miner.jobs import fallback_warning
-
-    message = fallback_warning(job_id, info)
+    message = threshold_policy.fallback_warning(job_id, info)
     if message:
         log.warning("%s", message)
     set_stage(cfg, job_id, "finish", {"all": (1, len(src))})
