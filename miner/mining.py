@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from miner.errors import UsageError
-from miner.neighbours import _as_matrix, _check_k, knn, knn_blocks, knn_index, knn_mean
+from miner.neighbours import as_matrix, check_k, knn, knn_blocks, knn_index, knn_mean
 
 __all__ = [
     "Margin",
@@ -504,9 +504,9 @@ def mine(
     m = _as_margin(margin)
     mode = _as_retrieval(retrieval)
     _check_threshold(threshold)
-    k = _check_k(k)
-    xa = _as_matrix(x, "x")
-    ya = _as_matrix(y, "y")
+    k = check_k(k)
+    xa = as_matrix(x, "x")
+    ya = as_matrix(y, "y")
     if xa.shape[1] != ya.shape[1]:
         raise UsageError(
             f"x has dimension {xa.shape[1]} but y has dimension {ya.shape[1]}"

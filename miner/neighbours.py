@@ -14,7 +14,8 @@ import numpy as np
 from miner.errors import UsageError
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
+    """``k`` as an int, or UsageError when it is not an integer >= 1 (shared by the kNN and mining math)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise UsageError(f"k must be an integer >= 1, got {k!r}")
     if k < 1:
@@ -22,7 +23,7 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _as_matrix(a: Any, name: str) -> np.ndarray:
+def as_matrix(a: Any, name: str) -> np.ndarray:
     """Convert ``a`` to a C-contiguous 2-D float32 array, or raise UsageError."""
     try:
         arr = np.ascontiguousarray(a, dtype=np.float32)
@@ -59,8 +60,8 @@ def knn_index(queries: np.ndarray, index: faiss.Index, k: int) -> tuple[np.ndarr
         UsageError: ``k < 1``, queries not a 2-D numeric array, or the query
             dimension differs from the index's.
     """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
+    k = check_k(k)
+    q = as_matrix(queries, "queries")
     if q.shape[1] != index.d:
         raise UsageError(
             f"queries have dimension {q.shape[1]} but the index has dimension {index.d}"
@@ -88,13 +89,13 @@ def knn_blocks(queries: np.ndarray, blocks, k: int) -> tuple[np.ndarray, np.ndar
         sizes. Memory holds the queries, one block and ``n * k`` results -- never the whole target
         side.
     """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
+    k = check_k(k)
+    q = as_matrix(queries, "queries")
     n = q.shape[0]
     best_sims = np.empty((n, 0), dtype=np.float32)
     best_ids = np.empty((n, 0), dtype=np.int64)
     for offset, block in blocks:
-        v = _as_matrix(np.asarray(block), "vectors")
+        v = as_matrix(np.asarray(block), "vectors")
         if v.shape[0] == 0:
             continue
         if v.shape[1] != q.shape[1]:
@@ -128,9 +129,9 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, n
         UsageError: ``k < 1``, an input that is not a 2-D numeric array, or
             mismatched dimensions.
     """
-    k = _check_k(k)
-    q = _as_matrix(queries, "queries")
-    v = _as_matrix(vectors, "vectors")
+    k = check_k(k)
+    q = as_matrix(queries, "queries")
+    v = as_matrix(vectors, "vectors")
     if q.shape[1] != v.shape[1]:
         raise UsageError(
             f"queries have dimension {q.shape[1]} but vectors have dimension {v.shape[1]}"

@@ -162,7 +162,7 @@ def _compression(path: str) -> str | None:
     return None
 
 
-def _coerce_policy(value: DecodeErrorPolicy | str) -> DecodeErrorPolicy:
+def coerce_policy(value: DecodeErrorPolicy | str) -> DecodeErrorPolicy:
     if isinstance(value, DecodeErrorPolicy):
         return value
     try:
@@ -402,10 +402,10 @@ def read_sentences(
         raise UsageError(f"max_chars must be an integer, got {max_chars!r}")
     if max_chars < 1:
         raise UsageError(f"max_chars must be at least 1, got {max_chars}")
-    policy = _coerce_policy(on_decode_error)
+    policy = coerce_policy(on_decode_error)
     if stats is None:
         stats = ReadStats()
-    return (record[:2] for record in _read_records(path, max_chars, policy, stats, None, False))
+    return (record[:2] for record in read_record_stream(path, max_chars, policy, stats, None, False))
 
 
 def batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -436,7 +436,7 @@ def _decode_error(
     )
 
 
-def _read_records(
+def read_record_stream(
     path: PathLike,
     max_chars: int,
     policy: DecodeErrorPolicy,
@@ -444,6 +444,7 @@ def _read_records(
     parse: Callable[[str, int], tuple | None] | None,
     duplicates: bool,
 ) -> Iterator[tuple[int, str, str | None, dict | None, int | None]]:
+    """Records ``(line_no, text, ext_id, meta, duplicate_of)`` of ``path`` in bounded chunks (also for miner.records)."""
     chunk = min(max(4 * max_chars + 8, _MIN_CHUNK), _MAX_CHUNK)
     seen: dict[bytes, int] = {}  # text digest -> index of its sentence
     ext_id = meta = None

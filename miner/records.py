@@ -203,7 +203,7 @@ def read_records(
     (``4 * max_chars`` bytes, at least 64 KiB) counts as too long without being parsed."""
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise UsageError(f"max_chars must be an integer of at least 1, got {max_chars!r}")
-    policy = reader._coerce_policy(on_decode_error)
+    policy = reader.coerce_policy(on_decode_error)
     if stats is None:
         stats = reader.ReadStats()
-    return reader._read_records(path, max_chars, policy, stats, parse, True)
+    return reader.read_record_stream(path, max_chars, policy, stats, parse, True)
