@@ -99,7 +99,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from miner import mining  # noqa: E402
-from miner.artifacts import load_npz, save_npz  # noqa: E402
+from miner.artifacts import Artifacts, load_npz  # noqa: E402
 from miner.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
 from miner.indexes import (  # noqa: E402
     build_ivf, choose_index, mark_missing, read_index, search_side, train_size, training_sample,
@@ -395,7 +395,7 @@ def knn_direction(query: Side, target: Side, spec, index_path: Path, k: int, out
             sims, ids = search_side(index, spec, queries, k, mapped, timings)
             missing_rows += int((ids < 0).any(axis=1).sum())
             sims, ids = mark_missing(sims, ids)
-        save_npz(out / f"{span(start, end)}.npz", sims=sims, ids=ids)
+        Artifacts(out).save_npz(out / f"{span(start, end)}.npz", sims=sims, ids=ids)
         results.append((sims, ids))
     del index
     info = {"total": time.monotonic() - t0, "load_index": t_load, "rows_with_missing": missing_rows}

@@ -65,19 +65,13 @@ def load_done_job(cfg: Config, job_id: int, action: str = "export") -> Job:
         return job
 
 
-def iter_records(cfg: Config, job_id: int, min_score: float | None) -> Iterator[tuple[float, str, str, int, int]]:
-    """(score, source, target, source line, target line) of a job, best first; line numbers are the
-    0-based physical lines of the input files (``Sentence.line_no``)."""
-    for record in iter_rows(cfg, job_id, min_score):
-        yield record[:5]
-
-
 def iter_rows(cfg: Config, job_id: int, min_score: float | None, min_probability: float | None = None,
               provenance: bool = False) -> Iterator[tuple]:
-    """:func:`iter_records` plus each pair's estimated probability (None when the job has none),
-    optionally only pairs with ``probability >= min_probability``; ``provenance`` adds the sentence
-    indices, and each side's input id (None: the line number is the id) and metadata (None: none)
-    of its first occurrence."""
+    """(score, source, target, source line, target line, probability) of a job's pairs, best first;
+    line numbers are the 0-based physical lines of the input files (``Sentence.line_no``), the
+    probability is the estimated one (None when the job has none). Optionally only pairs with
+    ``probability >= min_probability``; ``provenance`` adds the sentence indices, and each side's
+    input id (None: the line number is the id) and metadata (None: none) of its first occurrence."""
     job = load_done_job(cfg, job_id)
     src, tgt = aliased(Sentence), aliased(Sentence)
     extra = (Candidate.src_idx, Candidate.tgt_idx, src.ext_id, tgt.ext_id, src.meta, tgt.meta) if provenance else ()
@@ -445,18 +439,6 @@ def stream_export(cfg: Config, job_id: int, *, fmt: str = "tsv", header: bool = 
             yield "".join(parts).encode("utf-8")
 
     return plan, chunks()
-
-
-def export_tsv(cfg: Config, job_id: int, out: str, *, min_score: float | None = None, header: bool = False,
-               with_probability: bool = False) -> int:
-    """Write the job's pairs with ``score >= min_score`` (default: the job's threshold) to ``out``.
-
-    ``out`` ending in ``.gz`` is gzip-compressed; ``-`` writes standard output. The file appears
-    only when complete. Returns the number of pairs written.
-    """
-    result = export_pairs(cfg, job_id, out, fmt="tsv", header=header, filters=FilterOptions(min_score=min_score),
-                          with_probability=with_probability)
-    return result.written
 
 
 def _chain(first, rest):

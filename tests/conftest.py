@@ -1,7 +1,36 @@
-"""Shared fixtures: isolated MINER_HOME folders, the Tatoeba test data (tests/data), running the real CLI."""
+"""Shared fixtures: isolated MINER_HOME folders, the Tatoeba test data (tests/data), running the real CLI.
+
+Running the suite in pieces: every test gets exactly one of three markers, set by
+:func:`pytest_collection_modifyitems` below from what the test uses (its module, its fixtures, the
+names its code and the tests/ helpers it calls use), not by hand (one set by hand wins):
+
+* ``integration`` -- it starts or needs other processes: ``miner`` subprocesses (``run_miner``),
+  worker processes, Redis, PostgreSQL, the S3 server, ``miner serve``, a browser; or it is marked
+  ``slow`` (in-process, but the real models over the Tatoeba data, a million candidates, ...);
+* ``chaos`` -- it kills workers, brokers or servers on purpose (tests/test_chaos.py,
+  tests/test_reliability.py, tests/test_signals.py, tests/test_broker_down.py, and any test that
+  sends SIGKILL);
+* ``unit`` -- everything else: in-process only (library calls, CliRunner, the in-process API
+  client) and not ``slow``; about 45 s on two cores.
+
+::
+
+    python -m pytest                       # everything (what CI and the README run)
+    python -m pytest -m unit               # the fast in-process tests
+    python -m pytest -m integration        # real processes and servers (and slow), no deliberate kills
+    python -m pytest -m chaos              # killed workers, brokers and servers
+    python -m pytest -m "not chaos"        # all but the chaos tests
+    python -m pytest -m "not slow"         # the hand-set marker still works on its own
+
+The three pieces together are the whole suite. ``slow`` (pyproject.toml) is set by hand on tests
+that run real models or worker processes; a slow test is never ``unit``.
+"""
 
 from __future__ import annotations
 
+import dis
+import functools
+import inspect
 import json
 import os
 import random
@@ -41,6 +70,136 @@ def run_miner(home: Path, *args: str, timeout: float = 600, **extra: str) -> sub
         timeout=timeout,
         cwd=str(home.parent),
     )
+
+
+# --------------------------------------------------------------------------- markers
+
+#: Modules whose every test kills workers, brokers or servers on purpose.
+CHAOS_MODULES = frozenset({"test_chaos", "test_reliability", "test_signals", "test_broker_down"})
+#: Fixtures (here) that start a server or worker processes, or depend on one that does.
+PROCESS_FIXTURES = frozenset({"redis_server", "postgres_server", "s3_server", "cluster_env", "deu_embedded",
+                              "deu_cluster"})
+#: Names whose use, by a test or by a fixture or tests/ helper it reaches, means another process.
+PROCESS_NAMES = frozenset({"run_miner", "start_workers", "wait_for_workers", "subprocess", "Popen",
+                           "multiprocessing", "RedisServer", "PostgresServer", "S3Server", "Browser"})
+#: Values of a back-end parameter that mean a server (a fixture parametrized over sqlite and postgresql).
+SERVER_PARAMS = frozenset({"postgresql", "postgres", "redis", "s3"})
+#: Names whose use by a test (or a tests/ helper it calls, not a fixture's clean-up) means a deliberate kill.
+KILL_NAMES = frozenset({"SIGKILL"})
+
+
+@functools.lru_cache(maxsize=None)
+def _code_names(code) -> frozenset[str]:
+    """The global, attribute and imported names ``code`` and its nested functions use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _code_names(const)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_in(code) -> dict:
+    """What ``from tests.X import name`` (or ``from .X import name``) inside ``code`` binds."""
+    out, module = {}, None
+    if "IMPORT_FROM" in _opnames(code):
+        for ins in dis.get_instructions(code):
+            if ins.opname == "IMPORT_NAME":
+                module = sys.modules.get(f"tests.{ins.argval}") or sys.modules.get(ins.argval)
+            elif ins.opname == "IMPORT_FROM" and module is not None and hasattr(module, ins.argval):
+                out[ins.argval] = getattr(module, ins.argval)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            out.update(_imported_in(const))
+    return out
+
+
+def _opnames(code) -> set[str]:
+    return {dis.opname[op] for op in code.co_code[::2]}
+
+
+_REACHED: dict = {}
+
+
+def _reached_names(obj, seen: set | None = None) -> set[str]:
+    """The names a test or fixture function uses, including those of the functions and classes of
+    tests/ that it calls (transitively)."""
+    if seen is None:  # a test or a fixture: computed once
+        key = id(obj)
+        if key not in _REACHED:
+            _REACHED[key] = (obj, frozenset(_reached_names(obj, set())))
+        return set(_REACHED[key][1])
+    obj = getattr(getattr(obj, "hypothesis", None), "inner_test", obj)  # a @given test: the test itself
+    obj = inspect.unwrap(obj)
+    if id(obj) in seen:
+        return set()
+    seen.add(id(obj))
+    if inspect.isclass(obj):
+        names = set()
+        for member in vars(obj).values():
+            member = getattr(member, "__func__", getattr(member, "fget", member))
+            if inspect.isfunction(member):
+                names |= _reached_names(member, seen)
+        return names
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        return set()
+    names = set(_code_names(code))
+    scope = dict(getattr(obj, "__globals__", {}))
+    scope.update(_imported_in(code))
+    for name in list(names):
+        target = scope.get(name)
+        if (inspect.isfunction(target) or inspect.isclass(target)) and \
+                getattr(target, "__module__", "").split(".")[0] == "tests":
+            names |= _reached_names(target, seen)
+    return names
+
+
+def _fixture_functions(item) -> dict:
+    """{name: function} of the fixtures ``item`` uses that are defined in tests/ (its whole closure)."""
+    info = getattr(item, "_fixtureinfo", None)
+    out = {}
+    for name, defs in getattr(info, "name2fixturedefs", {}).items():
+        func = getattr(defs[-1], "func", None) if defs else None
+        if func is not None and getattr(func, "__module__", "").split(".")[0] == "tests":
+            out[name] = func
+    return out
+
+
+def _asks_for_a_server(func) -> bool:
+    """Whether a fixture asks for a server fixture by name (``request.getfixturevalue("postgres_server")``)."""
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    return code is not None and "getfixturevalue" in code.co_names and bool(PROCESS_FIXTURES & set(code.co_consts))
+
+
+def marker_for(item) -> str:
+    """``unit``, ``integration`` or ``chaos`` (see the module docstring)."""
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    function = getattr(item, "function", None)
+    own = _reached_names(function) if function is not None else set()
+    if module in CHAOS_MODULES or own & KILL_NAMES:
+        return "chaos"
+    if PROCESS_FIXTURES & set(item.fixturenames) or own & PROCESS_NAMES:
+        return "integration"
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name, func in _fixture_functions(item).items():
+        if _reached_names(func) & PROCESS_NAMES:
+            return "integration"
+        # A fixture parametrized over back ends (sqlite, postgresql) that starts the server for some.
+        if _asks_for_a_server(func) and (name not in params or params[name] in SERVER_PARAMS):
+            return "integration"
+    if item.get_closest_marker("slow"):  # in-process, but a real model over real data: not fast
+        return "integration"
+    return "unit"
+
+
+KINDS = ("unit", "integration", "chaos")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(kind) for kind in KINDS):  # one set by hand wins
+            item.add_marker(marker_for(item))
 
 
 @pytest.fixture(autouse=True)

@@ -197,6 +197,7 @@ def test_degenerate_jobs_fall_back_to_the_fixed_default(scores, decoys, reason):
     assert decision.to_json()["reason"] == decision.reason
 
 
+@pytest.mark.slow
 def test_a_million_candidates():
     scores, decoys, gold = mixture(0.1, n=1_000_000, seed=9)
     decision = autocut.decide(inputs(scores, decoys), "ratio", 1.05)

@@ -130,6 +130,7 @@ def test_model_key_names_content_not_path(minilm_dir, tmp_path):
     assert encoders.resolve_model(str(copy)).key not in (key, changed)
 
 
+@pytest.mark.slow
 def test_a_job_refuses_a_model_changed_after_submit(minilm_dir, tmp_path):
     spec = encoders.resolve_model(str(minilm_dir))
     cfg = Config.from_env({"MINER_HOME": str(tmp_path / "home")})

@@ -198,13 +198,13 @@ def test_all_filters_one_summary_line(job):
 def test_no_filter_keeps_the_export_contract(job):
     """Without new options, `miner export` writes exactly what it wrote before: %.6f<TAB>src<TAB>tgt,
     best first, the job's threshold, no filter line."""
-    from miner.export import export_tsv
+    from miner.export import export_pairs
 
     out, stderr = export(job, name="plain.tsv")
     assert "filters:" not in stderr
     assert stderr.strip().splitlines()[-1] == f"job {job['id']}: {len(job['base'])} pairs written to {out}"
     ref = job["folder"] / "ref.tsv"
-    assert export_tsv(job["cfg"], job["id"], str(ref)) == len(job["base"])
+    assert export_pairs(job["cfg"], job["id"], str(ref), fmt="tsv").written == len(job["base"])
     assert out.read_bytes() == ref.read_bytes()
     lines = out.read_text(encoding="utf-8").splitlines()
     assert all(re.fullmatch(r"\d+\.\d{6}\t[^\t]+\t[^\t]+", line) for line in lines)

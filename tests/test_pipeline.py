@@ -16,7 +16,7 @@ from miner.config import Config
 from miner.db import Candidate, Corpus, JobLease, Sentence, session_scope, utcnow
 from miner.encoders import encode, load_model, resolve_model
 from miner.artifacts import Artifacts
-from miner.export import export_tsv
+from miner.export import export_pairs
 from miner.jobs import JobOptions, create_job, job_status
 from miner.migrate import ensure_schema
 
@@ -87,6 +87,7 @@ def candidates(cfg, job_id):
     return sorted(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("margin, retrieval", [("ratio", "max"), ("distance", "intersect"), ("absolute", "fwd")])
 def test_sharded_job_equals_one_shot_mining(cfg, tmp_path, muse, margin, retrieval):
     src, tgt = small_case(tmp_path)
@@ -170,7 +171,7 @@ def test_cancelled_job_hands_over_nothing(cfg, tmp_path, muse):
 
 def _export(cfg, job_id, folder):
     out = folder / f"job{job_id}.tsv"
-    export_tsv(cfg, job_id, str(out))
+    export_pairs(cfg, job_id, str(out), fmt="tsv")
     return out
 
 
@@ -380,6 +381,7 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
     orchestration.check_stop(doomed)  # outside a task nothing is checked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", ["ivf", "ivfpq"])
 def test_ivf_jobs_find_the_pairs_exact_search_finds(cfg, tmp_path, muse, index):
     """A job searched through an IVF (or IVF-PQ) index built from float16 shards finds at least 95%

@@ -184,6 +184,7 @@ def as_pairs(result) -> list[tuple[int, int]]:
 THRESHOLDS = st.one_of(st.sampled_from([None, -1e9, 0.0, 1.0, 1.05, 1e9]), st.floats(-1.0, 2.0))
 
 
+@pytest.mark.slow
 @settings(max_examples=int(os.environ.get("MINER_PROPERTY_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
