@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner import autocut  # noqa: E402
+from miner.core import autocut  # noqa: E402
 
 GOALS = {20_000: 2.0, 1_000_000: 20.0}
 

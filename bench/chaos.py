@@ -45,7 +45,7 @@ def run(name: str, corpus: dict, servers, folder: Path, shard: int, extra_env: d
         timeout: float) -> dict:
     from sqlalchemy import create_engine, func, select
 
-    from miner.db import Job, JobLease
+    from miner.runtime.db import Job, JobLease
 
     redis, postgres = servers
     redis.flush()
@@ -138,7 +138,7 @@ def main() -> None:
     same = Path(calm["tsv"]).read_bytes() == Path(chaos["tsv"]).read_bytes()
     per_kill = (chaos["wall_s"] - calm["wall_s"]) / len(KILL_STAGES)
     passed = same and per_kill <= args.target
-    from miner.config import Config
+    from miner.runtime.config import Config
 
     cfg = Config.from_env(dict(os.environ, **extra))
     result = {"bench": "chaos", "machine": common.machine(), "code": common.code_state(), "size": args.size,

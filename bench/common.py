@@ -69,7 +69,7 @@ def raw_lines(path: Path) -> list[str]:
 
 
 def _normalise(text: str) -> str:
-    from miner.reader import normalise
+    from miner.io.reader import normalise
 
     return normalise(text)
 
@@ -164,7 +164,7 @@ def _digest(lines: list[str]) -> str:
 
 def muse_embeddings(lines: list[str], cache: Path, *, threads: int = 1, batch_size: int = 256) -> np.ndarray:
     """muse embeddings of ``lines`` (L2-normalised float32), cached under ``cache`` by content."""
-    from miner.encoders import encode, load_model, resolve_model
+    from miner.embedding.encoders import encode, load_model, resolve_model
 
     spec = resolve_model("muse")
     path = cache / f"emb-{spec.key}-{_digest(lines)}-{len(lines)}.npy"
@@ -220,7 +220,7 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        from miner.config import available_cores  # type: ignore
+        from miner.runtime.config import available_cores  # type: ignore
 
         cores = available_cores()
     except Exception:

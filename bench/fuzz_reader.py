@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation fuzzer for the ingest reader (``miner.reader``), with a kept corpus.
+"""Mutation fuzzer for the ingest reader (``miner.io.reader``), with a kept corpus.
 
     python bench/fuzz_reader.py --seconds 180 --seed 1            # fuzz for 3 minutes
     python bench/fuzz_reader.py --seconds 600 --save-new 10       # ... and keep 10 new inputs
@@ -12,7 +12,7 @@ It is run through :func:`check_input_file` and through :func:`read_sentences` wi
 
 * any other exception, or a run longer than ``--timeout`` seconds (a hang);
 * an error message on more than one line;
-* a yielded sentence that breaks what :func:`miner.reader.normalise` promises: empty, longer than
+* a yielded sentence that breaks what :func:`miner.io.reader.normalise` promises: empty, longer than
   ``max_chars``, a tab, CR, LF, NUL or any other C0/C1 control character or DEL, any whitespace
   other than single ASCII spaces, a leading or trailing space; or a sentence yielded twice, line
   numbers not increasing, stats that do not add up as the module docstring says;
@@ -57,9 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from miner import reader  # noqa: E402
-from miner.errors import MinerError  # noqa: E402
-from miner.reader import ReadStats, check_input_file, normalise, read_sentences  # noqa: E402
+from miner.io import reader  # noqa: E402
+from miner.runtime.errors import MinerError  # noqa: E402
+from miner.io.reader import ReadStats, check_input_file, normalise, read_sentences  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 CRASHES = CORPUS / "crashes"
@@ -143,7 +143,7 @@ def decompressed(path: Path) -> bytes | None:
 
 
 class Expected:
-    """A reference reading of ``data`` (the module docstring of miner.reader, done the simple way)."""
+    """A reference reading of ``data`` (the module docstring of miner.io.reader, done the simple way)."""
 
     def __init__(self, data: bytes, policy: str, max_chars: int):
         chunk = min(max(4 * max_chars + 8, reader._MIN_CHUNK), reader._MAX_CHUNK)

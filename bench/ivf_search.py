@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: the kNN step's IVF search (``miner.indexes.search_side``) against
+"""Benchmark: the kNN step's IVF search (``miner.core.indexes.search_side``) against
 ``faiss.contrib.big_batch_search`` doing the same search (issue 12).
 
 Both search an IVF index list by list: the queries are assigned to their ``nprobe`` nearest
@@ -10,7 +10,7 @@ pool, each thread running FAISS single-threaded, per-list top-k merged with nump
 ``faiss.ResultHeap``). This script measures which is faster on the same index, queries, ``nprobe``,
 ``k`` and threads, and whether they return the same neighbours. On one query shard they were about
 equal; on whole jobs (``bench/scale.py``, ``bench/memory.py``) the product's loop was clearly faster,
-so ``miner.indexes.search`` keeps it (figures in its docstring).
+so ``miner.core.indexes.search`` keeps it (figures in its docstring).
 
 Data (generated once per setting under ``--workdir``, deterministic, reused by later runs)
 ------------------------------------------------------------------------------------------
@@ -21,14 +21,14 @@ Gaussian noise, 20% of the query rows with a noisy copy planted in the database)
 ``SHARD_SIZE``), ``--dim`` dimensions (256). The index is what the product builds for such a side:
 ``choose_index(n, dim, --index)`` (``auto``: for 200k rows an ``IndexIVFFlat`` with nlist 2048, nprobe
 16), trained by ``training_sample`` + ``build_ivf``, written with ``faiss.write_index`` and loaded in
-each measuring process with ``miner.indexes.read_index`` (memory-mapped inverted lists, ``nprobe`` set),
+each measuring process with ``miner.core.indexes.read_index`` (memory-mapped inverted lists, ``nprobe`` set),
 as the kNN step loads it. The index file stays in the page cache between runs.
 
 What is timed (wall clock, ``time.perf_counter``; CPU seconds of the process beside it)
 ------------------------------------------------------------------------------------------
 
 * ``product``: ``search_side(index, spec, queries, k, blocks)`` then ``mark_missing``: exactly the
-  kNN step's two calls (``miner/steps.py:knn``), with the product's code as it is;
+  kNN step's two calls (``miner/pipeline/steps.py:knn``), with the product's code as it is;
 * ``big_batch``: ``big_batch_search(index, queries, k)`` (sequential, ``threaded=0``: FAISS's OpenMP
   threads inside each ``faiss.knn``), then ``mark_missing``;
 * ``big_batch-prefetch``: the same with ``threaded=1`` (the next list is copied out while one is
@@ -40,7 +40,7 @@ What is timed (wall clock, ``time.perf_counter``; CPU seconds of the process bes
 ``big_batch_search`` prints progress even at ``verbose=0`` (one line per list); it runs with
 ``verbose=1`` (a few lines per call) and its stdout is discarded. Each thread count runs in its own
 process with ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``, threadpoolctl and
-``faiss.omp_set_num_threads`` set to it (what ``miner.config.limit_threads`` does in a worker: the
+``faiss.omp_set_num_threads`` set to it (what ``miner.runtime.config.limit_threads`` does in a worker: the
 product runs 2 worker processes x 1 thread on 2 cores by default, or 1 x 2 with ``--concurrency 1``).
 Every method runs once untimed (warm-up, and the results compared), then ``--repeat`` rounds, the
 order of the methods rotating from round to round so that a change of machine load hits all of them;
@@ -105,7 +105,7 @@ MB = 1024
 
 
 def data_dir(args) -> Path:
-    from miner.indexes import choose_index
+    from miner.core.indexes import choose_index
 
     spec = choose_index(args.n, args.dim, args.index, args.nlist, args.nprobe, args.m)
     tag = f"v{DATA_VERSION}-n{args.n}-q{args.queries}-d{args.dim}-c{args.clusters}-s{args.seed}-{spec.name}"
@@ -114,8 +114,8 @@ def data_dir(args) -> Path:
 
 def ensure_data(args) -> dict:
     """Queries (.npy) and the built index (.faiss) for the setting, made once."""
-    from miner.defaults import SHARD_SIZE
-    from miner.indexes import build_ivf, choose_index, train_size, training_sample
+    from miner.runtime.defaults import SHARD_SIZE
+    from miner.core.indexes import build_ivf, choose_index, train_size, training_sample
 
     spec = choose_index(args.n, args.dim, args.index, args.nlist, args.nprobe, args.m)
     if spec.exact:
@@ -195,7 +195,7 @@ def searchers(index, spec, k: int, threads: int, blocks=None) -> dict:
     import faiss
     from faiss.contrib.big_batch_search import big_batch_search
 
-    from miner.indexes import mark_missing, search_side
+    from miner.core.indexes import mark_missing, search_side
 
     def product(q):
         return mark_missing(*search_side(index, spec, q, k, blocks))
@@ -237,7 +237,7 @@ def agreement(ref, other) -> dict:
 def child(cfg: dict) -> dict:
     threads = cfg["threads"]
     set_threads(threads)
-    from miner.indexes import IndexSpec, read_index
+    from miner.core.indexes import IndexSpec, read_index
 
     spec = IndexSpec(**{key: cfg["spec"][key] for key in ("kind", "nlist", "m", "nprobe")})
     folder = Path(cfg["folder"])
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
                if clearly else
                f"the product's list-by-list search is not clearly faster than big_batch_search on one query shard "
                f"(median ratio <= {CLEARLY_FASTER:.2f} and faster in every round needed); whole jobs decide it: see "
-               f"miner.indexes.search")
+               f"miner.core.indexes.search")
     if info["spec"]["kind"] != "ivf":
         verdict = "IVF-PQ: the product uses FAISS's own search; big_batch_search is no option"
     import faiss

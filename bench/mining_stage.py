@@ -16,7 +16,7 @@ Embeddings (``--source``):
 Implementations, all on the same float32 arrays, k = 4, ratio margin, max retrieval, no threshold
 (every one-to-one candidate is compared; the pairs >= 1.05 are compared too):
 
-* ``product mine()``: ``miner.mining.mine(x, y, k, "ratio", "max", None)`` (one ``faiss.IndexFlatIP``
+* ``product mine()``: ``miner.core.mining.mine(x, y, k, "ratio", "max", None)`` (one ``faiss.IndexFlatIP``
   per direction over the whole other side);
 * ``product sharded``: the path the workers take, without the artifact files between stages: the
   sides split into ``--shard-size`` (10,000) shards saved as ``.npy`` (not timed); per direction and
@@ -72,7 +72,7 @@ from common import log  # noqa: E402
 
 import faiss  # noqa: E402
 
-from miner import mining  # noqa: E402
+from miner.core import mining  # noqa: E402
 
 TARGET = 1.0
 THRESHOLD = 1.05

@@ -13,10 +13,10 @@ For each size this
   partners among English distractors; above 18,401 the two sides share some English lines);
 * runs the **baseline** in a fresh process, ``python bench/overhead.py --baseline-only SRC TGT OUT
   --threads T``: load the same muse model the product uses as a ``SentenceTransformer``
-  (``SentenceTransformer(modules=[miner.muse.MUSE()])``; the product's workers run the same numpy
-  model without sentence-transformers, ``miner.muse_numpy``), ``model.encode`` both sides (batch 256, normalised), exact kNN both ways
+  (``SentenceTransformer(modules=[miner.embedding.muse.MUSE()])``; the product's workers run the same numpy
+  model without sentence-transformers, ``miner.embedding.muse_numpy``), ``model.encode`` both sides (batch 256, normalised), exact kNN both ways
   with ``faiss.IndexFlatIP`` (k = 4), ratio margin and max retrieval written plainly with numpy (no
-  ``miner.mining``), write ``score<TAB>src<TAB>tgt`` for scores >= 1.05 (the product's default
+  ``miner.core.mining``), write ``score<TAB>src<TAB>tgt`` for scores >= 1.05 (the product's default
   threshold for muse). Torch, BLAS, FAISS and the muse encoder get ``T`` threads (``--baseline-threads``,
   default ``2,1``: the brief's "all cores", and one thread, which is faster for this encoder when
   the machine is busy -- the ratio is reported against each and, for PASS/FAIL, against the fastest);
@@ -71,13 +71,13 @@ from procfs import TICK, proc_table  # noqa: E402  (standard library only)
 
 TARGET = 1.00  # issue 13: `miner mine` no slower than the one-process script on real sizes
 EXAMPLE_TARGET = 1.50  # issue 13: the README example (300 + 400 lines), where fixed costs dominate
-THRESHOLD = 1.05  # the product's default for muse with the ratio margin (miner.defaults)
+THRESHOLD = 1.05  # the product's default for muse with the ratio margin (miner.runtime.defaults)
 STAGES = ("ingest", "embed", "index", "knn", "score", "finish")
 
 
 # --------------------------------------------------------------------------- the plain baseline
 #
-# Runs in its own process (``--baseline-only``). Kept free of bench/ and miner.mining imports: it is
+# Runs in its own process (``--baseline-only``). Kept free of bench/ and miner.core.mining imports: it is
 # the script a user would write after the sentence-transformers parallel-sentence-mining example.
 
 
@@ -106,10 +106,10 @@ def baseline(src_path: str, tgt_path: str, out_path: str, *, threads: int, k: in
         pass
     lap("import")
     # The plain script's way: muse as a sentence-transformers module (the product's workers run the
-    # same numpy model without sentence-transformers, miner.muse_numpy).
+    # same numpy model without sentence-transformers, miner.embedding.muse_numpy).
     from sentence_transformers import SentenceTransformer
 
-    from miner.muse import MUSE
+    from miner.embedding.muse import MUSE
 
     model = SentenceTransformer(modules=[MUSE(threads=threads)], device="cpu")
     lap("load_model")

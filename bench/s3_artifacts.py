@@ -68,7 +68,7 @@ class PeakDisk(threading.Thread):
 def run(name: str, corpus: dict, servers, folder: Path, args, s3: S3Server | None) -> dict:
     from sqlalchemy import create_engine, select
 
-    from miner.db import Job
+    from miner.runtime.db import Job
 
     redis, postgres = servers
     redis.flush()

@@ -27,19 +27,19 @@ the mining figures.
 Mining (measured, in this process)
 ----------------------------------
 
-The same functions the product's steps use, streaming shard by shard (``miner/steps.py``): per side
+The same functions the product's steps use, streaming shard by shard (``miner/pipeline/steps.py``): per side
 ``choose_index(n, dim, --index, --nlist, --nprobe, --m)`` (``auto`` by default), then
 
 * index: an IVF side gets ``training_sample`` (from memory-mapped shards), ``build_ivf`` (trained on
   the sample, the shards added one at a time), ``faiss.write_index``; an exact side needs nothing;
-* kNN, both directions: per query shard, ``miner.indexes.search_side`` on the other side's index loaded with
-  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``miner.indexes.mark_missing`` for IVF
+* kNN, both directions: per query shard, ``miner.core.indexes.search_side`` on the other side's index loaded with
+  ``read_index`` (memory-mapped, ``nprobe`` set) followed by ``miner.core.indexes.mark_missing`` for IVF
   ``-1`` ids, or ``knn_blocks`` over the other side's shard files for an exact side; each result is
   saved as ``.npz`` as the product does;
 * score: ``knn_mean`` per shard, then ``best_candidates`` per query shard with the other side's
   means (computed once here; see "product score stage" in the output for what ``steps.score`` costs);
 * finish: ``retrieve(..., "max")``; pairs are kept at the generic ratio threshold 1.05
-  (``miner.defaults.GENERIC_THRESHOLDS``), other thresholds are reported too.
+  (``miner.runtime.defaults.GENERIC_THRESHOLDS``), other thresholds are reported too.
 
 FAISS and BLAS use ``--threads`` (2) threads. Shards are read through the page cache (the data was just
 written). Wall time covers index + kNN + score + retrieval; peak RSS is the kernel's ``VmHWM`` of this
@@ -98,10 +98,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from miner import mining  # noqa: E402
-from miner.artifacts import Artifacts, load_npz  # noqa: E402
-from miner.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
-from miner.indexes import (  # noqa: E402
+from miner.core import mining  # noqa: E402
+from miner.io.artifacts import Artifacts, load_npz  # noqa: E402
+from miner.runtime.defaults import GENERIC_THRESHOLDS, K, SHARD_SIZE  # noqa: E402
+from miner.core.indexes import (  # noqa: E402
     build_ivf, choose_index, mark_missing, read_index, search_side, train_size, training_sample,
 )
 

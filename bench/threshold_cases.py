@@ -7,7 +7,7 @@ script builds the same cases with the shared ``tools/mining_bench.py build`` and
 the product's own functions in one process: each distinct sentence is embedded once (a draw only
 changes which sentences a case holds), then kNN both ways (exact, ``k`` = the default), the ratio
 margin with decoys and ``max`` retrieval, as the finish step gives them to
-:func:`miner.autocut.decide`. It writes ``DIR/npz/CASE.npz`` in the format of
+:func:`miner.core.autocut.decide`. It writes ``DIR/npz/CASE.npz`` in the format of
 ``bench/threshold_offline.py extract`` (the candidates, per-sentence scores and decoys, gold
 labels and lengths), so ``threshold_offline.py eval / draws`` read either.
 
@@ -44,9 +44,10 @@ def main(argv=None) -> int:
     if not TOOL.exists():
         raise SystemExit(f"{TOOL} not found: this bench needs the shared data beside the repository")
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-    from miner import defaults, mining
-    from miner.encoders import encode, load_model, resolve_model
-    from miner.neighbours import knn
+    from miner.core import mining
+    from miner.runtime import defaults
+    from miner.embedding.encoders import encode, load_model, resolve_model
+    from miner.core.neighbours import knn
 
     model = load_model(resolve_model("muse"), threads=2)
     cache: dict[str, np.ndarray] = {}

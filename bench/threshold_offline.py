@@ -2,12 +2,12 @@
 """Offline evaluation of ``--threshold auto`` on the cases that ``bench/threshold.py --work DIR`` mined.
 
 ``extract``: for each case of a ``bench/threshold.py --work DIR --json DIR/base.json`` run, rebuild the
-exact :class:`miner.autocut.CutInputs` that the finish step gives :func:`miner.autocut.decide` (from the
-job's stored score artifacts, as :func:`miner.steps.finish` does) plus, per candidate, whether it is a
+exact :class:`miner.core.autocut.CutInputs` that the finish step gives :func:`miner.core.autocut.decide` (from the
+job's stored score artifacts, as :func:`miner.pipeline.steps.finish` does) plus, per candidate, whether it is a
 gold pair (text key match, as ``bench/threshold.py`` scores an export) and both sentences' lengths,
 into ``DIR/npz/CASE.npz``.
 
-``eval``: runs :func:`miner.autocut.decide` (the code on ``PYTHONPATH``) on every stored case and
+``eval``: runs :func:`miner.core.autocut.decide` (the code on ``PYTHONPATH``) on every stored case and
 prints F1 at its cut against the oracle F1 (best cut over the same scores), tuning and extra cases
 apart, with the bench run's gap beside it ("base"). No mining: about 40 s instead of 10 minutes
 on 2 cores, so a method can be iterated on. On the current method it reproduces the bench's
@@ -69,10 +69,11 @@ def extract(work: Path) -> None:
     os.environ["MINER_HOME"] = str(work / "home")
     from sqlalchemy import select
 
-    from miner import mining, steps
-    from miner.config import Config
-    from miner.db import Job, Sentence, session_scope
-    from miner.orchestration import job_sides
+    from miner.core import mining
+    from miner.pipeline import steps
+    from miner.runtime.config import Config
+    from miner.runtime.db import Job, Sentence, session_scope
+    from miner.pipeline.orchestration import job_sides
 
     cfg = Config.from_env()
     rows = _rows(work, cfg)
@@ -121,7 +122,7 @@ def _rows(work: Path, cfg=None) -> list[dict]:
         return json.loads(path.read_text(encoding="utf-8"))
     from sqlalchemy import select
 
-    from miner.db import Job, session_scope
+    from miner.runtime.db import Job, session_scope
 
     with session_scope(cfg.db_url) as s:
         jobs = s.scalars(select(Job).order_by(Job.id)).all()
@@ -136,7 +137,7 @@ def load(path: Path) -> dict:
 def inputs_of(case: dict, lengths: bool = True):
     """The case's CutInputs, with the candidates' sentence lengths unless ``lengths`` is False
     (``--no-lengths``: the method as it was before it modelled them)."""
-    from miner.autocut import CutInputs
+    from miner.core.autocut import CutInputs
 
     def decoy(a):
         return None if a.dtype == object or a.shape == () else a
@@ -168,7 +169,7 @@ def oracle(scores: np.ndarray, label: np.ndarray, n_gold: int) -> tuple[float, f
 
 
 def evaluate(work: Path, only: str = "", lengths: bool = True) -> list[dict]:
-    from miner import autocut
+    from miner.core import autocut
 
     path = work / "base.json"
     rows = (json.loads(path.read_text(encoding="utf-8")) if path.exists() else
@@ -313,7 +314,7 @@ def lolo(work: Path, values: list[float]) -> tuple[list[dict], list[str]]:
     *other* languages' cases is chosen and its result on the language's own cases reported."""
     import threshold as bench
 
-    from miner import autocut
+    from miner.core import autocut
 
     paths = sorted((work / "npz").glob("*.npz"))
     groups: dict[str, list[Path]] = {}
@@ -366,7 +367,7 @@ def offsets(work: Path) -> list[dict]:
     null) lie from the non-translations' scores (what the null stands for), at the null's lambda
     quantile and its median, in the non-translations' sd; beside the estimated and true share.
     The spread over a case's draws is the noise that ~45 decoys leave in a small sparse case."""
-    from miner import autocut
+    from miner.core import autocut
 
     out = []
     for path in sorted((work / "npz").glob("*.npz")):

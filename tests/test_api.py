@@ -76,7 +76,7 @@ def call(server: Server, method: str, path: str, body=None, token: str | None = 
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(server.url + path, data=data, method=method, headers=dict(headers or {}))
     if (data is not None or method == "POST") and not request.has_header("Content-type"):  # urllib's spelling
-        request.add_header("Content-Type", "application/json")  # as a client must (miner.api.RequestGuard)
+        request.add_header("Content-Type", "application/json")  # as a client must (miner.faces.api.RequestGuard)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -423,8 +423,8 @@ def test_an_internal_error_answers_a_request_id_not_its_message(tmp_path, monkey
     whoever asked; now a generic line with a request id, and the details in the server's log."""
     from fastapi.testclient import TestClient
 
-    from miner.api import Service, create_app
-    from miner.config import Config
+    from miner.faces.api import Service, create_app
+    from miner.runtime.config import Config
 
     monkeypatch.setenv("MINER_HOME", str(tmp_path / "home"))
     cfg = Config.from_env()

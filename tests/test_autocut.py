@@ -1,4 +1,4 @@
-"""The automatic threshold (miner.autocut) on arrays: synthetic mixtures, real score distributions,
+"""The automatic threshold (miner.core.autocut) on arrays: synthetic mixtures, real score distributions,
 fallbacks, determinism."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from miner import autocut
+from miner.core import autocut
 
 DATA = Path(__file__).parent / "data" / "mined_scores.npz"
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from miner.db import JobLease, JobStep
+from miner.runtime.db import JobLease, JobStep
 
 from .conftest import start_workers, stop_workers
 from .test_reliability import JobWatch, _check_same_export, _kill9, _submit

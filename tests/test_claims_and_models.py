@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from miner import corpora, encoders, steps
-from miner.config import Config
-from miner.db import Corpus, CorpusState, Sentence, session_scope, utcnow
-from miner.errors import JobCancelled, ModelError
-from miner.migrate import upgrade
+from miner.embedding import encoders
+from miner.pipeline import corpora, steps
+from miner.runtime.config import Config
+from miner.runtime.db import Corpus, CorpusState, Sentence, session_scope, utcnow
+from miner.runtime.errors import JobCancelled, ModelError
+from miner.runtime.migrate import upgrade
 
 from .conftest import ROOT, read_tsv, run_miner
 
@@ -168,7 +169,7 @@ def test_a_retrained_model_does_not_reuse_old_embeddings(minilm_dir, tmp_path):
 
 
 def _ensure(url, barrier, errors):
-    from miner.migrate import ensure_schema
+    from miner.runtime.migrate import ensure_schema
 
     barrier.wait()
     try:
@@ -184,7 +185,7 @@ def test_processes_meeting_a_new_embedded_database_at_once_all_start(tmp_path):
     miner schema" (the worker of a test module died that way under load)."""
     import multiprocessing
 
-    from miner.migrate import current_revision, head_revision
+    from miner.runtime.migrate import current_revision, head_revision
 
     ctx = multiprocessing.get_context("fork")
     for round_ in range(4):
@@ -210,8 +211,8 @@ def test_muse_encodes_as_its_sentence_transformers_module_without_importing_torc
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from miner.encoders import encode, load_model, resolve_model
-    from miner.muse import MUSE
+    from miner.embedding.encoders import encode, load_model, resolve_model
+    from miner.embedding.muse import MUSE
 
     texts = [line for line in (Path(__file__).parents[1] / "examples" / "sample.de").read_text().splitlines()]
     texts += ["", "x", "Ein sehr langer Satz " * 60]
@@ -224,8 +225,8 @@ def test_muse_encodes_as_its_sentence_transformers_module_without_importing_torc
 
     code = (
         "import sys\n"
-        "from miner.config import limit_threads\n"
-        "from miner.encoders import encode, load_model, resolve_model\n"
+        "from miner.runtime.config import limit_threads\n"
+        "from miner.embedding.encoders import encode, load_model, resolve_model\n"
         "limit_threads(1)\n"
         "out = encode(load_model(resolve_model('muse'), threads=1), ['Hallo Welt', 'Hello world'])\n"
         "assert out.shape == (2, 512), out.shape\n"
@@ -244,7 +245,7 @@ def test_loading_minilm_leaves_the_hub_setting_as_it_was():
     import subprocess
     import sys
 
-    code = ("import os\nfrom miner.encoders import load_model, resolve_model\n"
+    code = ("import os\nfrom miner.embedding.encoders import load_model, resolve_model\n"
             "model = load_model(resolve_model('minilm'))\n"
             "import huggingface_hub.constants as hub\n"
             "print(model.encode(['Hello']).shape[1], os.environ.get('HF_HUB_OFFLINE'), hub.HF_HUB_OFFLINE)")

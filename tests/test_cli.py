@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from miner.cli import main
+from miner.faces.cli import main
 
 from .conftest import no_crash
 
@@ -123,7 +123,7 @@ def test_db_upgrade_is_idempotent(runner, home):
     second = runner.invoke(main, ["db", "upgrade"])
     assert second.exit_code == 0
     current = runner.invoke(main, ["db", "current"])
-    from miner.migrate import head_revision
+    from miner.runtime.migrate import head_revision
 
     assert current.output.startswith(head_revision())
 
@@ -154,7 +154,7 @@ def test_config_masks_passwords(runner, home, monkeypatch):
     ("redis://localhost:6379/0?db=1", "redis://localhost:6379/0?db=1"),
 ])
 def test_mask_url_hides_every_credential_form(url, shown):
-    from miner.config import mask_url
+    from miner.runtime.config import mask_url
 
     assert mask_url(url) == shown
     assert "s3c" not in mask_url(f"cannot connect to {url}: refused")
@@ -174,7 +174,7 @@ def test_threshold_semantics_are_documented(runner):
     --threshold and --min-score and the README's options table say so, and retrieve does it."""
     import numpy as np
 
-    from miner import mining
+    from miner.core import mining
 
     from .conftest import ROOT
 

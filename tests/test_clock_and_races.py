@@ -15,13 +15,14 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from miner import corpora, db, jobs, orchestration, steps
-from miner.config import Config
-from miner.db import Job, JobLease, session_scope
-from miner.encoders import resolve_model
-from miner.errors import UnitTaken
-from miner.jobs import JobOptions, create_job
-from miner.migrate import ensure_schema, upgrade
+from miner.pipeline import corpora, jobs, orchestration, steps
+from miner.runtime import db
+from miner.runtime.config import Config
+from miner.runtime.db import Job, JobLease, session_scope
+from miner.embedding.encoders import resolve_model
+from miner.runtime.errors import UnitTaken
+from miner.pipeline.jobs import JobOptions, create_job
+from miner.runtime.migrate import ensure_schema, upgrade
 
 from .conftest import TATOEBA, read_lines
 
@@ -107,7 +108,7 @@ def test_the_database_clock_is_the_one_that_judges(cfg, tmp_path):
 
 
 def _submit(cfg, src, tgt, **extra):
-    from miner.api import JobRequest
+    from miner.faces.api import JobRequest
 
     options = JobRequest(src=str(src), tgt=str(tgt), src_lang="de", tgt_lang="en").model_dump()
     options.pop("src"), options.pop("tgt")
@@ -171,7 +172,7 @@ def test_identical_submissions_at_the_same_moment_make_one_job(cfg, tmp_path, mo
 def test_migration_0004_keeps_one_live_job_per_request(home):
     """0003 -> 0004 on a database where the race already happened (two live jobs, one key): the
     newest keeps the key, the older runs on without; 0004 -> 0003 drops the column, keeps the rows."""
-    from miner.migrate import current_revision, downgrade
+    from miner.runtime.migrate import current_revision, downgrade
 
     cfg = Config.from_env()
     cfg.ensure_dirs()

@@ -19,8 +19,8 @@ def test_migrations_on_postgres_match_the_models(tmp_path, cluster_env):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from miner.db import Base
-    from miner.migrate import head_revision
+    from miner.runtime.db import Base
+    from miner.runtime.migrate import head_revision
 
     home = tmp_path / "home"
     result = run_miner(home, "jobs", **cluster_env)
@@ -51,9 +51,9 @@ def test_sqlite_schema_matches_the_models(home):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from miner.config import Config
-    from miner.db import Base
-    from miner.migrate import ensure_schema
+    from miner.runtime.config import Config
+    from miner.runtime.db import Base
+    from miner.runtime.migrate import ensure_schema
 
     cfg = Config.from_env()
     cfg.ensure_dirs()

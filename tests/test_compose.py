@@ -1,8 +1,8 @@
 """The deployment files (Dockerfile, docker-compose.yml, .dockerignore) checked against the code.
 
 No Docker and no servers: the compose file is parsed with PyYAML, ``${VAR:-default}`` interpolated
-like ``docker compose`` does, and the result fed to the real :class:`miner.config.Config` and the
-real click commands of :mod:`miner.cli`.
+like ``docker compose`` does, and the result fed to the real :class:`miner.runtime.config.Config` and the
+real click commands of :mod:`miner.faces.cli`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from miner.cli import main
-from miner.config import DEFAULT_QUEUE, EMBED_QUEUE, ENV_VARS, SECRET_VARS, Config
+from miner.faces.cli import main
+from miner.runtime.config import DEFAULT_QUEUE, EMBED_QUEUE, ENV_VARS, SECRET_VARS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -218,7 +218,7 @@ def test_miner_env_names_exist(compose, name):
     env = service_env(compose["services"][name])
     known = set(ENV_VARS) | {f"{var}_FILE" for var in SECRET_VARS}
     unknown = sorted(k for k in env if k.startswith("MINER_") and k not in known)
-    assert unknown == [], f"{name}: variables miner.config does not read: {unknown}"
+    assert unknown == [], f"{name}: variables miner.runtime.config does not read: {unknown}"
     for key in ("MINER_DB_URL", "MINER_BROKER_URL", "MINER_ARTIFACTS"):
         assert key in env or f"{key}_FILE" in env, f"{name}: {key} not set"
 
@@ -271,7 +271,7 @@ def test_artifacts_on_one_shared_named_volume(compose):
 
 
 def test_input_folder_at_the_same_path_for_cli_and_workers(compose):
-    """Jobs store absolute input paths (miner.jobs) that the workers open."""
+    """Jobs store absolute input paths (miner.pipeline.jobs) that the workers open."""
     data = {name: {t: s for s, t in mounts(compose["services"][name])}.get("/data") for name in ("worker", "miner")}
     assert data["worker"] and data["worker"] == data["miner"]
 
@@ -359,7 +359,7 @@ def test_api_service(env):
     """`miner serve` in a container: the real CLI parses its command, the port it listens on is the one
     published (on the host's loopback only), it shares the workers' configuration plus its token and
     input folder, and that folder is the /data mount the workers read jobs from."""
-    from miner.api import is_loopback
+    from miner.faces.api import is_loopback
 
     compose = load_compose(env)
     api = compose["services"]["api"]
@@ -456,7 +456,7 @@ S3_SERVICES = ("worker-s3", "miner-s3")
 def test_s3_profile_workers_share_no_volume(env):
     """Profile s3: MinIO, a one-shot bucket service, workers whose artifacts are in that bucket on that
     endpoint with MinIO's own credentials, and no volume or folder shared for artifacts or inputs."""
-    from miner.storage import AWS_VARS
+    from miner.io.storage import AWS_VARS
 
     compose = load_compose(env)
     services = compose["services"]

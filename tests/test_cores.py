@@ -1,4 +1,4 @@
-"""Workers on one host share its cores (miner/cores.py): registrations held by live processes
+"""Workers on one host share its cores (miner/runtime/cores.py): registrations held by live processes
 count, those of dead ones are dropped, and `miner worker` registers unless --threads is given."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from miner import cores
-from miner.errors import MinerError
+from miner.runtime import cores
+from miner.runtime.errors import MinerError
 
 from .conftest import miner_env, run_miner
 
 REGISTER = """
 import sys
 from pathlib import Path
-from miner import cores
-from miner.errors import MinerError
+from miner.runtime import cores
+from miner.runtime.errors import MinerError
 cores.register(int(sys.argv[2]), Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.read()
@@ -125,7 +125,7 @@ def test_a_loaded_model_follows_the_thread_count():
     BLAS limit is its own; torch models follow torch.set_num_threads)."""
     import numpy as np
 
-    from miner.encoders import encode, load_model, resolve_model, set_threads
+    from miner.embedding.encoders import encode, load_model, resolve_model, set_threads
 
     model = load_model(resolve_model("muse"), threads=2)
     before = encode(model, ["Ich habe Hunger.", "I am hungry."])

@@ -1,4 +1,4 @@
-"""The embedded broker (miner.broker): a private Redis server per MINER_HOME on a Unix socket,
+"""The embedded broker (miner.runtime.broker): a private Redis server per MINER_HOME on a Unix socket,
 started by whichever process needs it and stopped when no process uses it.
 
 Issue 11: `miner mine` runs in a row on kombu's filesystem transport lost a message about one time
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from miner import broker
+from miner.runtime import broker
 
 from .conftest import ROOT, miner_env, read_tsv, run_miner
 
@@ -56,7 +56,7 @@ def _no_lost_messages(home: Path) -> None:
 
 
 def _supervisors(home: Path) -> list[int]:
-    """Pids of broker supervisors (`python -m miner.broker serve HOME`) running for ``home``."""
+    """Pids of broker supervisors (`python -m miner.runtime.broker serve HOME`) running for ``home``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -65,7 +65,7 @@ def _supervisors(home: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"miner.broker" in argv and os.fsencode(str(home.absolute())) in argv:
+        if b"miner.runtime.broker" in argv and os.fsencode(str(home.absolute())) in argv:
             pids.append(int(entry.name))
     return pids
 

@@ -14,8 +14,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from miner.cli import main
-from miner.languages import is_known, language_warnings, normalise_code
+from miner.faces.cli import main
+from miner.io.languages import is_known, language_warnings, normalise_code
 
 from .conftest import DISTRACTORS, MINER_VARS, TATOEBA, read_lines, read_tsv, no_crash
 from .quality_helpers import config, mine_in_process
@@ -162,7 +162,7 @@ def test_duplicates(job):
 
 
 def test_langid_rejects_english_on_the_german_side(job):
-    from miner.langid import LanguageChecker
+    from miner.io.langid import LanguageChecker
 
     checker = LanguageChecker()
     assert not checker.is_language(ENGLISH_ON_GERMAN_SIDE[0], "de")
@@ -198,7 +198,7 @@ def test_all_filters_one_summary_line(job):
 def test_no_filter_keeps_the_export_contract(job):
     """Without new options, `miner export` writes exactly what it wrote before: %.6f<TAB>src<TAB>tgt,
     best first, the job's threshold, no filter line."""
-    from miner.export import export_pairs
+    from miner.io.export import export_pairs
 
     out, stderr = export(job, name="plain.tsv")
     assert "filters:" not in stderr
@@ -275,8 +275,8 @@ def test_language_codes_from_langcodes():
 
 
 def test_langid_codes_and_warnings():
-    from miner.filters import FilterChain, FilterOptions
-    from miner.langid import langid_label
+    from miner.io.filters import FilterChain, FilterOptions
+    from miner.io.langid import langid_label
 
     assert langid_label("deu") == langid_label("de") == langid_label("de-AT") == "de"
     assert langid_label("nob") == langid_label("nb") == "no"
@@ -291,7 +291,7 @@ def test_langid_codes_and_warnings():
 
 
 def test_langid_labels_of_synonyms():
-    from miner.langid import langid_label
+    from miner.io.langid import langid_label
 
     # the model's label for codes that langcodes treats as the same language
     assert langid_label("fil") == langid_label("tl") == langid_label("tgl") == "tl"
@@ -365,10 +365,10 @@ def mined_again(job):
     itself: same request key), so that `mine` only exports, with no worker to start."""
     from sqlalchemy import update
 
-    from miner.db import Job, session_scope
-    from miner.encoders import resolve_model
-    from miner.jobs import JobOptions, request_key
-    from miner.reader import file_digest
+    from miner.runtime.db import Job, session_scope
+    from miner.embedding.encoders import resolve_model
+    from miner.pipeline.jobs import JobOptions, request_key
+    from miner.io.reader import file_digest
 
     options = JobOptions(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key)
     key = request_key(file_digest(job["src"]), file_digest(job["tgt"]), options)
@@ -450,7 +450,7 @@ def test_export_to_devices_and_pipes_writes_in_place_and_a_full_disk_exits_1(job
 
 def test_an_os_error_without_a_file_name_is_one_line():
     """It escaped the CLI's error handling as a traceback."""
-    from miner.cli_options import MinerGroup
+    from miner.faces.cli_options import MinerGroup
 
     @click.group(cls=MinerGroup)
     def group():

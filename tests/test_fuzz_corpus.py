@@ -29,7 +29,7 @@ fuzz = _load_fuzzer()
 large_inputs = functools.lru_cache(maxsize=1)(fuzz.large_inputs)
 
 #: Corpus files (relative to tests/fuzz_corpus) that crash the reader today, with the reason; they
-#: are expected to fail until miner/reader.py is fixed (then delete the entry).
+#: are expected to fail until miner/io/reader.py is fixed (then delete the entry).
 KNOWN_CRASHES: dict[str, str] = {}
 
 FILES = [p.relative_to(CORPUS).as_posix() for p in fuzz.corpus_files(CORPUS)]
@@ -94,7 +94,7 @@ def test_the_checks_catch_a_broken_reader(tmp_path, monkeypatch):
     loses the last character of a long line, is caught on the corpus."""
     import re
 
-    from miner import reader
+    from miner.io import reader
 
     control = CORPUS / "control_chars.txt"
     monkeypatch.setattr(reader, "_SPACE_RUN", re.compile(r"\s+"))

@@ -1,4 +1,4 @@
-"""miner.indexes: the index choice, IVF building from shards, and the list-by-list IVF search,
+"""miner.core.indexes: the index choice, IVF building from shards, and the list-by-list IVF search,
 checked against FAISS's own search and exact search (real FAISS, no mocks)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
-from miner import indexes, mining
-from miner.errors import UsageError
+from miner.core import indexes, mining
+from miner.runtime.errors import UsageError
 
 
 def unit(rng, n, dim):

@@ -1,4 +1,4 @@
-"""Tests of miner.mining against a plain-numpy reference of LASER's mine_bitexts.py."""
+"""Tests of miner.core.mining against a plain-numpy reference of LASER's mine_bitexts.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from miner import mining
-from miner.errors import UsageError
-from miner.mining import Margin, Retrieval
+from miner.core import mining
+from miner.runtime.errors import UsageError
+from miner.core.mining import Margin, Retrieval
 
 MARGINS = [m.value for m in Margin]
 RETRIEVALS = [r.value for r in Retrieval]

@@ -46,11 +46,11 @@ def test_it_works_beside_foreign_workers_and_migrations_packages(tmp_path):
     home = tmp_path / "home"
     upgrade = run_miner(home, "db", "upgrade", **env)
     assert upgrade.returncode == 0, upgrade.stderr
-    from miner.migrate import head_revision
+    from miner.runtime.migrate import head_revision
 
     current = run_miner(home, "db", "current", **env)
     assert current.returncode == 0 and current.stdout.startswith(head_revision()), current.stderr
-    probe = ("import workers, migrations, miner.workers.tasks as t, miner.migrate as m; "
+    probe = ("import workers, migrations, miner.workers.tasks as t, miner.runtime.migrate as m; "
              "assert workers.OWNER == migrations.OWNER == 'another project'; "
              "print(sorted(n for n in t.app.tasks if n.startswith('miner.')), m.MIGRATIONS.name)")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,

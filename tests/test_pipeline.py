@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from sqlalchemy import delete, func, insert, select, update
 
-from miner import corpora, mining, orchestration, steps
-from miner.config import Config
-from miner.db import Candidate, Corpus, JobLease, Sentence, session_scope, utcnow
-from miner.encoders import encode, load_model, resolve_model
-from miner.artifacts import Artifacts
-from miner.export import export_pairs
-from miner.jobs import JobOptions, create_job, job_status
-from miner.migrate import ensure_schema
+from miner.core import mining
+from miner.pipeline import corpora, orchestration, steps
+from miner.runtime.config import Config
+from miner.runtime.db import Candidate, Corpus, JobLease, Sentence, session_scope, utcnow
+from miner.embedding.encoders import encode, load_model, resolve_model
+from miner.io.artifacts import Artifacts
+from miner.io.export import export_pairs
+from miner.pipeline.jobs import JobOptions, create_job, job_status
+from miner.runtime.migrate import ensure_schema
 
 from .conftest import DISTRACTORS, TATOEBA, read_lines, read_tsv
 
@@ -148,7 +149,7 @@ def test_each_direction_means_are_stored_once_and_reused(cfg, tmp_path, muse):
 
 
 def test_cancelled_job_hands_over_nothing(cfg, tmp_path, muse):
-    from miner.jobs import cancel_job, reset_for_retry
+    from miner.pipeline.jobs import cancel_job, reset_for_retry
 
     src, tgt = small_case(tmp_path)
     options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key, shard_size=64)
@@ -295,7 +296,7 @@ def test_one_task_per_unit_and_a_dead_task_s_unit_is_taken_over(cfg, tmp_path):
     """A unit runs in one task at a time: a second delivery finds the lease held by a live task and
     stops (UnitTaken); a lease not renewed for lease_seconds is taken over; a task whose lease was
     taken over stops at its next chunk."""
-    from miner.errors import UnitTaken
+    from miner.runtime.errors import UnitTaken
 
     job_id = _embed_stage_job(cfg, tmp_path)
     with orchestration.leased(cfg, job_id, "embed", "src:0", interval=0.05):
@@ -354,8 +355,8 @@ def test_cancel_stops_a_running_task_at_its_next_chunk(cfg, tmp_path):
     """The lease heartbeat of a running task sees its job cancelled; the task stops at its next
     chunk of work (check_stop) instead of finishing the shard. Another job's task runs on."""
 
-    from miner.errors import JobCancelled
-    from miner.jobs import cancel_job
+    from miner.runtime.errors import JobCancelled
+    from miner.pipeline.jobs import cancel_job
 
     src, tgt = small_case(tmp_path)
     options = dict(src_lang="de", tgt_lang="en", model="muse", model_key=resolve_model("muse").key)

@@ -1,10 +1,10 @@
-"""Progress output (miner/progress.py): plain lines when stderr is not a terminal, bars on one."""
+"""Progress output (miner/faces/progress.py): plain lines when stderr is not a terminal, bars on one."""
 
 from __future__ import annotations
 
 import io
 
-from miner.progress import Bars, PlainLines, progress_view, status_lines
+from miner.faces.progress import Bars, PlainLines, progress_view, status_lines
 
 
 def _status(state="running", embed_done=0, embed_items=0, reused=0, rate=None, workers=1):

@@ -23,15 +23,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import and_, func, select
 
-from miner import mining, orchestration, steps
-from miner.artifacts import Artifacts, load_npz
-from miner.config import Config
-from miner.db import Candidate, Corpus, Job, Sentence, session_scope
-from miner.encoders import encode, load_model, resolve_model
-from miner.errors import InputFileError
-from miner.jobs import JobOptions, create_job
-from miner.migrate import ensure_schema
-from miner.reader import ReadStats, read_sentences
+from miner.core import mining
+from miner.pipeline import orchestration, steps
+from miner.io.artifacts import Artifacts, load_npz
+from miner.runtime.config import Config
+from miner.runtime.db import Candidate, Corpus, Job, Sentence, session_scope
+from miner.embedding.encoders import encode, load_model, resolve_model
+from miner.runtime.errors import InputFileError
+from miner.pipeline.jobs import JobOptions, create_job
+from miner.runtime.migrate import ensure_schema
+from miner.io.reader import ReadStats, read_sentences
 
 from .conftest import DISTRACTORS, TATOEBA, read_lines
 
@@ -160,8 +161,8 @@ def side_embeddings(cfg, job: Job, side: str, n: int, shard_size: int) -> np.nda
 
 def best_of(cfg, job_id: int, direction: str, n: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The best candidate (id, score) of every query sentence of ``direction``, as the score step stored."""
-    from miner.artifacts import job_key
-    from miner.jobs import get_job
+    from miner.io.artifacts import job_key
+    from miner.pipeline.jobs import get_job
 
     art, key = Artifacts(cfg.artifacts), job_key(get_job(cfg, job_id))
     parts = [load_npz(art.scores(key, direction, s, e)) for s, e in orchestration.shard_spans(n, shard_size)]

@@ -22,8 +22,8 @@ SAMPLE_DE, SAMPLE_EN, GOLD = (ROOT / "examples" / name for name in ("sample.de",
 
 
 def read(path, fmt, **kwargs):
-    from miner.reader import ReadStats
-    from miner.records import RowParser, read_records
+    from miner.io.reader import ReadStats
+    from miner.io.records import RowParser, read_records
 
     stats = ReadStats()
     parse = None if fmt == "text" else RowParser(fmt, path, stats=stats, **kwargs)
@@ -54,7 +54,7 @@ def test_tsv_rows_give_ids_text_and_metadata(tmp_path):
 
 
 def test_jsonl_rows_keep_every_other_field(tmp_path):
-    from miner.records import display_id
+    from miner.io.records import display_id
 
     path = tmp_path / "in.jsonl"
     rows = [{"id": "d1", "text": "Eins", "url": "u1", "date": "2026-01-02", "tags": [1, 2]},
@@ -81,7 +81,7 @@ def test_jsonl_rows_keep_every_other_field(tmp_path):
     ("jsonl", '{"id": "a"}\n', "line 1: has no \"text\" string"),
 ])
 def test_bad_rows_fail_with_the_line_number_under_fail(tmp_path, fmt, content, message):
-    from miner.errors import InputFileError
+    from miner.runtime.errors import InputFileError
 
     path = tmp_path / "in.txt"
     path.write_text(content, encoding="utf-8")
@@ -91,8 +91,8 @@ def test_bad_rows_fail_with_the_line_number_under_fail(tmp_path, fmt, content, m
 
 
 def test_format_auto_and_columns_checks(tmp_path):
-    from miner.errors import UsageError
-    from miner.records import looks_like_id_tsv, parse_columns, resolve_format
+    from miner.runtime.errors import UsageError
+    from miner.io.records import looks_like_id_tsv, parse_columns, resolve_format
 
     assert resolve_format("auto", "a/b.jsonl") == resolve_format("auto", "b.JSONL.gz") == "jsonl"
     assert resolve_format("auto", "b.ndjson.xz") == "jsonl"
@@ -297,8 +297,8 @@ def test_cluster_run_equals_embedded_with_ids(bucc_job, tmp_path, cluster_env):
 def test_migration_0003_round_trip(home):
     """0002 -> 0003 keeps the sentences and adds ext_id, meta (NULL) and sentence_duplicates;
     0003 -> 0002 removes them and keeps the rows."""
-    from miner.config import Config
-    from miner.migrate import current_revision, downgrade, upgrade
+    from miner.runtime.config import Config
+    from miner.runtime.migrate import current_revision, downgrade, upgrade
 
     cfg = Config.from_env()
     cfg.ensure_dirs()

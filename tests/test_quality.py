@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from miner import defaults
-from miner.cli import main
+from miner.runtime import defaults
+from miner.faces.cli import main
 
 from .conftest import MINER_VARS, read_tsv, no_crash
 from .quality_helpers import config, mine_in_process, tatoeba_case
@@ -317,8 +317,8 @@ def test_console_check_catches_errors(tmp_path):
 
 
 def test_errors_are_one_line_with_exit_codes(tatoeba, tmp_path):
-    from miner.encoders import resolve_model
-    from miner.jobs import JobOptions, create_job
+    from miner.embedding.encoders import resolve_model
+    from miner.pipeline.jobs import JobOptions, create_job
 
     case = tatoeba["cases"]["deu"]
     job = case["job"]
@@ -379,7 +379,7 @@ def test_gold_ids_on_duplicate_and_skipped_lines(tatoeba, tmp_path):
 
     from sqlalchemy import delete, select, update
 
-    from miner.db import Corpus, Job, SentenceDuplicate, session_scope
+    from miner.runtime.db import Corpus, Job, SentenceDuplicate, session_scope
 
     with session_scope(tatoeba["cfg"].db_url) as s:  # as a corpus ingested by reader 1
         corpus_id = s.scalar(select(Job.src_corpus_id).where(Job.id == job))
@@ -410,7 +410,7 @@ def test_gold_from_standard_input(tatoeba):
 def test_report_legends_cover_no_data():
     """The histogram's legend sat in the upper right corner, over the bars of a dense job's high
     scores. Both legends now lie outside their panels."""
-    from miner.report import figure
+    from miner.faces.report import figure
 
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(1.1, 0.05, 200), rng.normal(1.6, 0.1, 2000)]  # tall bars on the right
@@ -429,8 +429,8 @@ def test_report_legends_cover_no_data():
 
 def test_report_sample_size_error_names_the_option():
     """The error named `--sample` where `miner report`'s option is `--per-band`."""
-    from miner.errors import UsageError
-    from miner.report import render_report
+    from miner.runtime.errors import UsageError
+    from miner.faces.report import render_report
 
     with pytest.raises(UsageError, match=r"^--per-band must be at least 0, got -1$"):
         render_report(None, 1, per_band=-1)

@@ -1,4 +1,4 @@
-"""Tests for miner.reader: the streaming corpus reader."""
+"""Tests for miner.io.reader: the streaming corpus reader."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miner import reader
-from miner.errors import InputFileError, MinerError, UsageError
-from miner.reader import (
+from miner.io import reader
+from miner.runtime.errors import InputFileError, MinerError, UsageError
+from miner.io.reader import (
     DecodeErrorPolicy,
     ReadStats,
     batched,

@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from miner.db import Job, JobLease, JobStep
+from miner.runtime.db import Job, JobLease, JobStep
 
 from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, stop_workers
 

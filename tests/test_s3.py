@@ -214,8 +214,8 @@ def test_inputs_and_artifacts_at_urls_fail_with_one_line(tmp_path, s3_server, s3
 def test_cache_keeps_to_its_limit_least_recently_used_first(tmp_path, s3_server, s3_cluster_env, monkeypatch):
     """Remote artifacts are copied once into MINER_CACHE; above MINER_CACHE_LIMIT the least recently
     used copies go first, never the one just fetched; an evicted copy is fetched again."""
-    from miner.artifacts import Artifacts
-    from miner.storage import Cache
+    from miner.io.artifacts import Artifacts
+    from miner.io.storage import Cache
 
     bucket, _env = s3_cluster_env
     for key, value in s3_server.env.items():
@@ -244,8 +244,8 @@ def test_reader_streams_urls_like_local_files(tmp_path, s3_server, s3_cluster_en
     the same sentences and counters (duplicates, invalid UTF-8, too long), the same content digest."""
     import lzma
 
-    from miner.errors import InputFileError
-    from miner.reader import ReadStats, check_input_file, file_digest, read_sentences
+    from miner.runtime.errors import InputFileError
+    from miner.io.reader import ReadStats, check_input_file, file_digest, read_sentences
 
     bucket, _env = s3_cluster_env
     for key, value in s3_server.env.items():

@@ -1,4 +1,4 @@
-"""The job spec (miner/spec.py) is the one declaration of a job's options: the CLI of ``mine`` and
+"""The job spec (miner/pipeline/spec.py) is the one declaration of a job's options: the CLI of ``mine`` and
 ``submit`` and the HTTP body agree with it field by field, request keys did not change with it,
 and job rows written by earlier versions load as typed options the workers use."""
 
@@ -11,10 +11,10 @@ import typing
 import click
 import pytest
 
-from miner import spec
-from miner.api import JobRequest
-from miner.cli import main as cli
-from miner.spec import JobOptions, job_spec
+from miner.pipeline import spec
+from miner.faces.api import JobRequest
+from miner.faces.cli import main as cli
+from miner.pipeline.spec import JobOptions, job_spec
 
 
 def _cli_default(field):
@@ -66,14 +66,14 @@ def test_the_http_body_has_every_spec_option_with_its_default_and_choices():
 
 
 def test_the_spec_s_choices_are_the_library_s():
-    from miner import reader, records
-    from miner.mining import Margin, Retrieval
+    from miner.io import reader, records
+    from miner.core.mining import Margin, Retrieval
 
     assert spec.MARGINS == tuple(m.value for m in Margin)
     assert spec.RETRIEVALS == tuple(r.value for r in Retrieval)
     assert spec.INPUT_FORMATS == records.INPUT_FORMATS and spec.BAD_ROW_POLICIES == records.BAD_ROW_POLICIES
     assert set(spec.DECODE_ERRORS) == {p.value for p in reader.DecodeErrorPolicy}
-    from miner.indexes import choose_index
+    from miner.core.indexes import choose_index
 
     for kind in spec.INDEXES:
         choose_index(1000, 512, kind, None, None)  # each is one the index code takes
@@ -82,7 +82,7 @@ def test_the_spec_s_choices_are_the_library_s():
 def test_request_keys_and_stored_options_did_not_change():
     """The key of one job, computed by the code before the spec (commit 8a63e1b): a resubmission
     after an upgrade still finds its job, and its artifacts keep their names."""
-    from miner.jobs import request_key
+    from miner.pipeline.jobs import request_key
 
     options = JobOptions(src_lang="de", tgt_lang="en", model="muse", model_key="muse-usem3-x", k=6, margin="distance",
                          index="ivf", nlist=64, columns="id,text,url", input_format="tsv", on_bad_row="fail",
@@ -99,7 +99,7 @@ def test_request_keys_and_stored_options_did_not_change():
 
 
 def test_bad_values_are_usage_errors():
-    from miner.errors import UsageError
+    from miner.runtime.errors import UsageError
 
     base = dict(src_lang="de", tgt_lang="en", model="muse", model_key="m")
     for bad, words in (({"k": 0}, "k must be at least 1"), ({"shard_size": 0}, "shard size must be at least 1"),
@@ -116,11 +116,11 @@ def test_a_job_row_of_the_first_schema_loads_as_typed_options(home, tmp_path):
     typed, with today's defaults for what it lacks."""
     import sqlite3
 
-    from miner import corpora, steps
-    from miner.config import Config
-    from miner.db import Job, session_scope
-    from miner.migrate import upgrade
-    from miner.orchestration import Side
+    from miner.pipeline import corpora, steps
+    from miner.runtime.config import Config
+    from miner.runtime.db import Job, session_scope
+    from miner.runtime.migrate import upgrade
+    from miner.pipeline.orchestration import Side
 
     cfg = Config.from_env()
     cfg.ensure_dirs()

@@ -1,4 +1,4 @@
-"""The stages are declared once (miner/stages.py): the stage list, the hand-over, the units and
+"""The stages are declared once (miner/pipeline/stages.py): the stage list, the hand-over, the units and
 their names, the planned sizes, the step functions, the Celery tasks, their names, routes and the
 queues a worker consumes all come from the declarations."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from miner import orchestration, stages, steps
-from miner.stages import Stage
+from miner.pipeline import orchestration, stages, steps
+from miner.pipeline.stages import Stage
 
 
 def test_the_declared_stages():
@@ -20,7 +20,7 @@ def test_orchestration_and_steps_come_from_the_declarations():
     assert orchestration.STAGES == tuple(s.name for s in stages.STAGES)
     assert orchestration.NEXT_STAGE == {a.name: b.name for a, b in zip(stages.STAGES, stages.STAGES[1:])}
     assert steps.STEP_FUNCTIONS == {s.name: s.function() for s in stages.STAGES}
-    assert steps.STEP_FUNCTIONS["ingest"].__module__ == "miner.corpora"
+    assert steps.STEP_FUNCTIONS["ingest"].__module__ == "miner.pipeline.corpora"
     assert steps.STEP_FUNCTIONS["index"] is steps.build_index
     for s in stages.STAGES:
         units = s.units({"src": 5, "tgt": 3}, 2)
@@ -28,7 +28,7 @@ def test_orchestration_and_steps_come_from_the_declarations():
 
 
 def test_celery_tasks_names_routes_and_queues_come_from_the_declarations():
-    from miner.config import Config
+    from miner.runtime.config import Config
     from miner.workers import dispatch, tasks
     from miner.workers.settings import CelerySettings
 
@@ -45,25 +45,25 @@ def test_celery_tasks_names_routes_and_queues_come_from_the_declarations():
 def test_units_names_and_plans_by_unit_shape():
     """What each unit shape gives, on sides of 5 and 3 sentences in shards of 2."""
     sizes = {"src": 5, "tgt": 3}
-    side = Stage("a", "miner.a", "miner.steps:embed", "side")
+    side = Stage("a", "miner.a", "miner.pipeline.steps:embed", "side")
     assert side.units(None, 2) == [("src",), ("tgt",)]
     assert [side.unit_name(u) for u in side.units(None, 2)] == ["src", "tgt"]
     assert side.planned(sizes, 2) == {"src": (1, 5), "tgt": (1, 3)}
 
-    shards = Stage("b", "miner.b", "miner.steps:embed", "side-shard")
+    shards = Stage("b", "miner.b", "miner.pipeline.steps:embed", "side-shard")
     assert shards.units(sizes, 2) == [("src", 0, 2), ("src", 2, 4), ("src", 4, 5), ("tgt", 0, 2), ("tgt", 2, 3)]
     assert shards.unit_name(("src", 4, 5)) == "src:4"
     assert shards.planned(sizes, 2) == {"src": (3, 5), "tgt": (2, 3)}
 
-    directions = Stage("c", "miner.c", "miner.steps:knn", "direction-shard")
+    directions = Stage("c", "miner.c", "miner.pipeline.steps:knn", "direction-shard")
     assert directions.units(sizes, 2) == [("fwd", 0, 2), ("fwd", 2, 4), ("fwd", 4, 5), ("bwd", 0, 2), ("bwd", 2, 3)]
     assert directions.planned(sizes, 2) == {"fwd": (3, 5), "bwd": (2, 3)}
 
-    job = Stage("d", "miner.d", "miner.steps:finish", "job")
+    job = Stage("d", "miner.d", "miner.pipeline.steps:finish", "job")
     assert job.units(None, 2) == [()] and job.unit_name(()) == "all" and job.planned(sizes, 2) == {"all": (1, 0)}
 
     with pytest.raises(ValueError, match="unknown unit shape"):
-        Stage("e", "miner.e", "miner.steps:finish", "per-line")
+        Stage("e", "miner.e", "miner.pipeline.steps:finish", "per-line")
     with pytest.raises(ValueError, match="need the sides' sizes"):
         shards.units(None, 2)
     with pytest.raises(ValueError, match="unknown stage 'dedup'"):
@@ -74,12 +74,12 @@ def test_a_job_s_stages_are_planned_from_the_declarations(home, tmp_path):
     """plan() records every stage after ingest with the size its declaration gives."""
     from sqlalchemy import select
 
-    from miner.config import Config
-    from miner.db import JobStage, session_scope
-    from miner.encoders import resolve_model
-    from miner.jobs import JobOptions, create_job
-    from miner import corpora
-    from miner.migrate import ensure_schema
+    from miner.runtime.config import Config
+    from miner.runtime.db import JobStage, session_scope
+    from miner.embedding.encoders import resolve_model
+    from miner.pipeline.jobs import JobOptions, create_job
+    from miner.pipeline import corpora
+    from miner.runtime.migrate import ensure_schema
 
     cfg = Config.from_env()
     cfg.ensure_dirs()

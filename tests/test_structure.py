@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: ``workers/`` folder is the ``miner.workers`` package).
 PACKAGES = {"miner": "miner", "workers": "miner.workers"}
 MAX_LINES = 600
-CLI_MODULES = {"miner.cli", "miner.cli_options"}
+CLI_MODULES = {"miner.faces.cli", "miner.faces.cli_options"}
 
 
 def modules() -> dict[str, Path]:
@@ -119,3 +119,21 @@ def test_architecture_page_names_real_modules():
     every = {str(path.relative_to(ROOT)) for path in modules().values() if path.name != "__init__.py"}
     unnamed = sorted(every - named - {"miner/__main__.py"})
     assert unnamed == [], "docs/architecture.md should name every module"
+
+
+def test_the_folder_tree_is_the_one_docs_architecture_lists():
+    """docs/architecture.md's folder tree names every module of each folder of miner/, workers/ and
+    migrations/, and nothing else."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("<!-- tree -->", 1)[1].split("<!-- /tree -->", 1)[0]
+    listed = {}
+    for line in block.strip().splitlines():
+        folder, rest = line.split(None, 1)
+        listed[folder.rstrip("/")] = {name.strip().rstrip("/") for name in rest.rsplit(":", 1)[-1].split(",")}
+    actual = {}
+    for folder in sorted({p.parent for p in (ROOT / "miner").rglob("*.py")} - {ROOT / "miner"}) + [ROOT / "workers"]:
+        actual[str(folder.relative_to(ROOT))] = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    actual["migrations"] = {"env", "versions"}
+    assert listed == actual
+    loose = {p.name for p in (ROOT / "miner").glob("*.py")}
+    assert loose == {"__init__.py", "__main__.py"}, "every module of miner/ lives in one of its layer folders"

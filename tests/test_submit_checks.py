@@ -1,5 +1,5 @@
-"""Checks that run before a job exists, on a sample of each side (miner.reader.count_sentences /
-sample_sentences, miner.langid.side_language_warning): cheap whatever the file's size."""
+"""Checks that run before a job exists, on a sample of each side (miner.io.reader.count_sentences /
+sample_sentences, miner.io.langid.side_language_warning): cheap whatever the file's size."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gzip
 import os
 from pathlib import Path
 
-from miner.inputs import SAMPLE_LINES, count_sentences, sample_sentences, side_language_warning
+from miner.io.inputs import SAMPLE_LINES, count_sentences, sample_sentences, side_language_warning
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TATOEBA = Path(__file__).parent / "data" / "tatoeba"

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine
 
-from miner import defaults
-from miner.cli import main
+from miner.runtime import defaults
+from miner.faces.cli import main
 
 from .conftest import ROOT, read_lines, run_miner, start_workers, stop_workers, no_crash
 
 SAMPLE_DE, SAMPLE_EN, GOLD = (ROOT / "examples" / name for name in ("sample.de", "sample.en", "gold.tsv"))
-FIT_COLOURS = ((0x3A, 0x3A, 0x3A), (0xE6, 0xAB, 0x02))  # miner.report NULL_FIT_COLOUR, TRANSLATION_FIT_COLOUR
+FIT_COLOURS = ((0x3A, 0x3A, 0x3A), (0xE6, 0xAB, 0x02))  # miner.faces.report NULL_FIT_COLOUR, TRANSLATION_FIT_COLOUR
 
 
 def test_migration_0002_round_trip(home):
@@ -28,9 +28,9 @@ def test_migration_0002_round_trip(home):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from miner.config import Config
-    from miner.db import Base
-    from miner.migrate import current_revision, downgrade, upgrade
+    from miner.runtime.config import Config
+    from miner.runtime.db import Base
+    from miner.runtime.migrate import current_revision, downgrade, upgrade
 
     cfg = Config.from_env()
     cfg.ensure_dirs()
@@ -76,9 +76,9 @@ def test_postgres_copy_stores_probabilities_and_threshold_info(postgres_server):
     import numpy as np
     from sqlalchemy import select
 
-    from miner import steps
-    from miner.db import Candidate, Job, session_scope
-    from miner.migrate import current_revision, head_revision, upgrade
+    from miner.pipeline import steps
+    from miner.runtime.db import Candidate, Job, session_scope
+    from miner.runtime.migrate import current_revision, head_revision, upgrade
 
     url = postgres_server.create_database("threshold_auto_copy")
     upgrade(url)
@@ -109,8 +109,8 @@ def check_sentence_lengths(url: str) -> None:
     """steps.sentence_lengths counts characters (not bytes) and follows the ids it is given."""
     import numpy as np
 
-    from miner import steps
-    from miner.db import Corpus, Sentence, session_scope
+    from miner.pipeline import steps
+    from miner.runtime.db import Corpus, Sentence, session_scope
 
     texts = ["Grüße aus Köln.", "中文句子", "a", "Ünïcödé ñ — “quotes”"]
     with session_scope(url) as s:
@@ -124,7 +124,7 @@ def check_sentence_lengths(url: str) -> None:
 
 
 def test_sentence_lengths_on_sqlite(tmp_path):
-    from miner.migrate import upgrade
+    from miner.runtime.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'miner.db'}"
     upgrade(url)
@@ -255,7 +255,7 @@ def db_rows(home: Path, job: int) -> tuple[dict | None, list]:
     """The job's threshold_info and its candidates' (score, probability), read from the database."""
     from sqlalchemy import select
 
-    from miner.db import Candidate, Job
+    from miner.runtime.db import Candidate, Job
 
     engine = create_engine(f"sqlite:///{home / 'miner.db'}")
     try:
@@ -296,9 +296,9 @@ def test_default_job_is_auto_and_coherent(sample_jobs):
     # The score step stored each sentence's decoy score (its best without its best candidate).
     import numpy as np
 
-    from miner.artifacts import Artifacts, job_key, load_npz
-    from miner.config import Config
-    from miner.jobs import get_job
+    from miner.io.artifacts import Artifacts, job_key, load_npz
+    from miner.runtime.config import Config
+    from miner.pipeline.jobs import get_job
 
     key = job_key(get_job(Config.from_env({"MINER_HOME": str(home)}), int(job)))
     for direction, n in (("fwd", 300), ("bwd", 400)):
@@ -438,7 +438,7 @@ def test_report_draws_the_fitted_parts(tmp_path):
     bar; without one, nothing is."""
     import numpy as np
 
-    from miner import report
+    from miner.faces import report
 
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.normal(1.03, 0.03, 900), rng.normal(1.45, 0.08, 100)])
@@ -489,7 +489,7 @@ def test_too_few_candidates_fall_back_with_one_warning(tmp_path):
 def test_retry_does_not_show_the_previous_runs_results(tmp_path, monkeypatch):
     """`retry` showed the previous run's cut (`threshold_info`), pair count and exit code while it
     ran; now the job reads as a queued auto job until its finish step decides again."""
-    from miner.jobs import job_status, reset_for_retry
+    from miner.pipeline.jobs import job_status, reset_for_retry
 
     from .conftest import MINER_VARS
     from .quality_helpers import config, mine_in_process
@@ -504,7 +504,7 @@ def test_retry_does_not_show_the_previous_runs_results(tmp_path, monkeypatch):
                              fallback_threshold=1.05)
     done = job_status(cfg, job_id)
     assert done["state"] == "done" and done["pairs"] > 200 and done["threshold"]["method"] == "auto"
-    from miner.db import Job, session_scope
+    from miner.runtime.db import Job, session_scope
 
     with session_scope(cfg.db_url) as s:  # as a run that failed after its finish had stored results
         job = s.get(Job, job_id)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from miner.cli import main
-from miner.config import Config
-from miner.encoders import encode, load_kwargs, load_model, resolve_model, trusting
-from miner.errors import ModelError
-from miner.jobs import get_job
+from miner.faces.cli import main
+from miner.runtime.config import Config
+from miner.embedding.encoders import encode, load_kwargs, load_model, resolve_model, trusting
+from miner.runtime.errors import ModelError
+from miner.pipeline.jobs import get_job
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -106,7 +106,7 @@ def test_help_mentions_the_flag():
 def test_a_worker_never_reuses_a_trusted_load_for_a_job_without_trust(custom, tmp_path):
     """The worker's model cache is keyed by the trust in effect: a model loaded for a job that passed
     --trust-remote-code is not handed to a job that did not; that job gets the clear error."""
-    from miner import steps
+    from miner.pipeline import steps
 
     cfg = Config.from_env()
     with trusting(True):
@@ -122,7 +122,7 @@ def test_the_servers_setting_is_a_ceiling_for_http_jobs(home, monkeypatch):
     server allows; on the command line the variable stays the default of a job that does not say."""
     from fastapi.testclient import TestClient
 
-    from miner.api import create_app
+    from miner.faces.api import create_app
 
     monkeypatch.setenv("MINER_TRUST_REMOTE_CODE", "1")
     monkeypatch.setenv("MINER_INPUT_ROOTS", str(EXAMPLES))
@@ -149,7 +149,7 @@ def test_the_api_offers_only_the_models_it_lists(home, monkeypatch):
     any hub model. MINER_API_MODELS lists what the server offers."""
     from fastapi.testclient import TestClient
 
-    from miner.api import create_app
+    from miner.faces.api import create_app
 
     from .quality_helpers import config
 

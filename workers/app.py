@@ -1,4 +1,4 @@
-"""The Celery app, configured once from :class:`miner.config.Config` (env vars ``MINER_*``).
+"""The Celery app, configured once from :class:`miner.runtime.config.Config` (env vars ``MINER_*``).
 
 Start a worker with ``miner worker`` (or ``celery -A miner.workers.app worker -Q miner,embed``).
 Importing this module has no side effect beyond reading the environment: the worker's folders,
@@ -18,7 +18,7 @@ from celery.exceptions import SecurityWarning
 
 import miner.workers.hooks  # noqa: F401 - connects the worker's signal handlers
 import miner.workers.transport  # noqa: F401 - registers the miner+socket:// transport (the embedded broker)
-from miner.config import Config
+from miner.runtime.config import Config
 from miner.workers.settings import CelerySettings
 
 
@@ -35,7 +35,7 @@ logging.getLogger("kombu.connection").addFilter(_NoDefaultHostWarning())
 # Celery warns in every worker log when the worker runs as root ("absolutely not recommended",
 # `--uid`). What it guards against is a root worker that unpickles messages; these workers accept
 # JSON only (miner.workers.settings), run only this package's tasks, and keep their files private to
-# their user (miner.artifacts.make_private). Containers and CI run as root by default, and a user
+# their user (miner.io.artifacts.make_private). Containers and CI run as root by default, and a user
 # who wants another uid runs the worker as that user; the warning said nothing actionable there.
 warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
                         category=SecurityWarning)

@@ -1,11 +1,12 @@
 """What the command line asks of the task queue: send a job's first tasks, ping the workers, and
-tell a broker error from others (so that ``miner.cli`` imports no Celery or kombu itself)."""
+tell a broker error from others (so that ``miner.faces.cli`` imports no Celery or kombu itself)."""
 
 from __future__ import annotations
 
-from miner import broker, orchestration
-from miner.config import Config, mask_url
-from miner.errors import JobFailed
+from miner.pipeline import orchestration
+from miner.runtime import broker
+from miner.runtime.config import Config, mask_url
+from miner.runtime.errors import JobFailed
 from miner.workers.app import use_config
 from miner.workers.dispatch import sender
 

@@ -1,6 +1,6 @@
 """Sending a job's tasks on Celery: stages by task name (nothing here imports the tasks), the
 queue check and the stall sweeper thread. How and when a stage is handed over is decided in
-:mod:`miner.orchestration`; this module only gives it a ``send`` that queues Celery tasks."""
+:mod:`miner.pipeline.orchestration`; this module only gives it a ``send`` that queues Celery tasks."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import time
 
 from celery import Celery
 
-from miner import orchestration
-from miner.config import Config
-from miner.stages import QUEUES, STAGES
+from miner.pipeline import orchestration
+from miner.runtime.config import Config
+from miner.pipeline.stages import QUEUES, STAGES
 
 log = logging.getLogger(__name__)
 
-#: The Celery task of each stage, from the stages' declarations (miner/stages.py; the tasks are
+#: The Celery task of each stage, from the stages' declarations (miner/pipeline/stages.py; the tasks are
 #: made from the same declarations in workers/tasks.py, their routes in workers/settings.py).
 TASK_NAMES = {stage.name: stage.task for stage in STAGES}
 
@@ -28,7 +28,7 @@ def send_stage(app: Celery, job_id: int, stage: str, units: list[tuple]) -> None
 
 
 def sender(app: Celery, job_id: int):
-    """The ``send(stage, units)`` callback that :mod:`miner.orchestration` hands a stage to."""
+    """The ``send(stage, units)`` callback that :mod:`miner.pipeline.orchestration` hands a stage to."""
     return lambda stage, units: send_stage(app, job_id, stage, units)
 
 
@@ -62,9 +62,9 @@ def recover_once(app: Celery, cfg: Config, quiet_jobs: bool = True) -> list[str]
 
 def start_sweeper(app: Celery, cfg: Config) -> threading.Thread:
     """A daemon thread in the worker's main process: every heartbeat, send again the units of dead
-    workers (:func:`miner.orchestration.recover`: leases not renewed for ``MINER_LEASE_SECONDS``);
+    workers (:func:`miner.pipeline.orchestration.recover`: leases not renewed for ``MINER_LEASE_SECONDS``);
     every few seconds, the missing tasks of jobs quiet for ``MINER_STALL_SECONDS``
-    (:func:`miner.orchestration.sweep`: tasks lost with a restarted broker)."""
+    (:func:`miner.pipeline.orchestration.sweep`: tasks lost with a restarted broker)."""
     every = max(0.5, cfg.heartbeat_seconds)
     quiet_every = max(every, cfg.lease_seconds / 3)  # jobs quiet with no lease: a few queries per job
     sweep_every = max(1.0, min(30.0, cfg.stall_seconds / 3))

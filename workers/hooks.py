@@ -2,7 +2,7 @@
 is imported, so ``celery -A miner.workers.app worker`` gets them too):
 
 * main process, before the pool starts: files for this user only, the configuration's folders, and
-  the worker's registration among the workers of this host (:mod:`miner.cores`);
+  the worker's registration among the workers of this host (:mod:`miner.runtime.cores`);
 * main process, once ready: the stall sweeper (:func:`miner.workers.dispatch.start_sweeper`);
 * each pool child: fresh database connections, bounded thread pools (sized again before each task,
   :func:`size_threads`), and the job's model loaded ahead of the first embed task when ``miner
@@ -18,8 +18,8 @@ import threading
 
 from celery import signals
 
-from miner import cores
-from miner.config import available_cores, limit_threads
+from miner.runtime import cores
+from miner.runtime.config import available_cores, limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ _worker_app = None  # the app of the worker this process belongs to (set before 
 @signals.celeryd_init.connect
 def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
     """Files for this user only, the configuration's folders, and how the pool processes size their
-    threads: ``MINER_THREADS`` when given, else a share of this host's cores (:mod:`miner.cores`)."""
+    threads: ``MINER_THREADS`` when given, else a share of this host's cores (:mod:`miner.runtime.cores`)."""
     global _worker_app
-    from miner.artifacts import make_private
+    from miner.io.artifacts import make_private
 
     make_private()  # database, logs, artifacts: for this user only
     concurrency = int((options or {}).get("concurrency") or available_cores())
@@ -61,7 +61,7 @@ def size_threads(app) -> int:
     global _threads_now
     threads = task_threads()
     if threads != _threads_now:
-        from miner import steps
+        from miner.pipeline import steps
 
         limit_threads(threads)
         steps.set_threads(threads)
@@ -75,7 +75,7 @@ def size_threads(app) -> int:
 
 @signals.worker_shutdown.connect
 def _unregister(sender=None, **kwargs) -> None:
-    """A clean shutdown leaves no registration behind (:func:`miner.cores.unregister`)."""
+    """A clean shutdown leaves no registration behind (:func:`miner.runtime.cores.unregister`)."""
     cores.unregister()
 
 
@@ -98,7 +98,7 @@ def _start_sweeper(sender=None, **kwargs) -> None:
 
 @signals.worker_process_init.connect
 def _init_child(**kwargs) -> None:
-    from miner.db import dispose_engines
+    from miner.runtime.db import dispose_engines
 
     dispose_engines()  # never share pooled connections across fork
     if _worker_app is not None:
@@ -110,8 +110,8 @@ def _init_child(**kwargs) -> None:
         trust = os.environ.get("MINER_PRELOAD_TRUST_REMOTE_CODE") == "1"  # the job's --trust-remote-code
 
         def preload() -> None:
-            from miner import steps
-            from miner.encoders import trusting
+            from miner.pipeline import steps
+            from miner.embedding.encoders import trusting
 
             try:
                 with trusting(trust):

@@ -1,10 +1,10 @@
-"""Celery settings derived from a :class:`miner.config.Config` (for ``app.config_from_object``)."""
+"""Celery settings derived from a :class:`miner.runtime.config.Config` (for ``app.config_from_object``)."""
 
 from __future__ import annotations
 
-from miner import broker
-from miner.config import DEFAULT_QUEUE, Config
-from miner.stages import STAGES
+from miner.runtime import broker
+from miner.runtime.config import DEFAULT_QUEUE, Config
+from miner.pipeline.stages import STAGES
 
 
 class CelerySettings:
@@ -14,7 +14,7 @@ class CelerySettings:
         self.broker_url = cfg.broker_url
         self.result_backend = cfg.result_backend
         self.task_default_queue = DEFAULT_QUEUE
-        # Each stage's tasks go to its declared queue (miner/stages.py; embed has one of its own).
+        # Each stage's tasks go to its declared queue (miner/pipeline/stages.py; embed has one of its own).
         self.task_routes = {stage.task: {"queue": stage.queue} for stage in STAGES if stage.queue != DEFAULT_QUEUE}
         self.task_serializer = "json"
         self.result_serializer = "json"
@@ -27,7 +27,7 @@ class CelerySettings:
         self.worker_hijack_root_logger = False
         self.result_expires = 7 * 24 * 3600
         self.result_backend_always_retry = True
-        # Stages hand over through the database (miner.orchestration), not through task results.
+        # Stages hand over through the database (miner.pipeline.orchestration), not through task results.
         self.task_ignore_result = True
         self.database_engine_options = {"connect_args": {"timeout": 60}} if cfg.result_backend.startswith("db+sqlite") else {}
         if cfg.broker_url.startswith("filesystem://"):

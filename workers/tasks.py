@@ -1,10 +1,10 @@
-"""Thin Celery tasks: each takes ids, runs one unit of its stage (:data:`miner.steps.STEP_FUNCTIONS`)
+"""Thin Celery tasks: each takes ids, runs one unit of its stage (:data:`miner.pipeline.steps.STEP_FUNCTIONS`)
 under a lease, then hands over to the next stage when its own is complete
-(:func:`miner.orchestration.advance`, sending by task name through :mod:`miner.workers.dispatch`).
+(:func:`miner.pipeline.orchestration.advance`, sending by task name through :mod:`miner.workers.dispatch`).
 
 Failures: a cancelled (or already failed) job stops quietly, and so does a task whose unit is
 recorded already or leased by another live task (a message delivered twice, or a dead worker's
-message that came back after :func:`miner.orchestration.recover` sent its unit again). A transient error -- the database or
+message that came back after :func:`miner.pipeline.orchestration.recover` sent its unit again). A transient error -- the database or
 the broker away for a moment -- is retried by Celery (``autoretry_for`` with exponential backoff and
 jitter, up to 8 times); if even the retry cannot be sent, Celery drops the message and the job's
 stall sweep sends the task again later. Any other error, or a transient one that outlasts the
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 
-from miner import orchestration
-from miner.encoders import trusting
-from miner.errors import JobCancelled
-from miner.jobs import get_job
-from miner.stages import STAGES, Stage
-from miner.steps import STEP_FUNCTIONS
+from miner.pipeline import orchestration
+from miner.embedding.encoders import trusting
+from miner.runtime.errors import JobCancelled
+from miner.pipeline.jobs import get_job
+from miner.pipeline.stages import STAGES, Stage
+from miner.pipeline.steps import STEP_FUNCTIONS
 from miner.workers.app import app
 from miner.workers.dispatch import sender
 from miner.workers.hooks import size_threads
@@ -115,5 +115,5 @@ def _stage_task(stage: Stage):
     return app.task(name=stage.task, bind=True, base=StageTask, stage=stage.name)(run)
 
 
-#: The task of each stage, made from the stages' declarations (miner/stages.py).
+#: The task of each stage, made from the stages' declarations (miner/pipeline/stages.py).
 TASKS = {stage.name: _stage_task(stage) for stage in STAGES}

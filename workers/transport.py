@@ -1,11 +1,11 @@
-"""The ``miner+socket://`` kombu transport of the embedded broker (see :mod:`miner.broker`)."""
+"""The ``miner+socket://`` kombu transport of the embedded broker (see :mod:`miner.runtime.broker`)."""
 
 from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
-from miner import broker
+from miner.runtime import broker
 
 
 class Transport(kombu_redis.Transport):

@@ -16,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # The cut a finished job uses: {"value", "method", "reason", ...evidence} (miner.autocut.Decision).
+    # The cut a finished job uses: {"value", "method", "reason", ...evidence} (miner.core.autocut.Decision).
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('threshold_info', sa.JSON(), nullable=True))
     # Estimated probability that a candidate is a translation (auto jobs only).

@@ -16,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # The input's id and metadata of a sentence's first occurrence (TSV/JSONL input, miner.records).
+    # The input's id and metadata of a sentence's first occurrence (TSV/JSONL input, miner.io.records).
     with op.batch_alter_table('sentences', schema=None) as batch_op:
         batch_op.add_column(sa.Column('ext_id', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('meta', sa.JSON(none_as_null=True), nullable=True))

@@ -1,0 +1,1 @@
+"""The mining math: margins, retrieval, kNN, indexes and the automatic cut (arrays in, arrays out)."""

@@ -1,0 +1,1 @@
+"""Sentence encoders: model names, loading, encoding."""

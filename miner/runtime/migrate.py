@@ -1,0 +1,100 @@
+"""Run the Alembic migrations (the only way the schema changes)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from miner.runtime.db import get_engine
+
+import miner.migrations as _migrations_pkg
+
+MIGRATIONS = Path(_migrations_pkg.__file__).resolve().parent
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision``."""
+    from alembic import command
+
+    cfg = _alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    cfg = _alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _sqlite_lock(url: str):
+    """An exclusive lock on ``<database>.lock`` beside a SQLite file (none for an in-memory one)."""
+    from miner.runtime.config import sqlite_path
+    from miner.runtime.locks import file_lock
+
+    path = sqlite_path(url)
+    if path is None:
+        return contextlib.nullcontext()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return file_lock(f"{path}.lock")
+
+
+def ensure_schema(url: str) -> None:
+    """Check that the database is at head. The embedded default (a new, empty SQLite file) is
+    created here so that a laptop needs no set-up; any other database changes schema only through
+    ``miner db upgrade``."""
+    head = head_revision()
+    if url.startswith("sqlite"):
+        # Several processes may meet a new embedded database at once (`miner worker` started beside
+        # the first `submit`): one creates it (and switches it to WAL) while the others wait, then
+        # find it at head.
+        with _sqlite_lock(url):
+            current = current_revision(url)
+            if current == head:
+                return
+            if current is None and not _has_tables(url):
+                upgrade(url)
+                return
+    else:
+        current = current_revision(url)
+        if current == head:
+            return
+    from miner.runtime.config import mask_url
+    from miner.runtime.errors import MinerError
+
+    where = f"at revision {current}" if current else "without the miner schema"
+    raise MinerError(f"the database {mask_url(url)} is {where}; this version needs {head}: "
+                     "run `miner db upgrade` (once, from any machine with the same MINER_DB_URL)")
+
+
+def _has_tables(url: str) -> bool:
+    from sqlalchemy import inspect
+
+    with get_engine(url).connect() as conn:
+        return bool(inspect(conn).get_table_names())
