@@ -171,7 +171,7 @@ def test_one_server_per_home_and_stopped_when_released(tmp_path):
     assert broker.ping(sock) and oct(sock.stat().st_mode & 0o777) == "0o700"
     assert broker.ensure(home) == sock and len(_supervisors(home)) == 1
     # Another process using the same home shares the server.
-    other = subprocess.run([sys.executable, "-c", f"from miner import broker; print(broker.ensure({str(home)!r}))"],
+    other = subprocess.run([sys.executable, "-c", f"from miner.runtime import broker; print(broker.ensure({str(home)!r}))"],
                            capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == str(sock) and len(_supervisors(home)) == 1
     broker.release(home)
@@ -269,7 +269,7 @@ def test_the_server_stops_when_its_home_is_removed(tmp_path):
 
 def _user(home: Path) -> subprocess.Popen:
     """A process that uses the broker of ``home`` until its stdin closes."""
-    user = subprocess.Popen([sys.executable, "-c", f"from miner import broker; broker.ensure({str(home)!r}); "
+    user = subprocess.Popen([sys.executable, "-c", f"from miner.runtime import broker; broker.ensure({str(home)!r}); "
                              "print('up', flush=True); import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert user.stdout.readline().strip() == "up"
