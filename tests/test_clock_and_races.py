@@ -168,6 +168,24 @@ def test_identical_submissions_at_the_same_moment_make_one_job(cfg, tmp_path, mo
         live = s.scalars(select(Job.id).where(Job.state.in_(db.LIVE_STATES))).all()
     assert first in live
 
+    # A retry of a cancelled job while an identical one holds the live key: it runs beside it, keyless.
+    jobs.cancel_job(cfg, forced)
+    holder, raced = jobs.claim_job(cfg, src, tgt, _options(cfg, first), "k2")
+    jobs.cancel_job(cfg, holder)
+    twin, raced = jobs.claim_job(cfg, src, tgt, _options(cfg, first), "k2")
+    assert not raced
+    jobs.reset_for_retry(cfg, holder)  # twin holds "k2"
+    with session_scope(cfg.db_url) as s:
+        keys = dict(s.execute(select(Job.id, Job.live_key).where(Job.id.in_([holder, twin]))).all())
+        states = dict(s.execute(select(Job.id, Job.state).where(Job.id.in_([holder, twin]))).all())
+    assert keys == {holder: None, twin: "k2"} and states == {holder: "queued", twin: "queued"}
+
+
+def _options(cfg, job_id):
+    from miner.pipeline.spec import job_spec
+
+    return job_spec(jobs.load_job(cfg, job_id))
+
 
 def test_migration_0004_keeps_one_live_job_per_request(home):
     """0003 -> 0004 on a database where the race already happened (two live jobs, one key): the

@@ -143,8 +143,7 @@ def _reset_for_retry(cfg: Config, job_id: int, force: bool, keep_key: bool) -> N
             raise JobStateError(f"job {job_id} is {job.state}; cancel it first (`miner cancel {job_id}`) or pass --force")
         if job.state == JobState.DONE.value and not force:
             raise JobStateError(f"job {job_id} is done; pass --force to run its tasks again")
-        if not keep_key or job.live_key is not None and s.scalar(select(Job.id).where(
-                Job.live_key == job.live_key, Job.id != job_id, Job.state.in_(LIVE_STATES)).limit(1)) is not None:
+        if not keep_key:
             job.live_key = None  # another job mines the same request now; this one runs beside it, as asked
         job.state = JobState.QUEUED.value
         job.error = None

@@ -176,8 +176,14 @@ class JobOptions:
 
 
 def job_spec(job) -> JobOptions:
-    """A job row's options, typed (:meth:`JobOptions.load`)."""
-    return JobOptions.load(job.options, job.src_lang, job.tgt_lang, job.model)
+    """A job row's options, typed (:meth:`JobOptions.load`); read once per loaded row (the steps ask
+    for them many times per unit)."""
+    cached = getattr(job, "_miner_spec", None)
+    if cached is not None and cached[0] is job.options:
+        return cached[1]
+    options = JobOptions.load(job.options, job.src_lang, job.tgt_lang, job.model)
+    job._miner_spec = (job.options, options)
+    return options
 
 
 def request_fields(threshold_type) -> dict:
