@@ -128,6 +128,40 @@ def test_db_upgrade_is_idempotent(runner, home):
     assert current.output.startswith(head_revision())
 
 
+def test_schema_check_reads_the_head_alembic_finds(tmp_path):
+    """`miner.runtime.migrate` finds the head and the database's revision without Alembic (every
+    command checks them); they must be what Alembic itself says, also in a folder with a second
+    head, where the light reading hands over to Alembic."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from miner.runtime import migrate
+    from miner.runtime.db import get_engine
+
+    assert migrate.head_revision() == ScriptDirectory.from_config(migrate._alembic_config("sqlite://")).get_current_head()
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    assert migrate.current_revision(url) is None
+    migrate.upgrade(url, "0002")
+    with get_engine(url).connect() as conn:
+        assert migrate.current_revision(url) == MigrationContext.configure(conn).get_current_revision() == "0002"
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def test_status_command_imports_neither_numpy_nor_alembic(home):
+    """`miner status` is what a user and a dashboard poll while a job runs: its start-up stays
+    small (numpy, Alembic and the mining code load only where they are used)."""
+    import subprocess
+    import sys
+
+    assert subprocess.run([sys.executable, "-m", "miner", "db", "upgrade"], capture_output=True).returncode == 0
+    code = ("import sys\nfrom miner.faces.cli import main\n"
+            "try:\n    main(['status', '1', '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'alembic', 'faiss', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
 def test_config_masks_passwords(runner, home, monkeypatch):
     monkeypatch.setenv("MINER_DB_URL", "postgresql+psycopg://miner:s3cret@db:5432/miner")
     result = runner.invoke(main, ["config"])

@@ -23,11 +23,12 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator, Union
 
 from miner.io.storage import Cache, filesystem, is_url, storage_error
+
+if TYPE_CHECKING:  # numpy is imported where arrays are read or written: `miner status` needs none
+    import numpy as np
 
 #: Where an artifact lives: a local Path, or a URL string under a remote root.
 Location = Union[Path, str]
@@ -141,11 +142,15 @@ class Artifacts:
                 tmp.unlink()
 
     def save_npy(self, location: Location, array: np.ndarray) -> None:
+        import numpy as np
+
         with self.writing(location) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
 
     def save_npz(self, location: Location, **arrays: np.ndarray) -> None:
+        import numpy as np
+
         with self.writing(location) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
@@ -165,6 +170,8 @@ class Artifacts:
         return self.opened(location, load_npz)
 
     def load_npy(self, location: Location, mmap: bool = True) -> np.ndarray:
+        import numpy as np
+
         return self.opened(location, lambda path: np.load(path, mmap_mode="r" if mmap else None))
 
     def read_text(self, location: Location) -> str:
@@ -214,6 +221,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
+    import numpy as np
+
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 

@@ -18,14 +18,17 @@ shown.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from miner.runtime import defaults
 from miner.runtime.db import Job
 from miner.runtime.errors import MinerError
 from miner.pipeline.spec import THRESHOLD_METHODS, job_spec  # noqa: F401 - THRESHOLD_METHODS: the methods a job stores
+
+if TYPE_CHECKING:  # numpy loads where cuts are decided: `miner status` and `jobs` need none
+    import numpy as np
 
 
 def choose_method(spec, margin: str, asked, home: Path | None = None) -> tuple[str, float | None, float | None]:
@@ -110,11 +113,11 @@ def json_ready(value):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [json_ready(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
+    if hasattr(value, "tolist"):  # a numpy array or scalar
+        value = value.tolist()
+        if isinstance(value, list):
+            return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
@@ -126,6 +129,8 @@ def decide(job: Job, inputs) -> tuple[float | None, dict | None, np.ndarray | No
     resolved when the job was created (``fallback_threshold``; for jobs without one, the model's
     default as ``miner.runtime.defaults`` resolves it now). ``fixed`` / ``calibrated``: the job's number.
     No method and no number (library callers): every candidate counts, nothing is recorded."""
+    import numpy as np
+
     from miner.core import autocut
 
     options = job_spec(job)
