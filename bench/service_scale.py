@@ -283,6 +283,7 @@ class Backend:
             self.env.update(MINER_DB_URL=pg.create_database("scale"), MINER_BROKER_URL=f"{redis.url}/0",
                             MINER_RESULT_BACKEND=f"{redis.url}/1", MINER_ARTIFACTS=str(self.folder / "artifacts"))
             self.redis_url = redis.url
+            self.redis = redis
         result = common.miner(self.env, "db", "upgrade")
         if result.returncode != 0:
             raise SystemExit(f"db upgrade failed: {result.stderr[-2000:]}")
@@ -294,6 +295,9 @@ class Backend:
             return [int((self.pg.data / "postmaster.pid").read_text().split()[0])]
         except (OSError, ValueError, IndexError):
             return []
+
+    def broker_pids(self) -> list[int]:
+        return [self.redis.proc.pid] if self.kind == "cluster" else []
 
     def redis_client(self):
         import redis
@@ -459,7 +463,8 @@ def run(args) -> dict:
     try:
         backend.start()
         procs = start_workers(backend, workers)
-        sampler = Sampler({"worker": lambda: [p.pid for p in procs], "database": backend.db_pids},
+        sampler = Sampler({"worker": lambda: [p.pid for p in procs], "database": backend.db_pids,
+                           "broker": backend.broker_pids},
                           marks=[str(backend.home), str(folder)])
         with sampler:
             messages_before = backend.messages() or 0
