@@ -51,7 +51,7 @@ Usage (from the repository root)::
 
     python bench/service_scale.py --n 100000 [--backend embedded|cluster] [--workers W]
         [--concurrency C] [--dim 64] [--planted P] [--seed 0] [--workdir bench/out/service_scale] [--json PATH]
-        [--no-baseline] [--keep]
+        [--no-baseline] [--keep] [--timeout S]
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ class Backend:
 def start_workers(backend: Backend, count: int, concurrency: int) -> list[subprocess.Popen]:
     procs = []
     for i in range(count):
-        log_file = open(backend.folder / f"worker{i}.log", "wb")  # noqa: SIM115 - closed in stop_workers
+        log_file = open(backend.folder / f"worker{i}.log", "wb")  # noqa: SIM115 - closed in common.stop_workers
         proc = subprocess.Popen([sys.executable, "-m", "miner", "worker", "--loglevel", "WARNING",
                                  "--concurrency", str(concurrency), "--name", f"w{i}@scale"], env=backend.env, stdout=log_file,
                                 stderr=subprocess.STDOUT, cwd=str(backend.folder), start_new_session=True)
@@ -354,12 +354,8 @@ def start_workers(backend: Backend, count: int, concurrency: int) -> list[subpro
         if len(names) >= count:
             return procs
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-            stop_workers(procs)
+            common.stop_workers(procs)
             raise SystemExit(f"the workers did not start; see {backend.folder}/worker*.log")
-
-
-def stop_workers(procs) -> None:
-    common.stop_workers(procs)
 
 
 # ---------------------------------------------------------------------------------- the figures
@@ -513,7 +509,7 @@ def run(args) -> dict:
             report["export_top"] = timed_export(backend.env, job_id, folder / "top.tsv.gz", "--min-score", repr(top))
             report["quality"] = planted_recall(export, data)
     finally:
-        stop_workers(procs)
+        common.stop_workers(procs)
         backend.stop()
     report["sampled_peak"] = sampler.by_role() if procs else {}
     record = workdir / f"result-n{args.n}-p{planted}-s{args.seed}-d{args.dim}-{args.backend}.json"

@@ -130,8 +130,7 @@ def test_db_upgrade_is_idempotent(runner, home):
 
 def test_schema_check_reads_the_head_alembic_finds(tmp_path):
     """`miner.runtime.migrate` finds the head and the database's revision without Alembic (every
-    command checks them); they must be what Alembic itself says, also in a folder with a second
-    head, where the light reading hands over to Alembic."""
+    command checks them); they must be what Alembic itself says, before and after an upgrade."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 

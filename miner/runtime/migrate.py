@@ -25,8 +25,8 @@ def _alembic_config(url: str):
 def head_revision() -> str:
     """The newest revision of the migrations folder, read from the scripts' ``revision`` and
     ``down_revision`` lines: every command checks it, and loading Alembic's script directory for
-    that took about a third of a second of each `miner status` (tests/test_migrations.py checks
-    that Alembic finds the same head)."""
+    that took about a third of a second of each `miner status` (tests/test_cli.py checks that
+    Alembic finds the same head). Several heads, or none: Alembic decides."""
     revisions, parents = set(), set()
     for script in (MIGRATIONS / "versions").glob("*.py"):
         text = script.read_text(encoding="utf-8")
