@@ -94,7 +94,11 @@ def _kill9_mid(watch, proc, stage: str, timeout: float, after: int = 5, units: i
             break
         os.killpg(proc.pid, signal.SIGCONT)
     _kill9(proc)
-    assert watch.done(stage) < units and watch.running(stage) >= 1  # its lease outlives it
+    # The job was not through the stage when the worker died. Whether a lease is still listed now
+    # is not asserted: with a short MINER_LEASE_SECONDS (3 s in tests/test_s3.py) another worker may
+    # already have recovered it while the kill was being reaped on a loaded machine, and the lease
+    # seen while frozen may have been the other worker's, finished since.
+    assert watch.done(stage) < units
 
 
 def _check_same_export(tmp_path, home, env, job_id, reference) -> None:
