@@ -147,18 +147,28 @@ def test_schema_check_reads_the_head_alembic_finds(tmp_path):
     assert migrate.current_revision(url) == migrate.head_revision()
 
 
-def test_status_command_imports_neither_numpy_nor_alembic(home):
+def test_status_command_imports_neither_numpy_nor_alembic(home, tmp_path):
     """`miner status` is what a user and a dashboard poll while a job runs: its start-up stays
-    small (numpy, Alembic and the mining code load only where they are used)."""
+    small (numpy, Alembic, SQLAlchemy and the mining code load only where they are used; status and
+    the schema check read with plain DBAPI queries) and it still answers for a real job."""
     import subprocess
     import sys
 
+    from miner.pipeline.jobs import JobOptions, create_job
+    from miner.runtime.config import Config
+
     assert subprocess.run([sys.executable, "-m", "miner", "db", "upgrade"], capture_output=True).returncode == 0
+    (tmp_path / "a.txt").write_text("eins\n", encoding="utf-8")
+    job_id = create_job(Config.from_env(), tmp_path / "a.txt", tmp_path / "a.txt",
+                        JobOptions(src_lang="de", tgt_lang="en", model="muse", model_key="muse"))
     code = ("import sys\nfrom miner.faces.cli import main\n"
-            "try:\n    main(['status', '1', '--json'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('numpy', 'alembic', 'faiss', 'torch') if m in sys.modules))")
+            f"try:\n    main(['status', '{job_id}', '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'alembic', 'faiss', 'torch', 'sqlalchemy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "[]", result.stdout + result.stderr
+    status = json.loads(lines[0])
+    assert (status["id"], status["state"], status["src_lang"]) == (job_id, "queued", "de")
 
 
 def test_config_masks_passwords(runner, home, monkeypatch):

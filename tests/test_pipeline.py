@@ -402,3 +402,48 @@ def test_ivf_jobs_find_the_pairs_exact_search_finds(cfg, tmp_path, muse, index):
     assert stored.dtype == np.float16 and stored.shape == (128, 512)
     spec = steps.side_index(job, side, 512)
     assert spec.kind == index and art.index(side.key, job.options["model_key"], spec.name).exists()
+
+
+def test_status_read_in_plain_sql_agrees_with_the_orm(cfg, tmp_path, muse):
+    """`miner status` reads the rows with plain DBAPI queries (miner.pipeline.status, no ORM): per
+    stage its units and items, the candidates, the leases and the units still missing are what the
+    ORM and the orchestration find in the same rows, for a job put back to running its knn stage
+    with two units undone and one of them leased."""
+    import json
+
+    from miner.runtime.db import Job, JobStage, JobStep
+
+    src, tgt = small_case(tmp_path)
+    job_id = run_job(cfg, src, tgt)
+    with session_scope(cfg.db_url) as s:
+        knn_units = sorted(s.scalars(select(JobStep.unit).where(JobStep.job_id == job_id, JobStep.stage == "knn")))
+        assert len(knn_units) >= 4
+        s.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.stage == "knn",
+                                        JobStep.unit.in_(knn_units[:2])))
+        s.execute(update(Job).where(Job.id == job_id).values(state="running", dispatched="knn", finished_at=None))
+        s.add(JobLease(job_id=job_id, stage="knn", unit=knn_units[0], worker="w@test"))
+    with session_scope(cfg.db_url) as s:
+        done = dict(s.execute(select(JobStep.stage, func.count()).where(JobStep.job_id == job_id)
+                              .group_by(JobStep.stage)).all())
+        items = dict(s.execute(select(JobStep.stage, func.sum(JobStep.items)).where(JobStep.job_id == job_id)
+                               .group_by(JobStep.stage)).all())
+        planned = dict(s.execute(select(JobStage.stage, JobStage.units).where(JobStage.job_id == job_id)).all())
+        stored = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
+        n_src = s.scalar(select(Corpus.n_sentences).join(Job, Job.src_corpus_id == Corpus.id).where(Job.id == job_id))
+
+    status = job_status(cfg, job_id)
+    json.dumps(status)  # JSON-ready as it is
+    assert status["state"] == "running" and status["finished_at"] is None
+    by_stage = {st["stage"]: st for st in status["stages"]}
+    assert {stage: st["done"] for stage, st in by_stage.items() if st["done"]} == done
+    assert {stage: st["items_done"] for stage, st in by_stage.items() if st["done"]} == items
+    assert {stage: by_stage[stage]["total"] for stage in planned} == planned
+    assert by_stage["knn"]["done"] == by_stage["knn"]["total"] - 2
+    assert status["candidates_stored"] == stored > 100
+    assert status["corpora"]["src"]["sentences"] == n_src == 300
+    missing = [orchestration.unit_name("knn", args) for args in orchestration.missing_units(cfg, job_id, "knn")]
+    assert status["missing"] == {"knn": missing} and sorted(missing) == knn_units[:2]
+    [lease] = status["running"]
+    assert (lease["stage"], lease["unit"], lease["worker"]) == ("knn", knn_units[0], "w@test")
+    assert 0 <= lease["heartbeat_age_s"] < 60  # the database's clock, read the same way as it was written
+    assert status["stalled"] is None and status["threshold"]["value"] == 1.06

@@ -333,13 +333,13 @@ def workers(ctx, timeout, as_json):
 
 
 def _resolve_job_id(cfg: Config, job: int | None) -> int:
-    from miner.pipeline.jobs import latest_job_id
+    from miner.pipeline.status import latest_job_id
 
     return job if job is not None else latest_job_id(cfg)
 
 
 def _status_dict(cfg: Config, job_id: int) -> dict:
-    from miner.pipeline.jobs import job_status
+    from miner.pipeline.status import job_status  # plain SQL: no ORM to import while workers run
 
     return job_status(cfg, job_id)
 

@@ -22,8 +22,6 @@ class MinerGroup(click.Group):
     """Turns library errors into one ``Error: ...`` line and the error's exit code, in one place."""
 
     def invoke(self, ctx: click.Context):
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             return super().invoke(ctx)
         except OutputClosed:
@@ -32,11 +30,6 @@ class MinerGroup(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
-        except SQLAlchemyError as exc:
-            cfg = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
-            where = f" at {mask_url(cfg.db_url)}" if cfg else ""
-            detail = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
-            raise click.ClickException(f"database error{where}: {detail}") from None
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) and _stdout_gone():
                 _quiet_exit(ctx)  # e.g. `miner jobs | head`: click.echo met a closed pipe
@@ -48,6 +41,11 @@ class MinerGroup(click.Group):
                 f"cannot use {where}: {exc.strerror or exc}; check the path, its permissions and free space"
             ) from None
         except Exception as exc:
+            if _is_database_error(exc):
+                cfg = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
+                where = f" at {mask_url(cfg.db_url)}" if cfg else ""
+                detail = (str(getattr(exc, "orig", exc) or exc).splitlines() or [type(exc).__name__])[0]
+                raise click.ClickException(f"database error{where}: {detail}") from None
             from miner.workers.client import is_broker_error
 
             if not is_broker_error(exc):
@@ -61,6 +59,20 @@ class MinerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """An error of SQLAlchemy or of a database driver (``miner status`` reads without SQLAlchemy,
+    :mod:`miner.runtime.dbapi`); only modules already loaded are asked, none is imported for it."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        return True
+    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg", "Error")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name, ())):
+            return True
+    return False
 
 
 def _stdout_gone() -> bool:

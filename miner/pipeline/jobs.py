@@ -1,7 +1,7 @@
 """Jobs as the CLI and the HTTP API see them: submit (check the inputs, resolve the options, create
-the row or find the live job with the same request), look up, list, cancel, retry, and the status
-that ``miner status`` shows. It writes the jobs table (create, cancel, retry); the pipeline's
-progress is written by :mod:`miner.pipeline.orchestration` and the steps. Threshold policy is in
+the row or find the live job with the same request), look up, list, cancel, retry. The status
+that ``miner status`` shows is read by :mod:`miner.pipeline.status` (re-exported here). It writes
+the jobs table (create, cancel, retry); the pipeline's progress is written by :mod:`miner.pipeline.orchestration` and the steps. Threshold policy is in
 :mod:`miner.pipeline.threshold`, the options in :mod:`miner.pipeline.spec`."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from miner.runtime.config import Config
-from miner.runtime.db import LIVE_STATES, Candidate, Corpus, Job, JobStage, JobState, JobStep, server_now, session_scope
+from miner.runtime.db import LIVE_STATES, Job, JobState, JobStep, server_now, session_scope
 from miner.runtime.errors import JobNotFound, JobStateError, UsageError
-from miner.pipeline.orchestration import STAGES, load_job, missing_units, unit_name
+from miner.pipeline.orchestration import load_job
+from miner.pipeline.status import job_status, latest_job_id, stalled  # noqa: F401 - re-exported
 from miner.pipeline.spec import FORMAT_OPTIONS, REQUEST_OPTIONS, THRESHOLD_METHODS, JobOptions  # noqa: F401 - re-exported
 from miner.pipeline.threshold import (choose_method, effective_threshold, fallback_warning, threshold_method,  # noqa: F401
                              threshold_note, threshold_status)
@@ -101,14 +102,6 @@ def claim_job(cfg: Config, src: Path | str, tgt: Path | str, options: JobOptions
 get_job = load_job  # the job row, or JobNotFound
 
 
-def latest_job_id(cfg: Config) -> int:
-    with session_scope(cfg.db_url) as s:
-        job_id = s.scalar(select(func.max(Job.id)))
-    if job_id is None:
-        raise JobNotFound("no jobs yet; start one with `miner mine` or `miner submit`")
-    return int(job_id)
-
-
 def cancel_job(cfg: Config, job_id: int) -> str:
     """Mark a job cancelled; its queued and running tasks stop at their next step. Returns the old state."""
     with session_scope(cfg.db_url) as s:
@@ -161,181 +154,6 @@ def _reset_for_retry(cfg: Config, job_id: int, force: bool, keep_key: bool) -> N
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.replace(tzinfo=dt.timezone.utc).isoformat() if value else None
-
-
-def job_status(cfg: Config, job_id: int) -> dict:
-    """Everything ``miner status`` shows, as a JSON-ready dict."""
-    with session_scope(cfg.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}; `miner jobs` lists the jobs")
-        planned = {row.stage: row for row in s.scalars(select(JobStage).where(JobStage.job_id == job_id))}
-        rows = s.execute(
-            select(
-                JobStep.stage,
-                JobStep.part,
-                func.count(JobStep.id),
-                func.sum(JobStep.items),
-                func.sum(JobStep.reused),
-                func.min(JobStep.finished_at),
-                func.max(JobStep.finished_at),
-                func.sum(JobStep.seconds),
-            )
-            .where(JobStep.job_id == job_id)
-            .group_by(JobStep.stage, JobStep.part)
-        ).all()
-        computed = {
-            stage: (int(items or 0), first, last, float(seconds or 0))
-            for stage, items, first, last, seconds in s.execute(
-                select(JobStep.stage, func.sum(JobStep.items), func.min(JobStep.finished_at),
-                       func.max(JobStep.finished_at), func.sum(JobStep.seconds))
-                .where(JobStep.job_id == job_id, JobStep.reused == 0)
-                .group_by(JobStep.stage)
-            )
-        }
-        workers = [
-            {"name": name, "units": int(units), "last_seen": _iso(last)}
-            for name, units, last in s.execute(
-                select(JobStep.worker, func.count(JobStep.id), func.max(JobStep.finished_at))
-                .where(JobStep.job_id == job_id)
-                .group_by(JobStep.worker)
-                .order_by(JobStep.worker)
-            )
-        ]
-        corpora = {}
-        for side, cid in (("src", job.src_corpus_id), ("tgt", job.tgt_corpus_id)):
-            corpus = s.get(Corpus, cid) if cid else None
-            corpora[side] = (
-                {"corpus_id": corpus.id, "sentences": corpus.n_sentences, "skipped": _skipped(corpus.stats or {}),
-                 "stats": corpus.stats or {}}
-                if corpus
-                else None
-            )
-        stored = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
-        now = server_now(s)  # ages and the stall mark by the database's clock, as the workers judge them
-    running, missing = _running_and_missing(cfg, job, now)
-    end = job.finished_at or now
-    elapsed = (end - (job.started_at or job.created_at)).total_seconds() if job.started_at else 0.0
-    done: dict[str, dict] = {}
-    for stage, part, units, items, reused, first, last, _seconds in rows:
-        entry = done.setdefault(stage, {"units": 0, "items": 0, "reused": 0, "first": first, "last": last, "parts": {}})
-        entry["units"] += int(units)
-        entry["items"] += int(items or 0)
-        entry["reused"] += int(reused or 0)
-        entry["first"] = min(entry["first"], first)
-        entry["last"] = max(entry["last"], last)
-        entry["parts"][part] = (int(units), int(items or 0), int(reused or 0))
-    stages = []
-    for stage in STAGES:
-        plan = planned.get(stage)
-        got = done.get(stage, {"units": 0, "items": 0, "reused": 0, "first": None, "last": None, "parts": {}})
-        units_done = got["units"]
-        total_units = plan.units if plan else (2 if stage == "ingest" else None)
-        total_items = plan.items if plan else None
-        if plan and plan.parts:
-            part_totals = {part: tuple(value) for part, value in plan.parts.items()}
-        elif stage == "ingest":
-            part_totals = {"src": (1, None), "tgt": (1, None)}
-        else:
-            part_totals = {}
-        parts = {
-            part: {"done": got["parts"].get(part, (0, 0, 0))[0], "total": units,
-                   "items_done": got["parts"].get(part, (0, 0, 0))[1], "items_total": items,
-                   "reused": got["parts"].get(part, (0, 0, 0))[2]}
-            for part, (units, items) in part_totals.items()
-        }
-        rate = None
-        items_computed, first_c, last_c, seconds = computed.get(stage, (0, None, None, 0.0))
-        if items_computed and last_c is not None:
-            # Wall-clock throughput over the stage so far: from the first unit's start to the last finish.
-            span = (last_c - first_c).total_seconds() + seconds / max(got["units"] - got["reused"], 1)
-            rate = round(items_computed / span, 1) if span > 0 else None
-        eta = None
-        if total_units and units_done and units_done < total_units and job.state == "running":
-            started = job.started_at or got["first"]
-            unit_rate = units_done / max((got["last"] - started).total_seconds(), 1e-3)
-            eta = round((total_units - units_done) / unit_rate, 1) if unit_rate > 0 else None
-        stages.append(
-            {
-                "stage": stage,
-                "done": units_done,
-                "total": total_units,
-                "items_done": got["items"],
-                "items_total": total_items,
-                "reused": got["reused"],
-                "rate": rate,
-                "eta_s": eta,
-                "parts": parts,
-            }
-        )
-    threshold = threshold_status(job)
-    last_step = max((w["last_seen"] for w in workers if w["last_seen"]), default=None)
-    return {
-        "id": job.id,
-        "state": job.state,
-        "stalled": stalled(cfg, job, now, running, last_step),
-        "error": job.error,
-        "exit_code": job.exit_code,
-        "src": job.src_path,
-        "tgt": job.tgt_path,
-        "src_lang": job.src_lang,
-        "tgt_lang": job.tgt_lang,
-        "model": job.model,
-        "options": {k: v for k, v in job.options.items() if k != "model_key"},
-        "threshold": threshold,
-        "corpora": corpora,
-        "stages": stages,
-        "workers": workers,
-        "running": running,
-        "missing": missing,
-        "pairs": job.n_candidates,
-        "candidates_stored": int(stored or 0),
-        "attempt": job.attempt,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "elapsed_s": round(elapsed, 1),
-    }
-
-
-def stalled(cfg: Config, job: Job, now, running: list[dict], last_step: str | None) -> dict | None:
-    """For a running job with no sign of life for more than twice ``MINER_LEASE_SECONDS`` (no lease
-    renewed, no unit finished, no unit started): ``{"quiet_s": seconds, "hint": what to do}``; else
-    None. A worker renews its leases every few seconds while it works, so a job this quiet has no
-    live worker on it (or waits behind another job's tasks)."""
-    if job.state != "running":
-        return None
-    marks = [job.started_at or job.created_at]
-    if last_step:
-        marks.append(dt.datetime.fromisoformat(last_step).replace(tzinfo=None))
-    quiet = min([(now - max(marks)).total_seconds()] + [lease["heartbeat_age_s"] for lease in running])
-    if quiet <= 2 * cfg.lease_seconds:
-        return None
-    return {"quiet_s": round(quiet, 1),
-            "hint": f"no worker has renewed a lease or finished a unit of it for {quiet:.0f}s: if no worker is "
-                    f"running, start one (`miner worker`) or resume the job (`miner retry {job.id}`)"}
-
-
-def _running_and_missing(cfg: Config, job: Job, now) -> tuple[list, dict]:
-    """Units being worked on now (leases), and the units of the current stage not done yet."""
-    from miner.runtime.db import JobLease
-
-    with session_scope(cfg.db_url) as s:
-        leases = s.scalars(select(JobLease).where(JobLease.job_id == job.id).order_by(JobLease.stage, JobLease.unit)).all()
-        running = [{"stage": lease.stage, "unit": lease.unit, "worker": lease.worker,
-                    "heartbeat_age_s": round((now - lease.heartbeat_at).total_seconds(), 1)} for lease in leases]
-    missing = {}
-    if job.state != "done" and job.dispatched:
-        try:
-            units = missing_units(cfg, job.id, job.dispatched)
-            missing[job.dispatched] = [unit_name(job.dispatched, args) for args in units]
-        except Exception:  # sides not ingested yet: nothing to list
-            pass
-    return running, missing
-
-
-def _skipped(stats: dict) -> dict:
-    return {key: stats.get(key, 0) for key in ("blank", "duplicates", "too_long", "decode_errors", "bad_rows")}
 
 
 def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[dict]:

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from miner.runtime import defaults
-from miner.runtime.db import Job
 from miner.runtime.errors import MinerError
 from miner.pipeline.spec import THRESHOLD_METHODS, job_spec  # noqa: F401 - THRESHOLD_METHODS: the methods a job stores
 
-if TYPE_CHECKING:  # numpy loads where cuts are decided: `miner status` and `jobs` need none
+if TYPE_CHECKING:  # numpy loads where cuts are decided, SQLAlchemy where rows are: `miner status` needs neither
     import numpy as np
+
+    from miner.runtime.db import Job
 
 
 def choose_method(spec, margin: str, asked, home: Path | None = None) -> tuple[str, float | None, float | None]:
