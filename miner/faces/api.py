@@ -411,11 +411,10 @@ def create_app(cfg: Config, bound: str | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _other(request, exc: Exception):
-        from sqlalchemy.exc import SQLAlchemyError
-
+        from miner.runtime.dbapi import is_database_error
         from miner.workers.client import is_broker_error
 
-        if isinstance(exc, SQLAlchemyError):
+        if is_database_error(exc):
             return error(503, f"database error at {mask_url(cfg.db_url)}: {one_line(getattr(exc, 'orig', exc) or exc)}")
         if is_broker_error(exc):
             return error(503, f"cannot reach the broker at {mask_url(cfg.broker_url)}: {one_line(exc)}")

@@ -41,7 +41,9 @@ class MinerGroup(click.Group):
                 f"cannot use {where}: {exc.strerror or exc}; check the path, its permissions and free space"
             ) from None
         except Exception as exc:
-            if _is_database_error(exc):
+            from miner.runtime.dbapi import is_database_error
+
+            if is_database_error(exc):
                 cfg = ctx.obj.get("config") if isinstance(ctx.obj, dict) else None
                 where = f" at {mask_url(cfg.db_url)}" if cfg else ""
                 detail = (str(getattr(exc, "orig", exc) or exc).splitlines() or [type(exc).__name__])[0]
@@ -59,20 +61,6 @@ class MinerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    """An error of SQLAlchemy or of a database driver (``miner status`` reads without SQLAlchemy,
-    :mod:`miner.runtime.dbapi`); only modules already loaded are asked, none is imported for it."""
-    import sqlite3
-
-    if isinstance(exc, sqlite3.Error):
-        return True
-    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg", "Error")):
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(exc, getattr(loaded, name, ())):
-            return True
-    return False
 
 
 def _stdout_gone() -> bool:

@@ -1,12 +1,12 @@
 """Jobs as the CLI and the HTTP API see them: submit (check the inputs, resolve the options, create
 the row or find the live job with the same request), look up, list, cancel, retry. The status
 that ``miner status`` shows is read by :mod:`miner.pipeline.status` (re-exported here). It writes
-the jobs table (create, cancel, retry); the pipeline's progress is written by :mod:`miner.pipeline.orchestration` and the steps. Threshold policy is in
+the jobs table (create, cancel, retry); the pipeline's progress is written by
+:mod:`miner.pipeline.orchestration` and the steps. Threshold policy is in
 :mod:`miner.pipeline.threshold`, the options in :mod:`miner.pipeline.spec`."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
@@ -15,7 +15,7 @@ from miner.runtime.config import Config
 from miner.runtime.db import LIVE_STATES, Job, JobState, JobStep, server_now, session_scope
 from miner.runtime.errors import JobNotFound, JobStateError, UsageError
 from miner.pipeline.orchestration import load_job
-from miner.pipeline.status import job_status, latest_job_id, stalled  # noqa: F401 - re-exported
+from miner.pipeline.status import _iso, job_status, latest_job_id, stalled  # noqa: F401 - re-exported
 from miner.pipeline.spec import FORMAT_OPTIONS, REQUEST_OPTIONS, THRESHOLD_METHODS, JobOptions  # noqa: F401 - re-exported
 from miner.pipeline.threshold import (choose_method, effective_threshold, fallback_warning, threshold_method,  # noqa: F401
                              threshold_note, threshold_status)
@@ -150,10 +150,6 @@ def _reset_for_retry(cfg: Config, job_id: int, force: bool, keep_key: bool) -> N
         job.exit_code = None
         # The finish is what completes the job: it runs again (a delivery of a recorded unit is dropped).
         s.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.stage == "finish"))
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.replace(tzinfo=dt.timezone.utc).isoformat() if value else None
 
 
 def list_jobs(cfg: Config, limit: int = 50, state: str | None = None) -> list[dict]:

@@ -212,7 +212,8 @@ def _missing(db: Connection, job, sides: dict[str, tuple[int, str]]) -> dict[str
         units = declared.units({side: n for side, (n, _) in sides.items()}, shard_size)
     done = {unit for (unit,) in db.rows("SELECT unit FROM job_steps WHERE job_id = ? AND stage = ?",
                                         (job.id, job.dispatched))}
-    return {job.dispatched: [declared.unit_name(args) for args in units if declared.unit_name(args) not in done]}
+    names = [declared.unit_name(args) for args in units]
+    return {job.dispatched: [name for name in names if name not in done]}
 
 
 def _skipped(stats: dict) -> dict:

@@ -92,6 +92,21 @@ def connect(url: str) -> Iterator[Connection]:
         conn.close()
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """An error of SQLAlchemy or of a database driver, which the CLI and the API report as a
+    database error (reads here raise the drivers' own errors). Only modules already loaded are
+    asked; none is imported for it."""
+    import sys
+
+    if isinstance(exc, sqlite3.Error):
+        return True
+    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("psycopg", "Error")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name, ())):
+            return True
+    return False
+
+
 def as_datetime(value: Any) -> dt.datetime | None:
     """A stored time stamp as a naive UTC datetime (SQLite keeps them as text)."""
     if value is None or isinstance(value, dt.datetime):
