@@ -20,9 +20,11 @@ from celery import signals
 
 from miner.runtime import cores
 from miner.runtime.config import available_cores, limit_threads
+from miner.runtime.locks import watch_parent
 
 log = logging.getLogger(__name__)
 
+PARENT_GRACE = 3.0  # seconds a worker whose `miner mine` died gets for its cold shutdown
 _worker_app = None  # the app of the worker this process belongs to (set before the pool forks)
 
 
@@ -34,6 +36,11 @@ def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwarg
     from miner.io.artifacts import make_private
 
     make_private()  # database, logs, artifacts: for this user only
+    parent = os.environ.get("MINER_PARENT_PID")
+    if parent and parent.isdigit():
+        # Started by `miner mine`: when it is gone (kill -9 included), a cold shutdown, and after
+        # PARENT_GRACE seconds SIGKILL to this worker and its pool children.
+        watch_parent(int(parent), PARENT_GRACE)
     concurrency = int((options or {}).get("concurrency") or available_cores())
     app = getattr(instance, "app", None)
     if app is not None:
@@ -101,6 +108,9 @@ def _init_child(**kwargs) -> None:
     from miner.runtime.db import dispose_engines
 
     dispose_engines()  # never share pooled connections across fork
+    # A pool child never outlives its worker's main process (it would hold a unit's lease and a
+    # share of the cores for nothing): SIGKILL to itself once its parent is gone.
+    watch_parent(os.getppid(), 0.0, first=None, poll=0.5)
     if _worker_app is not None:
         size_threads(_worker_app)
     model = os.environ.get("MINER_PRELOAD_MODEL")

@@ -24,7 +24,15 @@ from miner.pipeline.spec import JobOptions, job_spec
 
 READER_VERSION = 2  # 2: ids, metadata and duplicate occurrences are stored (miner.io.records)
 INGEST_BATCH = 5000
-STALE_INGEST_SECONDS = 120
+STALE_INGEST_SECONDS = 120  # the longest a corpus whose filler stopped beating waits to be taken over
+
+
+def stale_ingest_seconds(cfg: Config) -> float:
+    """How long a corpus's heartbeat may stand still before another task takes the filling over.
+    The filler beats once per batch of INGEST_BATCH lines (well under a second of reading and
+    inserting), so twice a unit's lease is ample; a task killed mid-ingest (``kill -9`` of
+    ``miner mine``) then costs the next run half a minute by default, not two."""
+    return min(STALE_INGEST_SECONDS, 2 * cfg.lease_seconds)
 
 
 def corpus_key(sha256: str, settings: dict) -> str:
@@ -104,7 +112,7 @@ def _claim_corpus(cfg: Config, key: str, sha: str, path: str, settings: dict) ->
             if corpus.state == CorpusState.READY.value:
                 return corpus.id, True
             corpus_id, seen, now = corpus.id, corpus.heartbeat_at, server_now(s)
-        if (now - seen).total_seconds() > STALE_INGEST_SECONDS and _take_over(cfg, corpus_id, seen):
+        if (now - seen).total_seconds() > stale_ingest_seconds(cfg) and _take_over(cfg, corpus_id, seen):
             return corpus_id, False  # the task that was filling it died
         time.sleep(1.0)
 

@@ -19,8 +19,9 @@ def start_workers(cfg: Config, n: int, concurrency: int | None, model: str | Non
     """Start ``n`` worker processes, each logging to ``$MINER_HOME/logs/worker-<pid>-<i>.log``;
     ``model``: the job's model, loaded by the pool children while the job is being ingested."""
     procs = []
-    env = dict(os.environ, MINER_PRELOAD_MODEL=model,
-               MINER_PRELOAD_TRUST_REMOTE_CODE="1" if trust_remote_code else "0") if model else None
+    env = dict(os.environ, MINER_PARENT_PID=str(os.getpid()))  # miner.workers.hooks watches it
+    if model:
+        env.update(MINER_PRELOAD_MODEL=model, MINER_PRELOAD_TRUST_REMOTE_CODE="1" if trust_remote_code else "0")
     cfg.log_folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         log = open(cfg.log_folder / f"worker-{os.getpid()}-{i}.log", "ab")
@@ -28,7 +29,8 @@ def start_workers(cfg: Config, n: int, concurrency: int | None, model: str | Non
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
         # Their own session (a Ctrl-C in the terminal reaches `mine`, which stops them), and a
-        # cold shutdown (SIGQUIT) from the kernel if `mine` dies without stopping them (kill -9).
+        # cold shutdown (SIGQUIT) from the kernel if `mine` dies without stopping them (kill -9);
+        # the worker's own watch of MINER_PARENT_PID kills what is left a few seconds later.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                 preexec_fn=functools.partial(die_with_parent, signal.SIGQUIT))
         proc.log_path = log.name

@@ -7,6 +7,8 @@ import contextlib
 import fcntl
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -46,3 +48,24 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signum))  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
+
+
+def watch_parent(parent_pid: int, grace: float, first: int | None = signal.SIGQUIT, poll: float = 0.2) -> None:
+    """Start a daemon thread that ends this process once ``parent_pid`` is no longer its parent:
+    ``first`` (a signal to itself, e.g. Celery's cold shutdown) at once, then SIGKILL after ``grace``
+    seconds -- to its whole process group when it leads one (a worker that `miner mine` started in
+    its own session: its pool children go with it), else to itself alone. The kernel's ``PR_SET_PDEATHSIG`` alone is not
+    enough: it is lost when the parent dies before the child sets it, and a cold shutdown can wait
+    on a pool child busy inside a long C call (an encode, a FAISS search) for many seconds."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        if first is not None:
+            os.kill(os.getpid(), first)
+        time.sleep(grace)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="miner-parent-watch", daemon=True).start()
