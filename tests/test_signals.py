@@ -67,3 +67,48 @@ def test_mine_stopped_by_a_signal_leaves_nothing_running(tmp_path, signum):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "job 1 (running) already mines these files" in again.stderr
     assert len(read_tsv(out)) > 900
+
+
+_ORPHAN = """
+import os, subprocess, sys, time
+if sys.argv[1] == "parent":  # starts the child, prints its pid, then waits to be killed
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", str(os.getpid())], start_new_session=True)
+    print(child.pid, flush=True)
+    time.sleep(600)
+else:  # the child: a grandchild of its own (its process group), then the watch, then sleep
+    from miner.runtime.locks import watch_parent
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    watch_parent(int(sys.argv[2]), 0.5, first=None, poll=0.05)
+    print(grandchild.pid, flush=True, file=open(os.environ["PID_FILE"], "w"))
+    time.sleep(600)
+"""
+
+
+def test_watch_parent_ends_the_process_group_when_the_parent_is_killed(tmp_path):
+    """The watch behind `miner mine`'s workers: once its parent dies (here by SIGKILL, so nothing is
+    sent to it), the watching process and its process group (a worker's pool children) are killed."""
+    pid_file = tmp_path / "grandchild.pid"
+    env = dict(os.environ, PID_FILE=str(pid_file), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN, "parent", _ORPHAN], stdout=subprocess.PIPE, env=env)
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the child never started its watch"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert _alive(child) and _alive(grandchild)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) or _alive(grandchild):
+        assert time.monotonic() < deadline, "the watch did not end the orphaned process group"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed but not yet reaped by init, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -38,9 +38,10 @@ def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwarg
     make_private()  # database, logs, artifacts: for this user only
     parent = os.environ.get("MINER_PARENT_PID")
     if parent and parent.isdigit():
-        # Started by `miner mine`: when it is gone (kill -9 included), a cold shutdown, and after
-        # PARENT_GRACE seconds SIGKILL to this worker and its pool children.
-        watch_parent(int(parent), PARENT_GRACE)
+        # Started by `miner mine`: when it is gone (kill -9 included), the kernel's SIGQUIT starts a
+        # cold shutdown (miner.runtime.local_workers); PARENT_GRACE seconds later SIGKILL ends this
+        # worker and its pool children, whatever the shutdown waits on.
+        watch_parent(int(parent), PARENT_GRACE, first=None)
     concurrency = int((options or {}).get("concurrency") or available_cores())
     app = getattr(instance, "app", None)
     if app is not None:
