@@ -22,6 +22,7 @@ Usage (from the repository root)::
     python bench/threshold_offline.py draws DIR   # DIR also holds CASE-sN jobs (bench/threshold.py --seeds)
     python bench/threshold_offline.py goal DIR    # the same DIR: how often a bench run meets the goal
     python bench/threshold_offline.py lolo DIR    # lambda chosen leave-one-language-out (>= 3 draws a case)
+    python bench/threshold_offline.py ablate DIR  # which estimate the gap comes from (the gold stands in)
 
 ``DIR/npz`` comes from ``extract`` (jobs mined by ``bench/threshold.py``) or from
 ``bench/threshold_cases.py DIR`` (the same cases mined in one process: many draws in minutes).
@@ -37,6 +38,13 @@ the full case: see ``draws``).
 found with the gold: each draw's oracle cut scored on the other draws (``cross``), and the one cut
 that maximises the mean F1 over all the draws (``fixed``). One draw of a 50-pair case says little
 about a method; the mean over draws says more.
+
+``ablate``: where the gap to the gold-calibrated cut comes from. The method's last step (each
+candidate's probability ``1 - pi0 f0 / f``, then the cut of best expected F1) is run three ways:
+as the method runs it; with the true share of non-translations ``pi0`` (from the gold) in place
+of the estimated one, the null ``f0`` still the job's decoys; and with both the true share and the
+true null (a kernel density of the non-translations' scores). Per case the mean over its draws of
+calibrated - auto, as ``bench/threshold.py`` scores it.
 
 ``goal``: how often one run of ``bench/threshold.py`` (one draw of each tuning case) meets the
 issue's goal (every case within 2 F1 of its oracle, the mean within 1), for the auto cut and for
@@ -362,6 +370,56 @@ def lolo(work: Path, values: list[float]) -> tuple[list[dict], list[str]]:
     return out, lines
 
 
+def ablate(work: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """The decomposition of ``ablate`` (module docstring): per case and variant, calibrated - auto."""
+    import threshold as bench
+
+    from miner.core import autocut
+
+    variants = ("method", "true share", "true share and null")
+    rows = {v: [] for v in variants}
+    for path in sorted((work / "npz").glob("*.npz")):
+        case = load(path)
+        inputs = inputs_of(case, False)
+        scores, label, n_gold = case["scores"], case["label"].astype(bool), int(case["n_gold"])
+        decoys = autocut.decoy_scores(inputs)
+        finite = decoys[np.isfinite(decoys)]
+        h = autocut.bandwidth(scores)
+        grid = autocut.Grid(min(scores.min(), finite.min()) - 4 * h, max(scores.max(), finite.max()) + 4 * h, h)
+        est = autocut.estimate(scores, decoys, grid)
+        pi0 = float((~label).mean())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            with_share = np.where(est.total > 0, np.minimum(1.0, pi0 * est.null / est.total), 1.0)
+            true_null = grid.density(scores[~label])
+            with_null = np.where(est.total > 0, np.minimum(1.0, pi0 * true_null / est.total), 1.0)
+        probabilities = {
+            "method": est.probability,
+            "true share": autocut._monotone(1.0 - with_share, grid.x, est.low, grid.h),
+            "true share and null": np.maximum.accumulate(np.clip(1.0 - with_null, 0.0, 1.0)),
+        }
+        common = {"curve": curve(scores, label, n_gold), "f1_at_1.05": f1_at(scores, label, n_gold, 1.05)}
+        for variant, probability in probabilities.items():
+            cut = autocut.best_cut(scores, grid.at(probability, scores))[0]
+            rows[variant].append({"case": path.stem, **common, "f1": f1_at(scores, label, n_gold, cut)})
+    table: dict[str, dict[str, float]] = {}
+    for variant, members in rows.items():
+        bench.calibrate(members)
+        for name in dict.fromkeys(family(r["case"]) for r in members):
+            draws = [r for r in members if family(r["case"]) == name and r["calibrated_f1"] is not None]
+            if len(draws) >= 3:
+                table.setdefault(name, {})[variant] = 100 * float(np.mean([r["calibrated_f1"] - r["f1"] for r in draws]))
+                table[name].setdefault("below 1.05 " + variant, 100 * float(np.mean([r["f1_at_1.05"] - r["f1"] for r in draws])))
+    lines = [f"{'case':<28} " + " ".join(f"{v:>20}" for v in variants)]
+    for name, gaps in table.items():
+        lines.append(f"{name:<28} " + " ".join(f"{gaps[v]:>20.2f}" for v in variants))
+    for v in variants:
+        gaps = [t[v] for t in table.values()]
+        dense = [t["below 1.05 " + v] for n, t in table.items() if "dense" in n]
+        lines.append(f"{v}: calibrated - auto mean {np.mean(gaps):.2f}, max {max(gaps):.2f}, over 2 F1: "
+                     f"{sum(g > 2 for g in gaps)}; dense cases at most {max(dense):.2f} below 1.05")
+    return lines, table
+
+
 def offsets(work: Path) -> list[dict]:
     """Where the null rests, with the gold: per draw, how far the translations' decoys (the method's
     null) lie from the non-translations' scores (what the null stands for), at the null's lambda
@@ -410,7 +468,7 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo", "offsets"))
+    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo", "offsets", "ablate"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
@@ -431,6 +489,9 @@ def main(argv=None) -> int:
         print(f"held out: calibrated - auto mean {np.mean(gaps):.2f}, max {max(gaps):.2f}; chosen: "
               + ", ".join(f"{v:g} x{sum(r['value'] == v for r in held)}" for v in sorted({r['value'] for r in held})))
         print("\n".join(lines))
+        return 0
+    if args.command == "ablate":
+        print("\n".join(ablate(args.work)[0]))
         return 0
     if args.command == "offsets":
         rows = offsets(args.work)
