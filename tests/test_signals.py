@@ -46,9 +46,10 @@ def test_mine_stopped_by_a_signal_leaves_nothing_running(tmp_path, signum):
     mine = subprocess.Popen([sys.executable, "-m", "miner", *map(str, args)], env=miner_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
-    while True:  # until a unit of job 1 runs on one of mine's workers
+    while True:  # until a unit of job 1 runs on one of mine's workers, past its first step's start
+        # (a unit holds its lease a moment before its step marks the job running)
         status = run_miner(home, "status", "1", "--json", timeout=60)
-        if status.returncode == 0 and json.loads(status.stdout)["running"]:
+        if status.returncode == 0 and (now := json.loads(status.stdout))["running"] and now["state"] == "running":
             break
         assert mine.poll() is None and time.monotonic() < deadline, (status.stderr, mine.stderr.read())
     mine.send_signal(signum)
