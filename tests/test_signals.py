@@ -79,7 +79,7 @@ if sys.argv[1] == "parent":  # starts the child, prints its pid, then waits to b
 else:  # the child: a grandchild of its own (its process group), then the watch, then sleep
     from miner.runtime.locks import watch_parent
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    watch_parent(int(sys.argv[2]), 0.5, first=None, poll=0.05)
+    watch_parent(int(sys.argv[2]), 0.5, poll=0.05)
     print(grandchild.pid, flush=True, file=open(os.environ["PID_FILE"], "w"))
     time.sleep(600)
 """

@@ -41,7 +41,7 @@ def _prepare_worker(sender=None, instance=None, conf=None, options=None, **kwarg
         # Started by `miner mine`: when it is gone (kill -9 included), the kernel's SIGQUIT starts a
         # cold shutdown (miner.runtime.local_workers); PARENT_GRACE seconds later SIGKILL ends this
         # worker and its pool children, whatever the shutdown waits on.
-        watch_parent(int(parent), PARENT_GRACE, first=None)
+        watch_parent(int(parent), PARENT_GRACE)
     concurrency = int((options or {}).get("concurrency") or available_cores())
     app = getattr(instance, "app", None)
     if app is not None:
@@ -111,7 +111,7 @@ def _init_child(**kwargs) -> None:
     dispose_engines()  # never share pooled connections across fork
     # A pool child never outlives its worker's main process (it would hold a unit's lease and a
     # share of the cores for nothing): SIGKILL to itself once its parent is gone.
-    watch_parent(os.getppid(), 0.0, first=None, poll=0.5)
+    watch_parent(os.getppid(), 0.0, poll=0.5)
     if _worker_app is not None:
         size_threads(_worker_app)
     model = os.environ.get("MINER_PRELOAD_MODEL")

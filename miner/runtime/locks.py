@@ -50,19 +50,16 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         pass
 
 
-def watch_parent(parent_pid: int, grace: float, first: int | None = signal.SIGQUIT, poll: float = 0.2) -> None:
-    """Start a daemon thread that ends this process once ``parent_pid`` is no longer its parent:
-    ``first`` (a signal to itself, e.g. Celery's cold shutdown) at once, then SIGKILL after ``grace``
-    seconds -- to its whole process group when it leads one (a worker that `miner mine` started in
-    its own session: its pool children go with it), else to itself alone. The kernel's ``PR_SET_PDEATHSIG`` alone is not
-    enough: it is lost when the parent dies before the child sets it, and a cold shutdown can wait
-    on a pool child busy inside a long C call (an encode, a FAISS search) for many seconds."""
+def watch_parent(parent_pid: int, grace: float, poll: float = 0.2) -> None:
+    """Start a daemon thread that SIGKILLs this process ``grace`` seconds after ``parent_pid`` stops
+    being its parent -- its whole process group when it leads one (a worker that `miner mine` started
+    in its own session: its pool children go with it), else itself alone. ``PR_SET_PDEATHSIG``
+    alone is not enough: it is lost when the parent dies before the child sets it, and the cold
+    shutdown it starts can wait on a pool child busy inside a long C call for many seconds."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll)
-        if first is not None:
-            os.kill(os.getpid(), first)
         time.sleep(grace)
         if os.getpgrp() == os.getpid():
             os.killpg(os.getpid(), signal.SIGKILL)
