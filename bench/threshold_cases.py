@@ -13,7 +13,11 @@ labels and lengths), so ``threshold_offline.py eval / draws`` read either.
 
 Usage (from the repository root)::
 
-    python bench/threshold_cases.py DIR [--seeds 13,1,2,3,4] [--extra]
+    python bench/threshold_cases.py DIR [--seeds 13,1,2,3,4] [--extra] [--knn 8]
+
+``--knn K`` also keeps each sentence's K nearest neighbours both ways (``SX``, ``IX``, ``SY``, ``IY``,
+K >= the default k) and the gold pairs as sentence indices (``gold_pairs``), for variants that need
+more than the per-sentence best and decoy (``bench/threshold_variants.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="1,2,3,4", help="draws besides seed 13 (CASE-sN)")
     ap.add_argument("--extra", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--knn", type=int, default=0, metavar="K", help="also store K neighbours both ways and the gold indices")
     args = ap.parse_args(argv)
     if not TOOL.exists():
         raise SystemExit(f"{TOOL} not found: this bench needs the shared data beside the repository")
@@ -74,8 +79,15 @@ def main(argv=None) -> int:
         tgt_text = [t for t in read(folder / "tgt.eng")]
         x, y = embed(src_text), embed(tgt_text)
         kx, ky = min(k, len(tgt_text)), min(k, len(src_text))
-        sx, ix = knn(x, y, kx)
-        sy, iy = knn(y, x, ky)
+        extra = {}
+        if args.knn > k:
+            big_x, big_ix = knn(x, y, min(args.knn, len(tgt_text)))
+            big_y, big_iy = knn(y, x, min(args.knn, len(src_text)))
+            sx, ix, sy, iy = big_x[:, :kx], big_ix[:, :kx], big_y[:, :ky], big_iy[:, :ky]
+            extra = {"SX": big_x, "IX": big_ix, "SY": big_y, "IY": big_iy}
+        else:
+            sx, ix = knn(x, y, kx)
+            sy, iy = knn(y, x, ky)
         mx, my = mining.knn_mean(sx), mining.knn_mean(sy)
         fb, fs, fd = mining.best_candidates_with_decoy(sx, ix, mx, my, defaults.MARGIN)
         bb, bs, bd = mining.best_candidates_with_decoy(sy, iy, my, mx, defaults.MARGIN)
@@ -86,11 +98,21 @@ def main(argv=None) -> int:
                 a, b = line.split("\t")[:2]
                 gold.add((key(a), key(b)))
         label = np.array([(key(src_text[i]), key(tgt_text[j])) in gold for i, j in zip(src.tolist(), tgt.tolist())])
+        if extra:
+            targets: dict[str, list[int]] = {}
+            for j, t in enumerate(tgt_text):
+                targets.setdefault(key(t), []).append(j)
+            partners: dict[str, list[str]] = {}
+            for a, b in gold:
+                partners.setdefault(a, []).append(b)
+            pairs = sorted({(i, j) for i, t in enumerate(src_text) for b in partners.get(key(t), ())
+                            for j in targets.get(b, ())})
+            extra["gold_pairs"] = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         np.savez(path, scores=scores, direction=direction, src=src, tgt=tgt, fwd_best=fb, bwd_best=bb,
                  fwd_scores=fs, bwd_scores=bs, fwd_decoy=fd, bwd_decoy=bd, label=label,
                  src_len=np.array([len(src_text[i]) for i in src.tolist()]),
                  tgt_len=np.array([len(tgt_text[j]) for j in tgt.tolist()]),
-                 n_gold=len(gold), fixed=1.05, margin=defaults.MARGIN)
+                 n_gold=len(gold), fixed=1.05, margin=defaults.MARGIN, **extra)
         print(f"{case['name']}: {len(scores)} candidates, {int(label.sum())} gold among them of {len(gold)}",
               flush=True)
     return 0
