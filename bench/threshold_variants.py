@@ -8,7 +8,7 @@ the gold-calibrated cut minus F1 at the variant's cut, then per variant the mean
 over 2 F1 and the dense cases' worst loss to the fixed 1.05. ``lolo`` picks among the lower-tail
 variants leave-one-language-out (the loss of ``threshold_offline.py lolo``) and scores each language
 with the variant chosen without it. A diagnostic, ``second-order``, checks the share that a third
-neighbour per sentence would give (docs/quality.md, "Variants tried").
+neighbour per sentence would give (docs/quality.md, "Where the gap comes from").
 
 Usage (from the repository root)::
 
@@ -74,6 +74,22 @@ def exponential_tail(null, grid, q=0.7):
     return out / (out.sum() * grid.step)
 
 
+def adaptive_null(grid, decoys, weights):
+    """Abramson's adaptive kernel: each decoy's bandwidth ``h sqrt(g / pilot(decoy))`` (``pilot`` the
+    fixed-bandwidth estimate, ``g`` its weighted geometric mean over the decoys): wider kernels in
+    the tails, where ~45 decoys leave the fixed kernel's tail to one or two of them."""
+    pilot = grid.density(decoys, weights)
+    at = np.maximum(grid.at(pilot, decoys), 1e-12)
+    share = weights / weights.sum() if weights.sum() > 0 else weights
+    widths = grid.h * np.sqrt(np.exp(np.sum(share * np.log(at))) / at)
+    out = np.zeros(grid.x.size)
+    for lo in range(0, decoys.size, 256):
+        d, w, h = decoys[lo:lo + 256, None], weights[lo:lo + 256, None], widths[lo:lo + 256, None]
+        out += (w * np.exp(-0.5 * ((grid.x[None, :] - d) / h) ** 2) / h).sum(axis=0)
+    total = out.sum() * grid.step
+    return out / total if total > 0 else out
+
+
 def moment_share(u, p, previous, extension=None, window=2.0, gated=False, lam=A.NULL_QUANTILE):
     """:func:`miner.core.autocut._moment_share`, optionally adding the translations the ramp hides
     below lambda: their density in the null's quantile scale continued from the window
@@ -95,7 +111,7 @@ def moment_share(u, p, previous, extension=None, window=2.0, gated=False, lam=A.
     return float(np.clip((m1 - float(u.mean())) / (m1 - 0.5), 0.0, 1.0))
 
 
-def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, **moment):
+def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, adaptive=False, **moment):
     """:func:`miner.core.autocut.estimate` with the pieces above (same rounds, steps and ramp)."""
     finite = np.isfinite(decoys)
     decoys = decoys[finite]
@@ -104,7 +120,7 @@ def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, **m
     total_cdf /= total_cdf[-1]
     weights, probability, tail_rounds, pi0 = np.ones(decoys.size), None, [], 1.0
     for rounds in range(1, A.ROUNDS + 1):
-        null = grid.density(decoys, weights)
+        null = adaptive_null(grid, decoys, weights) if adaptive else grid.density(decoys, weights)
         if tail is not None:
             null = exponential_tail(null, grid, tail)
         cdf = np.cumsum(null) * grid.step
@@ -265,6 +281,7 @@ def main(argv=None) -> int:
         "share: qvalue smoother": variant(share="smoother"),
         "null: exponential tail above its 70% quantile": variant(tail=0.7),
         "null: exponential tail, true share (gold)": variant(tail=0.7, truth=True),
+        "null: adaptive kernel (Abramson)": variant(adaptive=True),
         "cut: probability >= 0.5": variant(rule=0.5),
         "cut: probability >= 0.4": variant(rule=0.4),
         "lower tail: tri, window 2": variant(extension="tri"),
