@@ -31,6 +31,7 @@ from threshold_offline import curve, f1_at, family, inputs_of, language, load  #
 
 from miner.core import autocut as A  # noqa: E402
 from miner.core import mining  # noqa: E402
+from miner.runtime.defaults import K  # noqa: E402
 
 
 def cases(work: Path) -> list[dict]:
@@ -150,39 +151,41 @@ def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, ada
     return probability
 
 
+def margins_over(sims: np.ndarray, target_mean: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Ratio margins of each query's neighbours with the query's mean taken over the ``kept``
+    neighbours only (``-inf`` for the others), as ``mining.best_candidates_with_decoy`` leaves the
+    best one out for the decoy."""
+    mean = np.where(kept, sims, 0).sum(1) / np.maximum(kept.sum(1), 1)
+    return np.where(kept, sims / ((mean[:, None] + target_mean) / 2), -np.inf)
+
+
 def decoys_with_one_more_neighbour(case: dict) -> np.ndarray:
     """Decoys whose neighbourhood mean has k values, as a sentence without a translation has: the
     other k neighbours of k + 1 (needs ``--knn``)."""
-    k = bench_k()
-    mx, my = mining.knn_mean(case["SX"][:, :k]), mining.knn_mean(case["SY"][:, :k])
+    mx, my = mining.knn_mean(case["SX"][:, :K]), mining.knn_mean(case["SY"][:, :K])
 
     def side(sims, ids, target_mean):
-        s, i = np.asarray(sims[:, :k + 1], float), np.asarray(ids[:, :k + 1])
+        s, i = np.asarray(sims[:, :K + 1], float), np.asarray(ids[:, :K + 1])
         tm = np.asarray(target_mean)[i]
-        best = (s[:, :k] / ((s[:, :k].mean(1)[:, None] + tm[:, :k]) / 2)).argmax(1)
-        alive = np.ones(s.shape, bool)
-        alive[np.arange(len(s)), best] = False
-        mean = np.where(alive, s, 0).sum(1) / alive.sum(1)
-        return np.where(alive, s / ((mean[:, None] + tm) / 2), -np.inf).max(1)
+        kept = np.zeros(s.shape, bool)
+        kept[:, :K] = True
+        best = margins_over(s, tm, kept).argmax(1)
+        kept[:] = True
+        kept[np.arange(len(s)), best] = False
+        return margins_over(s, tm, kept).max(1)
 
     cut = dict(case, fwd_decoy=side(case["SX"], case["IX"], my), bwd_decoy=side(case["SY"], case["IY"], mx))
     return A.decoy_scores(inputs_of(cut, False))
 
 
-def bench_k() -> int:
-    from miner.runtime import defaults
-    return defaults.K
-
-
 # --- variants ----------------------------------------------------------------------------------
 
-def variant(rule="f1", decoys="stored", bagging=0, truth=False, **kw):
+def variant(rule="f1", decoys="stored", bagging=0, truth=False, **options):
     def cut(case):
+        kw = dict(options, true_pi0=float((~case["label"]).mean())) if truth else options
         scores = np.asarray(case["scores"], float)
         d = A.decoy_scores(inputs_of(case, False)) if decoys == "stored" else decoys_with_one_more_neighbour(case)
         grid = grid_of(scores, d)
-        if truth:
-            kw["true_pi0"] = float((~case["label"]).mean())
         if bagging:
             rng = np.random.default_rng(0)
             runs = [estimate(scores[idx], d[idx], grid, **kw)
@@ -233,16 +236,14 @@ def second_order(all_cases) -> list[str]:
     """The share of sources whose best is their translation, from the moment of their decoys:
     ``mean F0(decoy) = tau / 2 + (1 - tau) mu2``, ``mu2`` the translations' third-best in F0 terms
     (what a third neighbour per sentence would give). With the gold's weights and the method's."""
-    k = bench_k()
     lines, per = [], {}
     for case in all_cases:
-        sims, ids = np.asarray(case["SX"][:, :k], float), np.asarray(case["IX"][:, :k])
-        tm = np.asarray(mining.knn_mean(case["SY"][:, :k]))[ids]
+        sims, ids = np.asarray(case["SX"][:, :K], float), np.asarray(case["IX"][:, :K])
+        tm = np.asarray(mining.knn_mean(case["SY"][:, :K]))[ids]
         n = len(sims)
-        alive, order = np.ones((n, k), bool), []
+        alive, order = np.ones((n, K), bool), []
         for _ in range(3):
-            mean = np.where(alive, sims, 0).sum(1) / np.maximum(alive.sum(1), 1)
-            m = np.where(alive, sims / ((mean[:, None] + tm) / 2), -np.inf)
+            m = margins_over(sims, tm, alive)
             col = m.argmax(1)
             order.append((m[np.arange(n), col], ids[np.arange(n), col]))
             alive[np.arange(n), col] = False
