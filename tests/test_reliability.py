@@ -19,6 +19,8 @@ from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, s
 pytestmark = pytest.mark.slow
 
 STALL = "3"  # MINER_STALL_SECONDS of these workers: lost tasks are sent again after 3 quiet seconds
+# Leases of killed workers are taken over after 3 s, not the default 15 (as in tests/test_chaos.py).
+LEASE = {"MINER_HEARTBEAT_SECONDS": "0.5", "MINER_LEASE_SECONDS": "3"}
 
 
 def _submit(home, env, case) -> int:
@@ -64,9 +66,9 @@ class JobWatch:
 
 
 def _start(tmp_path, cluster_env, deu_cluster):
-    """Submit the reference case on a fresh database and start one worker (stall sweep: 3 s)."""
+    """Submit the reference case on a fresh database and start one worker (stall sweep and lease: 3 s)."""
     assert deu_cluster["result"].returncode == 0
-    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL)
+    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL, **LEASE)
     job_id = _submit(home, env, deu_cluster["case"])
     return home, env, job_id, JobWatch(env, job_id), start_workers(tmp_path, home, env, 1)
 
@@ -95,7 +97,7 @@ def _kill9_mid(watch, proc, stage: str, timeout: float, after: int = 5, units: i
         os.killpg(proc.pid, signal.SIGCONT)
     _kill9(proc)
     # The job was not through the stage when the worker died. Whether a lease is still listed now
-    # is not asserted: with a short MINER_LEASE_SECONDS (3 s in tests/test_s3.py) another worker may
+    # is not asserted: with a short MINER_LEASE_SECONDS (3 s here) another worker may
     # already have recovered it while the kill was being reaped on a loaded machine, and the lease
     # seen while frozen may have been the other worker's, finished since.
     assert watch.done(stage) < units
