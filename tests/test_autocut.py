@@ -204,3 +204,26 @@ def test_a_million_candidates():
     assert decision.method == "auto" and decision.evidence["candidates"] == 1_000_000
     best, _ = oracle(scores, gold, int(gold.sum()))
     assert f1(scores, gold, int(gold.sum()), decision.value) >= best - 0.08
+
+
+def test_a_cut_on_few_translations_is_marked_uncertain():
+    """~40 translations among 800 candidates: the cut stands, marked uncertain (with its warning
+    line); ~400 among 4,000: not marked, no warning."""
+    from miner.pipeline.threshold import threshold_warning
+
+    few = autocut.decide(inputs(*mixture(0.05, n=800, seed=3)[:2]), "ratio", 1.05)
+    assert few.method == "auto" and few.evidence["translations"] < autocut.FEW_TRANSLATIONS
+    assert few.evidence["uncertain"] is True
+    warning = threshold_warning(7, few.to_json())
+    assert warning.startswith(f"job 7: the automatic threshold rests on about {few.evidence['translations']:.0f} "
+                              "estimated translations")
+    assert "miner calibrate 7 --gold SAMPLE --sample" in warning
+    from miner.faces.report import _threshold_rows
+
+    assert "uncertain cut" in dict(_threshold_rows(few.to_json()))
+    many = autocut.decide(inputs(*mixture(0.1, n=4000, seed=3)[:2]), "ratio", 1.05)
+    assert many.method == "auto" and many.evidence["translations"] > autocut.FEW_TRANSLATIONS
+    assert many.evidence["uncertain"] is False and threshold_warning(7, many.to_json()) is None
+    assert "uncertain cut" not in dict(_threshold_rows(many.to_json()))
+    fallback = autocut.fallback(inputs(np.linspace(1, 2, 10)), 1.05, "only 10 candidates")
+    assert threshold_warning(7, fallback.to_json()).startswith("job 7: automatic threshold fell back")

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from miner.runtime import defaults
 from miner.faces.cli import main
 
-from .conftest import ROOT, read_lines, run_miner, start_workers, stop_workers, no_crash
+from .conftest import DISTRACTORS, ROOT, TATOEBA, read_lines, run_miner, start_workers, stop_workers, no_crash
 
 SAMPLE_DE, SAMPLE_EN, GOLD = (ROOT / "examples" / name for name in ("sample.de", "sample.en", "gold.tsv"))
 FIT_COLOURS = ((0x3A, 0x3A, 0x3A), (0xE6, 0xAB, 0x02))  # miner.faces.report NULL_FIT_COLOUR, TRANSLATION_FIT_COLOUR
@@ -484,6 +484,30 @@ def test_too_few_candidates_fall_back_with_one_warning(tmp_path):
     assert len(rows) == status["pairs"] and all(len(r) == 4 and r[3] == "" and float(r[0]) >= fixed for r in rows)
     text = run_miner(home, "status", job)
     assert f"(fallback: {threshold['reason']})" in text.stdout and warnings[0] in text.stderr
+
+
+@pytest.mark.slow
+def test_few_translations_keep_the_cut_with_one_warning(tmp_path):
+    """40 translations among 500 German and 540 English sentences: auto still cuts (it finds more
+    than half of them), but marks the cut uncertain and says so once, in `mine` and in `status`."""
+    home = tmp_path / "home"
+    src_lines = read_lines(TATOEBA / "tatoeba.deu-eng.deu")[:500]
+    eng_lines = read_lines(TATOEBA / "tatoeba.deu-eng.eng")[:40]
+    src, tgt, out = tmp_path / "a.de", tmp_path / "b.en", tmp_path / "out.tsv"
+    src.write_text("\n".join(src_lines) + "\n", encoding="utf-8")
+    tgt.write_text("\n".join(eng_lines + read_lines(DISTRACTORS)[:500]) + "\n", encoding="utf-8")
+    result = run_miner(home, "mine", src, tgt, "--src-lang", "de", "--tgt-lang", "en", "-q", "-o", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = int(result.stdout.strip().splitlines()[-1])
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: job {job}: the automatic threshold rests on about ")
+    threshold = json.loads(run_miner(home, "status", job, "--json").stdout)["threshold"]
+    assert threshold["method"] == "auto" and threshold["uncertain"] is True and threshold["translations"] < 100
+    gold = {(" ".join(s.split()), " ".join(t.split())) for s, t in zip(src_lines, eng_lines)}
+    found = {tuple(line.split("\t")[1:]) for line in read_lines(out)}
+    assert len(found & gold) >= 20, (len(found & gold), len(found))  # 25 of the 40, in 63 pairs
+    assert warnings[0] in run_miner(home, "status", job).stderr
 
 
 def test_retry_does_not_show_the_previous_runs_results(tmp_path, monkeypatch):

@@ -43,6 +43,12 @@ import numpy as np
 MIN_CANDIDATES = 50
 #: Fewer estimated translations than this: no translations worth a cut.
 MIN_TRANSLATIONS = 3.0
+#: Fewer estimated translations than this: the cut is marked uncertain (``evidence["uncertain"]``,
+#: a warning). Where translations are few, the null's upper tail decides the cut, and the method
+#: can only take it from those translations' decoys: on the shared cases with 25-130 estimated
+#: translations the cut landed 4-10 F1 below the best one, on those with 180 or more 0.6-2.7
+#: (docs/quality.md, "When the cut is uncertain").
+FEW_TRANSLATIONS = 100.0
 #: Storey's lambda, as a quantile of the null: below it (almost) only non-translations score, and
 #: every candidate's probability of a translation is 0. Chosen leave-one-language-out among 0.3-0.6
 #: (docs/quality.md, "Constants"): the lower, the fewer translations fall below it.
@@ -95,7 +101,7 @@ class Decision:
         method: ``auto`` (estimated from the job) or ``fallback`` (the fixed default, see ``reason``).
         reason: why auto fell back (one line), else None.
         evidence: JSON-ready details: estimated share of translations, estimated precision, recall
-            and F1 at the cut, the share of non-translations, the score of the null's lambda
+            and F1 at the cut, ``uncertain`` (fewer than FEW_TRANSLATIONS estimated), the share of non-translations, the score of the null's lambda
             quantile, the bandwidth, the rounds, and ``density`` (a grid
             of expected counts per unit score for the report:
             ``{"x": [...], "null": [...], "translation": [...]}``).
@@ -340,6 +346,7 @@ def decide(inputs: CutInputs, margin: str, fixed: float) -> Decision:
         "margin": margin,
         "candidates": n,
         **at_cut,
+        "uncertain": bool(posterior.sum() < FEW_TRANSLATIONS),
         "share": round(float(posterior.mean()), 4),
         "null_share": round(est.pi0, 4),
         "null_low": round(est.low, 6),

@@ -227,7 +227,7 @@ def _raise_if_failed(status: dict) -> None:
 
 
 def _print_threshold(status: dict, min_score: float | None = None) -> None:
-    """One line with the job's cut and how it was chosen (stderr); a fallback adds its warning line."""
+    """One line with the job's cut and how it was chosen (stderr); a fallback or an uncertain cut adds its warning line."""
     from miner.faces.progress import threshold_lines
 
     warning, line = threshold_lines(status, min_score)
@@ -259,12 +259,12 @@ def _watch(cfg: Config, job_id: int, **kwargs) -> dict:
 
 
 def _print_status(status: dict) -> None:
-    from miner.pipeline.threshold import fallback_warning
+    from miner.pipeline.threshold import threshold_warning
     from miner.faces.progress import status_lines
 
     for line in status_lines(status):
         click.echo(line)
-    message = fallback_warning(status["id"], status.get("threshold") or {})
+    message = threshold_warning(status["id"], status.get("threshold") or {})
     if message:
         warn(message)
 

@@ -15,7 +15,7 @@ import time
 from typing import Callable, TextIO
 
 from miner.runtime.errors import MinerError
-from miner.pipeline.threshold import fallback_warning, threshold_note
+from miner.pipeline.threshold import threshold_note, threshold_warning
 from miner.runtime.local_workers import log_tail
 
 FINISHED = ("done", "failed", "cancelled")
@@ -29,7 +29,7 @@ def format_eta(seconds) -> str:
 
 
 def status_lines(status: dict) -> list[str]:
-    """``miner status JOB`` as lines of text (a fallback warning is :func:`miner.pipeline.threshold.fallback_warning`)."""
+    """``miner status JOB`` as lines of text (a warning about the cut is :func:`miner.pipeline.threshold.threshold_warning`)."""
     lines = [f"job {status['id']}  {status['state']}  {status['src_lang']}-{status['tgt_lang']}  "
              f"model {status['model']}  elapsed {status['elapsed_s']:.1f}s",
              f"  src {status['src']}",
@@ -74,9 +74,9 @@ def status_lines(status: dict) -> list[str]:
 
 
 def threshold_lines(status: dict, min_score: float | None = None) -> tuple[str | None, str | None]:
-    """(a fallback warning or None, the line naming the job's cut and how it was chosen, or None)."""
+    """(a warning about the cut or None, the line naming the job's cut and how it was chosen, or None)."""
     threshold = status.get("threshold") or {}
-    warning = fallback_warning(status["id"], threshold)
+    warning = threshold_warning(status["id"], threshold)
     if min_score is not None:
         return warning, f"job {status['id']}: exported at --min-score {min_score:g}"
     if threshold.get("value") is not None:

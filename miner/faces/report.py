@@ -297,6 +297,9 @@ def _threshold_rows(info: dict) -> list[tuple[str, str]]:
         recall = _percent(info.get("recall"))
         if recall:
             rows.append(("estimated recall at the threshold", recall))
+        if info.get("uncertain"):
+            rows.append(("uncertain cut", "few translations estimated: the cut can miss the best one by 4-10 F1; "
+                                          "calibrate it on a judged sample (`miner calibrate --sample`)"))
     return rows
 
 

@@ -432,7 +432,7 @@ def finish(cfg: Config, job_id: int) -> int:
         job.state = JobState.DONE.value
         job.finished_at = server_now(s)
         job.error = None
-    message = threshold_policy.fallback_warning(job_id, info)
+    message = threshold_policy.threshold_warning(job_id, info)
     if message:
         log.warning("%s", message)
     set_stage(cfg, job_id, "finish", {"all": (1, len(src))})

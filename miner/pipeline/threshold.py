@@ -8,7 +8,8 @@ shown.
   :mod:`miner.runtime.defaults` (bundled thresholds, ``thresholds.json``).
 * **When it finishes** (:func:`decide`): an auto job's cut is :func:`miner.core.autocut.decide` on its
   own scores and decoys (the fixed default when they allow no estimate, with one warning,
-  :func:`fallback_warning`); a fixed or calibrated job keeps its number. The finish step stores the
+  :func:`fallback_warning`; a cut that rests on few translations is kept, with a warning too,
+  :func:`uncertain_warning`); a fixed or calibrated job keeps its number. The finish step stores the
   result in ``jobs.threshold_info``.
 * **Which cut a job uses** (:func:`effective_threshold`): the finish step's value, else the
   option's number; ``export --min-score`` wins over it at export time.
@@ -105,6 +106,22 @@ def fallback_warning(job_id: int, info: dict | None) -> str | None:
     shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
     return (f"job {job_id}: automatic threshold fell back to the fixed default {shown}: "
             f"{info.get('reason') or 'no reason recorded'}")
+
+
+def uncertain_warning(job_id: int, info: dict | None) -> str | None:
+    """The warning line of an auto job whose cut rests on few estimated translations, else None."""
+    if not isinstance(info, dict) or info.get("method") != "auto" or not info.get("uncertain"):
+        return None
+    count = info.get("translations")
+    about = f"about {count:.0f}" if isinstance(count, (int, float)) else "few"
+    return (f"job {job_id}: the automatic threshold rests on {about} estimated translations, too few for a "
+            f"steady cut (it can miss the best one by 4-10 F1); for a better one, judge a sample of the pairs "
+            f"and run `miner calibrate {job_id} --gold SAMPLE --sample`, or pass --threshold")
+
+
+def threshold_warning(job_id: int, info: dict | None) -> str | None:
+    """The one warning line about a job's cut (:func:`fallback_warning`, :func:`uncertain_warning`), else None."""
+    return fallback_warning(job_id, info) or uncertain_warning(job_id, info)
 
 
 def json_ready(value):
