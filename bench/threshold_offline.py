@@ -23,6 +23,7 @@ Usage (from the repository root)::
     python bench/threshold_offline.py goal DIR    # the same DIR: how often a bench run meets the goal
     python bench/threshold_offline.py lolo DIR    # lambda chosen leave-one-language-out (>= 3 draws a case)
     python bench/threshold_offline.py ablate DIR  # which estimate the gap comes from (the gold stands in)
+    python bench/threshold_offline.py uncertain DIR  # how the cuts marked uncertain fare against the others
 
 ``DIR/npz`` comes from ``extract`` (jobs mined by ``bench/threshold.py``) or from
 ``bench/threshold_cases.py DIR`` (the same cases mined in one process: many draws in minutes).
@@ -420,6 +421,44 @@ def ablate(work: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
     return lines, table
 
 
+def uncertain(work: Path) -> list[str]:
+    """Per case: the draws whose cut :func:`miner.core.autocut.decide` marks uncertain (fewer than
+    ``FEW_TRANSLATIONS`` estimated translations), the estimated and true translations, and the mean
+    calibrated - auto of the marked and of the other draws: whether the mark points at the cuts
+    that miss."""
+    import threshold as bench
+
+    from miner.core import autocut
+
+    rows = []
+    for path in sorted((work / "npz").glob("*.npz")):
+        case = load(path)
+        scores, label, n_gold = case["scores"], case["label"].astype(bool), int(case["n_gold"])
+        decision = autocut.decide(inputs_of(case, False), "ratio", 1.05)
+        rows.append({"case": path.stem, "curve": curve(scores, label, n_gold), "f1_at_1.05": f1_at(scores, label, n_gold, 1.05),
+                     "f1": f1_at(scores, label, n_gold, decision.value), "true": int(label.sum()),
+                     "estimated": decision.evidence.get("translations", float("nan")),
+                     "uncertain": bool(decision.evidence.get("uncertain"))})
+    bench.calibrate(rows)
+    lines = [f"{'case':<24} {'draws':>5} {'marked':>6} | {'est. transl.':>12} {'true':>5} | "
+             f"{'gap marked':>10} {'gap other':>9}"]
+
+    def mean_gap(members):
+        gaps = [100 * (r["calibrated_f1"] - r["f1"]) for r in members if r["calibrated_f1"] is not None]
+        return f"{np.mean(gaps):>.2f}" if gaps else "-"
+
+    for name in dict.fromkeys(family(r["case"]) for r in rows):
+        members = [r for r in rows if family(r["case"]) == name]
+        marked = [r for r in members if r["uncertain"]]
+        lines.append(f"{name:<24} {len(members):>5} {len(marked):>6} | {np.mean([r['estimated'] for r in members]):>12.1f} "
+                     f"{np.mean([r['true'] for r in members]):>5.1f} | {mean_gap(marked):>10} "
+                     f"{mean_gap([r for r in members if not r['uncertain']]):>9}")
+    marked = [r for r in rows if r["uncertain"]]
+    lines.append(f"all draws: {len(marked)} of {len(rows)} marked uncertain; calibrated - auto {mean_gap(marked)} "
+                 f"on them, {mean_gap([r for r in rows if not r['uncertain']])} on the others")
+    return lines
+
+
 def offsets(work: Path) -> list[dict]:
     """Where the null rests, with the gold: per draw, how far the translations' decoys (the method's
     null) lie from the non-translations' scores (what the null stands for), at the null's lambda
@@ -468,7 +507,8 @@ def show(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo", "offsets", "ablate"))
+    ap.add_argument("command", choices=("extract", "eval", "floor", "draws", "goal", "lolo", "offsets", "ablate",
+                                           "uncertain"))
     ap.add_argument("work", type=Path)
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
@@ -492,6 +532,9 @@ def main(argv=None) -> int:
         return 0
     if args.command == "ablate":
         print("\n".join(ablate(args.work)[0]))
+        return 0
+    if args.command == "uncertain":
+        print("\n".join(uncertain(args.work)))
         return 0
     if args.command == "offsets":
         rows = offsets(args.work)

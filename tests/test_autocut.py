@@ -208,22 +208,31 @@ def test_a_million_candidates():
 
 def test_a_cut_on_few_translations_is_marked_uncertain():
     """~40 translations among 800 candidates: the cut stands, marked uncertain (with its warning
-    line); ~400 among 4,000: not marked, no warning."""
+    line); ~400 among 4,000, well apart from the rest: not marked, no warning."""
     from miner.pipeline.threshold import threshold_warning
 
     few = autocut.decide(inputs(*mixture(0.05, n=800, seed=3)[:2]), "ratio", 1.05)
     assert few.method == "auto" and few.evidence["translations"] < autocut.FEW_TRANSLATIONS
     assert few.evidence["uncertain"] is True
     warning = threshold_warning(7, few.to_json())
-    assert warning.startswith(f"job 7: the automatic threshold rests on about {few.evidence['translations']:.0f} "
-                              "estimated translations")
+    assert warning.startswith(f"job 7: the automatic threshold is uncertain here (about "
+                              f"{few.evidence['translations']:.0f} estimated translations, expected F1 ")
     assert "miner calibrate 7 --gold SAMPLE --sample" in warning
     from miner.faces.report import _threshold_rows
 
     assert "uncertain cut" in dict(_threshold_rows(few.to_json()))
     many = autocut.decide(inputs(*mixture(0.1, n=4000, seed=3)[:2]), "ratio", 1.05)
     assert many.method == "auto" and many.evidence["translations"] > autocut.FEW_TRANSLATIONS
+    assert many.evidence["f1"] > autocut.LOW_EXPECTED_F1
     assert many.evidence["uncertain"] is False and threshold_warning(7, many.to_json()) is None
     assert "uncertain cut" not in dict(_threshold_rows(many.to_json()))
+    # Many translations, but overlapping the rest: a low expected F1 marks the cut on its own.
+    rng = np.random.default_rng(3)
+    neg = stats.skewnorm.rvs(2, 1.0, 0.12, 3400, random_state=rng)
+    pos = stats.norm.rvs(1.25, 0.15, 600, random_state=rng)
+    decoys = np.r_[neg - rng.exponential(0.03, 3400), stats.skewnorm.rvs(2, 1.0, 0.12, 600, random_state=rng)]
+    overlap = autocut.decide(inputs(np.r_[neg, pos], decoys), "ratio", 1.05)
+    assert overlap.evidence["translations"] > autocut.FEW_TRANSLATIONS
+    assert overlap.evidence["f1"] < autocut.LOW_EXPECTED_F1 and overlap.evidence["uncertain"] is True
     fallback = autocut.fallback(inputs(np.linspace(1, 2, 10)), 1.05, "only 10 candidates")
     assert threshold_warning(7, fallback.to_json()).startswith("job 7: automatic threshold fell back")

@@ -501,7 +501,7 @@ def test_few_translations_keep_the_cut_with_one_warning(tmp_path):
     job = int(result.stdout.strip().splitlines()[-1])
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1, result.stderr
-    assert warnings[0].startswith(f"warning: job {job}: the automatic threshold rests on about ")
+    assert warnings[0].startswith(f"warning: job {job}: the automatic threshold is uncertain here (about ")
     threshold = json.loads(run_miner(home, "status", job, "--json").stdout)["threshold"]
     assert threshold["method"] == "auto" and threshold["uncertain"] is True and threshold["translations"] < 100
     gold = {(" ".join(s.split()), " ".join(t.split())) for s, t in zip(src_lines, eng_lines)}

@@ -298,8 +298,9 @@ def _threshold_rows(info: dict) -> list[tuple[str, str]]:
         if recall:
             rows.append(("estimated recall at the threshold", recall))
         if info.get("uncertain"):
-            rows.append(("uncertain cut", "few translations estimated: the cut can miss the best one by 4-10 F1; "
-                                          "calibrate it on a judged sample (`miner calibrate --sample`)"))
+            rows.append(("uncertain cut", "few translations, or much overlap with the rest: the cut can miss the "
+                                          "best one by 4-10 F1; calibrate it on a judged sample "
+                                          "(`miner calibrate --sample`)"))
     return rows
 
 

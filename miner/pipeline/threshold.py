@@ -109,14 +109,18 @@ def fallback_warning(job_id: int, info: dict | None) -> str | None:
 
 
 def uncertain_warning(job_id: int, info: dict | None) -> str | None:
-    """The warning line of an auto job whose cut rests on few estimated translations, else None."""
+    """The warning line of an auto job whose cut is marked uncertain (few estimated translations, or
+    a low expected F1: :data:`miner.core.autocut.FEW_TRANSLATIONS`), else None."""
     if not isinstance(info, dict) or info.get("method") != "auto" or not info.get("uncertain"):
         return None
-    count = info.get("translations")
-    about = f"about {count:.0f}" if isinstance(count, (int, float)) else "few"
-    return (f"job {job_id}: the automatic threshold rests on {about} estimated translations, too few for a "
-            f"steady cut (it can miss the best one by 4-10 F1); for a better one, judge a sample of the pairs "
-            f"and run `miner calibrate {job_id} --gold SAMPLE --sample`, or pass --threshold")
+    count, f1 = info.get("translations"), info.get("f1")
+    parts = [f"about {count:.0f} estimated translations" if isinstance(count, (int, float)) else None,
+             f"expected F1 {100 * f1:.0f}%" if isinstance(f1, (int, float)) else None]
+    evidence = ", ".join(p for p in parts if p)
+    return (f"job {job_id}: the automatic threshold is uncertain here" + (f" ({evidence})" if evidence else "")
+            + ": with this few translations, or this much overlap with the rest, it can miss the best cut by "
+              f"4-10 F1; for a better one, judge a sample of the pairs and run `miner calibrate {job_id} --gold "
+              "SAMPLE --sample`, or pass --threshold")
 
 
 def threshold_warning(job_id: int, info: dict | None) -> str | None:
