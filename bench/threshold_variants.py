@@ -91,6 +91,28 @@ def adaptive_null(grid, decoys, weights):
     return out / total if total > 0 else out
 
 
+def runner_up_null(grid, scores, decoys, weights):
+    """The non-translations' null built from their own runner-ups: each candidate's decoy plus the
+    spacing ``score - decoy`` of another candidate (the two taken as independent, as the top two of
+    a best score's Gumbel law nearly are), both weighted by ``weights``: the density of
+    ``decoy_i + spacing_j``, a convolution on the grid. Its tail comes from the bulk of ~500
+    non-translations instead of ~45 translations' decoys (with the gold, the quantiles q95-q99 it
+    gives sit within 0.02 of the non-translations' own on sparse cases)."""
+    if weights.sum() <= 0:
+        return np.zeros(grid.x.size)
+    runner_up = grid.density(decoys, weights)
+    spacing = (scores - decoys) / grid.step
+    reach = int(np.ceil(np.abs(spacing).max())) + 1
+    pos = spacing + reach
+    left = np.floor(pos).astype(np.int64)
+    frac = pos - left
+    hist = (np.bincount(left, weights * (1 - frac), 2 * reach + 2)
+            + np.bincount(left + 1, weights * frac, 2 * reach + 2))[:2 * reach + 1]
+    out = np.convolve(runner_up, hist)[reach:reach + grid.x.size]
+    total = out.sum() * grid.step
+    return out / total if total > 0 else out
+
+
 def moment_share(u, p, previous, extension=None, window=2.0, gated=False, lam=A.NULL_QUANTILE):
     """:func:`miner.core.autocut._moment_share`, optionally adding the translations the ramp hides
     below lambda: their density in the null's quantile scale continued from the window
@@ -112,16 +134,29 @@ def moment_share(u, p, previous, extension=None, window=2.0, gated=False, lam=A.
     return float(np.clip((m1 - float(u.mean())) / (m1 - 0.5), 0.0, 1.0))
 
 
-def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, adaptive=False, **moment):
-    """:func:`miner.core.autocut.estimate` with the pieces above (same rounds, steps and ramp)."""
+def estimate(scores, decoys, grid, share="moment", tail=None, true_pi0=None, adaptive=False, runner_up=None,
+             labels=None, **moment):
+    """:func:`miner.core.autocut.estimate` with the pieces above (same rounds, steps and ramp).
+    ``runner_up``: ``pooled`` (the translations' decoys, weighted by the probabilities, and
+    :func:`runner_up_null`, weighted by one minus them, each by its total weight) or ``alone``
+    (:func:`runner_up_null` only); ``labels``: the gold, to weigh :func:`runner_up_null` by it."""
     finite = np.isfinite(decoys)
     decoys = decoys[finite]
+    kept = np.asarray(scores, float)[finite]
+    gold_null = None if labels is None else (~np.asarray(labels, bool)[finite]).astype(float)
     total, x = grid.density(scores), grid.x
     total_cdf = np.cumsum(total) * grid.step
     total_cdf /= total_cdf[-1]
     weights, probability, tail_rounds, pi0 = np.ones(decoys.size), None, [], 1.0
     for rounds in range(1, A.ROUNDS + 1):
         null = adaptive_null(grid, decoys, weights) if adaptive else grid.density(decoys, weights)
+        if runner_up:
+            others = 1.0 - weights if gold_null is None else gold_null
+            own = runner_up_null(grid, kept, decoys, others)
+            if runner_up == "alone" and others.sum() > 0:
+                null = own
+            elif runner_up == "pooled":
+                null = (weights.sum() * null + others.sum() * own) / (weights.sum() + others.sum())
         if tail is not None:
             null = exponential_tail(null, grid, tail)
         cdf = np.cumsum(null) * grid.step
@@ -180,9 +215,11 @@ def decoys_with_one_more_neighbour(case: dict) -> np.ndarray:
 
 # --- variants ----------------------------------------------------------------------------------
 
-def variant(rule="f1", decoys="stored", bagging=0, truth=False, **options):
+def variant(rule="f1", decoys="stored", bagging=0, truth=False, gold_runner_up=False, **options):
     def cut(case):
-        kw = dict(options, true_pi0=float((~case["label"]).mean())) if truth else options
+        kw = dict(options, true_pi0=float((~case["label"]).mean())) if truth else dict(options)
+        if gold_runner_up:
+            kw["labels"] = case["label"]
         scores = np.asarray(case["scores"], float)
         d = A.decoy_scores(inputs_of(case, False)) if decoys == "stored" else decoys_with_one_more_neighbour(case)
         grid = grid_of(scores, d)
@@ -283,6 +320,9 @@ def main(argv=None) -> int:
         "null: exponential tail above its 70% quantile": variant(tail=0.7),
         "null: exponential tail, true share (gold)": variant(tail=0.7, truth=True),
         "null: adaptive kernel (Abramson)": variant(adaptive=True),
+        "null: pooled with the non-translations' runner-ups": variant(runner_up="pooled"),
+        "null: pooled with runner-ups, gold weights": variant(runner_up="pooled", gold_runner_up=True),
+        "null: runner-ups alone, gold weights": variant(runner_up="alone", gold_runner_up=True),
         "cut: probability >= 0.5": variant(rule=0.5),
         "cut: probability >= 0.4": variant(rule=0.4),
         "lower tail: tri, window 2": variant(extension="tri"),

@@ -508,6 +508,15 @@ def test_few_translations_keep_the_cut_with_one_warning(tmp_path):
     found = {tuple(line.split("\t")[1:]) for line in read_lines(out)}
     assert len(found & gold) >= 20, (len(found & gold), len(found))  # 25 of the 40, in 63 pairs
     assert warnings[0] in run_miner(home, "status", job).stderr
+    # The dashboard's job page (`miner serve`) shows the same warning.
+    from miner.faces.api import Service
+    from miner.faces.dashboard import job_page
+    from miner.runtime.config import Config
+
+    from .conftest import miner_env
+
+    page = job_page(Service(Config.from_env(miner_env(home))), job).body.decode()
+    assert "<th>threshold warning</th>" in page and "the automatic threshold is uncertain here" in page
 
 
 def test_retry_does_not_show_the_previous_runs_results(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from miner.runtime.errors import JobNotFound, MinerError
+from miner.pipeline.threshold import threshold_note, threshold_warning
 
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 TOKEN_COOKIE = "miner_token"
@@ -196,10 +197,13 @@ def job_page(service, job_id: int) -> HTMLResponse:
         ("target", f"{status['tgt']} ({status['tgt_lang']})"),
         ("model", status["model"]),
         ("threshold", (f"{value:g}" if isinstance(value, (int, float)) else "not chosen yet")
-         + f" ({threshold.get('method') or 'none'})"),
+         + f" ({threshold_note(threshold) if threshold.get('method') else 'none'})"),
         ("workers", ", ".join(f"{w['name']} ({w['units']} units)" for w in status["workers"]) or "none yet"),
         ("created (UTC)", (status["created_at"] or "")[:19].replace("T", " ")),
     ]
+    warning = threshold_warning(job_id, threshold)
+    if warning:  # a fallback, or an uncertain cut: what `miner status` warns about
+        rows.insert(4, ("threshold warning", warning))
     pairs = "" if status["pairs"] is None else f"{status['pairs']:,}"
     out = [f'<h1>Job {job_id}: {e(status["src_lang"])} → {e(status["tgt_lang"])} '
            f'<span id="state" class="state state-{e(status["state"])}" data-state="{e(status["state"])}">'
