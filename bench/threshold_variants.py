@@ -304,6 +304,28 @@ def second_order(all_cases) -> list[str]:
     return lines
 
 
+def share_floor(all_cases) -> list[str]:
+    """How noisy the share is even with a perfect null *sample*: Storey's share (lambda 0.3) with the
+    null from the gold translations' decoys only, per case: min, mean and max over the draws
+    against the true share of non-translations."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    for case in all_cases:
+        scores = np.asarray(case["scores"], float)
+        decoys = A.decoy_scores(inputs_of(case, False))
+        grid, finite = grid_of(scores, decoys), np.isfinite(decoys)
+        null = grid.density(decoys[finite], case["label"][finite].astype(float))
+        cdf = np.cumsum(null) * grid.step
+        total = np.cumsum(grid.density(scores)) * grid.step
+        low = float(np.interp(A.NULL_QUANTILE, cdf / cdf[-1], grid.x))
+        pi0 = float(np.interp(low, grid.x, total / total[-1])) / A.NULL_QUANTILE
+        per.setdefault(family(case["name"]), []).append((pi0, float((~case["label"]).mean())))
+    lines = [f"{'case':<24} {'true':>6} {'min':>6} {'mean':>6} {'max':>6}"]
+    for name, v in per.items():
+        v = np.array(v)
+        lines.append(f"{name:<24} {v[:, 1].mean():6.3f} {v[:, 0].min():6.3f} {v[:, 0].mean():6.3f} {v[:, 0].max():6.3f}")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("work", type=Path)
@@ -349,6 +371,8 @@ def main(argv=None) -> int:
     for fam in tabs["the method"]:
         print(f"{fam:<26}" + "".join(f"{tabs[n][fam][0]:>7.2f}" for n in names))
     print("columns: " + "; ".join(f"{i} {n}" for i, n in enumerate(names)))
+    print("\nshare floor: Storey's share of non-translations with the gold translations' decoys as the null")
+    print("\n".join(share_floor(all_cases)))
     if has_knn:
         print("\nsecond-order decoys: share of sources whose best is their translation, mean over draws")
         print("\n".join(second_order(all_cases)))
