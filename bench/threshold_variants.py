@@ -7,8 +7,10 @@ the neighbours that the decoy variants need) and prints, per case, the mean over
 the gold-calibrated cut minus F1 at the variant's cut, then per variant the mean, the max, the cases
 over 2 F1 and the dense cases' worst loss to the fixed 1.05. ``lolo`` picks among the lower-tail
 variants leave-one-language-out (the loss of ``threshold_offline.py lolo``) and scores each language
-with the variant chosen without it. A diagnostic, ``second-order``, checks the share that a third
-neighbour per sentence would give (docs/quality.md, "Where the gap comes from").
+with the variant chosen without it. Two diagnostics: ``share floor``, Storey's share with the gold
+translations' decoys as the null (how noisy the share is even with perfect weights), and
+``second-order``, the share that a third neighbour per sentence would give (docs/quality.md,
+"Where the gap comes from").
 
 Usage (from the repository root)::
 
