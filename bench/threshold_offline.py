@@ -423,7 +423,7 @@ def ablate(work: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
 
 def uncertain(work: Path) -> list[str]:
     """Per case: the draws whose cut :func:`miner.core.autocut.decide` marks uncertain (fewer than
-    ``FEW_TRANSLATIONS`` estimated translations), the estimated and true translations, and the mean
+    ``FEW_TRANSLATIONS`` estimated translations or an expected F1 below ``LOW_EXPECTED_F1``), the estimated and true translations, and the mean
     calibrated - auto of the marked and of the other draws: whether the mark points at the cuts
     that miss."""
     import threshold as bench

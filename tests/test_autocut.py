@@ -10,6 +10,8 @@ import pytest
 from scipy import stats
 
 from miner.core import autocut
+from miner.faces.report import _threshold_rows
+from miner.pipeline.threshold import threshold_warning
 
 DATA = Path(__file__).parent / "data" / "mined_scores.npz"
 
@@ -209,8 +211,6 @@ def test_a_million_candidates():
 def test_a_cut_on_few_translations_is_marked_uncertain():
     """~40 translations among 800 candidates: the cut stands, marked uncertain (with its warning
     line); ~400 among 4,000, well apart from the rest: not marked, no warning."""
-    from miner.pipeline.threshold import threshold_warning
-
     few = autocut.decide(inputs(*mixture(0.05, n=800, seed=3)[:2]), "ratio", 1.05)
     assert few.method == "auto" and few.evidence["translations"] < autocut.FEW_TRANSLATIONS
     assert few.evidence["uncertain"] is True
@@ -218,8 +218,6 @@ def test_a_cut_on_few_translations_is_marked_uncertain():
     assert warning.startswith(f"job 7: the automatic threshold is uncertain here (about "
                               f"{few.evidence['translations']:.0f} estimated translations, expected F1 ")
     assert "miner calibrate 7 --gold SAMPLE --sample" in warning
-    from miner.faces.report import _threshold_rows
-
     assert "uncertain cut" in dict(_threshold_rows(few.to_json()))
     many = autocut.decide(inputs(*mixture(0.1, n=4000, seed=3)[:2]), "ratio", 1.05)
     assert many.method == "auto" and many.evidence["translations"] > autocut.FEW_TRANSLATIONS

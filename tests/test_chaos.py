@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 
 from miner.runtime.db import JobLease, JobStep
 
-from .conftest import start_workers, stop_workers
+from .conftest import SHORT_LEASE, start_workers, stop_workers
 from .test_reliability import JobWatch, _check_same_export, _kill9, _submit
 
 pytestmark = pytest.mark.slow
 
-LEASE = {"MINER_STALL_SECONDS": "600", "MINER_HEARTBEAT_SECONDS": "0.5", "MINER_LEASE_SECONDS": "3"}
+LEASE = {"MINER_STALL_SECONDS": "600", **SHORT_LEASE}
 
 
 def _cut_short(watch: JobWatch, stage: str) -> int:

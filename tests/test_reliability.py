@@ -14,13 +14,11 @@ from sqlalchemy import create_engine, func, select, text
 
 from miner.runtime.db import Job, JobLease, JobStep
 
-from .conftest import CLUSTER_SHARD_SIZE, db_counts, run_miner, start_workers, stop_workers
+from .conftest import CLUSTER_SHARD_SIZE, SHORT_LEASE, db_counts, run_miner, start_workers, stop_workers
 
 pytestmark = pytest.mark.slow
 
 STALL = "3"  # MINER_STALL_SECONDS of these workers: lost tasks are sent again after 3 quiet seconds
-# Leases of killed workers are taken over after 3 s, not the default 15 (as in tests/test_chaos.py).
-LEASE = {"MINER_HEARTBEAT_SECONDS": "0.5", "MINER_LEASE_SECONDS": "3"}
 
 
 def _submit(home, env, case) -> int:
@@ -68,7 +66,7 @@ class JobWatch:
 def _start(tmp_path, cluster_env, deu_cluster):
     """Submit the reference case on a fresh database and start one worker (stall sweep and lease: 3 s)."""
     assert deu_cluster["result"].returncode == 0
-    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL, **LEASE)
+    home, env = tmp_path / "home", dict(cluster_env, MINER_STALL_SECONDS=STALL, **SHORT_LEASE)
     job_id = _submit(home, env, deu_cluster["case"])
     return home, env, job_id, JobWatch(env, job_id), start_workers(tmp_path, home, env, 1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import db_counts, miner_env, read_tsv, run_miner, stop_workers
+from .conftest import SHORT_LEASE, db_counts, miner_env, read_tsv, run_miner, stop_workers
 from .servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -140,7 +140,7 @@ def test_kill9_of_a_worker_mid_embed_on_s3_gives_the_same_export(tmp_path, s3_cl
     assert deu_s3["result"].returncode == 0, deu_s3["result"].stderr[-3000:]
     _bucket, base = s3_cluster_env
     env = dict(base, MINER_ARTIFACTS=base["MINER_ARTIFACTS"] + "-chaos", MINER_STALL_SECONDS="600",
-               MINER_HEARTBEAT_SECONDS="0.5", MINER_LEASE_SECONDS="3")
+               **SHORT_LEASE)
     home = tmp_path / "client" / "home"
     home.parent.mkdir()
     result = run_miner(home, "submit", deu_s3["src"], deu_s3["tgt"], "--src-lang", "de", "--tgt-lang", "en",

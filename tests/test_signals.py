@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_case, miner_env, read_tsv, run_miner
+from .conftest import SHORT_LEASE as LEASE, make_case, miner_env, read_tsv, run_miner
 
 pytestmark = pytest.mark.slow
-
-# A short lease, as in tests/test_chaos.py: the second `mine` takes over the unit and the corpus the
-# stopped one held after 3 and 6 s instead of the defaults' 15 and 30 (what it does is the same).
-LEASE = {"MINER_HEARTBEAT_SECONDS": "0.5", "MINER_LEASE_SECONDS": "3"}
 
 
 def _processes_of(home: Path) -> list[str]:

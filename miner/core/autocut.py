@@ -104,8 +104,9 @@ class Decision:
         method: ``auto`` (estimated from the job) or ``fallback`` (the fixed default, see ``reason``).
         reason: why auto fell back (one line), else None.
         evidence: JSON-ready details: estimated share of translations, estimated precision, recall
-            and F1 at the cut, ``uncertain`` (few translations or a low expected F1), the share of non-translations, the score of the null's lambda
-            quantile, the bandwidth, the rounds, and ``density`` (a grid
+            and F1 at the cut, ``uncertain`` (few translations or a low expected F1), the share of
+            non-translations, the score of the null's lambda quantile, the bandwidth, the rounds,
+            and ``density`` (a grid
             of expected counts per unit score for the report:
             ``{"x": [...], "null": [...], "translation": [...]}``).
         probability: float ``(n,)`` estimated probability that each candidate is a translation

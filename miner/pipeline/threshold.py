@@ -110,7 +110,7 @@ def fallback_warning(job_id: int, info: dict | None) -> str | None:
 
 def uncertain_warning(job_id: int, info: dict | None) -> str | None:
     """The warning line of an auto job whose cut is marked uncertain (few estimated translations, or
-    a low expected F1: :data:`miner.core.autocut.FEW_TRANSLATIONS`), else None."""
+    a low expected F1: :data:`miner.core.autocut.FEW_TRANSLATIONS`, ``LOW_EXPECTED_F1``), else None."""
     if not isinstance(info, dict) or info.get("method") != "auto" or not info.get("uncertain"):
         return None
     count, f1 = info.get("translations"), info.get("f1")
